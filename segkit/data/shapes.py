@@ -1,0 +1,169 @@
+"""The embedded ``shapes`` dataset: textured shapes on noisy backgrounds, generated offline.
+
+Classes (index: name): 0 background, 1 circle, 2 square, 3 triangle, 4 star. Stars are
+small and rare (about one image in three holds one, a few hundred pixels each), so
+per-class scores differ from the pixel-weighted ones. Each shape has a random colour and a
+random texture (flat, stripes or noise), so the class must be told by its outline, not its
+colour. Shapes may overlap; later ones are drawn on top.
+
+:func:`generate_shapes` writes the dataset once, in the layout read by
+:class:`segkit.data.folder.FolderDataset`::
+
+    root/images/<stem>.png       uint8 RGB
+    root/masks/<stem>.png        uint8 class index per pixel (mode L)
+    root/instances/<stem>.png    uint8 instance id per pixel, 0 = background; instance k has
+                                 the class of ``masks`` at its pixels
+    root/splits/{train,val,test}.txt
+    root/meta.json               the generation arguments; a root with the same meta is reused
+
+Generation is seeded per image (``seed + index``), so the data is the same on every machine
+and for any number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASS_NAMES = ("background", "circle", "square", "triangle", "star")
+PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25))
+FORMAT_VERSION = 1
+
+
+def _outline(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    """Polygon of a square, triangle or five-pointed star of circumradius ``r``."""
+    if kind == "square":
+        corners = [angle + math.pi / 4 + k * math.pi / 2 for k in range(4)]
+        return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in corners]
+    if kind == "triangle":
+        corners = [angle + k * 2 * math.pi / 3 for k in range(3)]
+        return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in corners]
+    points = []  # star: alternate outer and inner radius
+    for k in range(10):
+        radius = r if k % 2 == 0 else 0.45 * r
+        a = angle + k * math.pi / 5
+        points.append((cx + radius * math.cos(a), cy + radius * math.sin(a)))
+    return points
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A ``[size, size, 3]`` float texture: flat colour, stripes of two colours, or noise."""
+    colour = rng.uniform(40, 255, size=3)
+    kind = rng.integers(3)
+    if kind == 0:
+        return np.broadcast_to(colour, (size, size, 3)).astype(np.float32)
+    if kind == 1:
+        other = rng.uniform(40, 255, size=3)
+        period = rng.integers(4, 10)
+        yy, xx = np.mgrid[0:size, 0:size]
+        stripes = ((xx + yy * rng.integers(0, 2)) // period) % 2 == 0
+        return np.where(stripes[..., None], colour, other).astype(np.float32)
+    return np.clip(colour + rng.normal(0, 35, size=(size, size, 3)), 0, 255).astype(np.float32)
+
+
+def render_sample(
+    seed: int, size: int = 128, max_shapes: int = 5, star_probability: float = 0.35
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one sample.
+
+    Returns:
+        image uint8 ``[size, size, 3]``, class mask uint8 ``[size, size]``, instance mask
+        uint8 ``[size, size]`` (0 = background, 1..K the shapes in drawing order; a shape
+        fully covered by later ones has no pixels left).
+    """
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(30, 200, size=3)
+    image = base + rng.normal(0, rng.uniform(10, 40), size=(size, size, 3))
+    image += np.linspace(-30, 30, size)[None, :, None] * rng.uniform(-1, 1)  # lighting gradient
+    mask = np.zeros((size, size), np.uint8)
+    instances = np.zeros((size, size), np.uint8)
+    kinds = list(rng.choice([1, 2, 3], size=rng.integers(1, max_shapes + 1)))
+    if rng.random() < star_probability:
+        kinds.append(4)
+    for instance_id, class_id in enumerate(kinds, start=1):
+        small = class_id == 4
+        r = rng.uniform(0.05, 0.09) * size if small else rng.uniform(0.1, 0.22) * size
+        cx, cy = rng.uniform(r, size - r, size=2)
+        canvas = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(canvas)
+        if class_id == 1:
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=1)
+        else:
+            kind = CLASS_NAMES[class_id]
+            draw.polygon(_outline(kind, cx, cy, r, rng.uniform(0, 2 * math.pi)), fill=1)
+        region = np.asarray(canvas, dtype=bool)
+        image[region] = _texture(rng, size)[region]
+        mask[region] = class_id
+        instances[region] = instance_id
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    return image, mask, instances
+
+
+def generate_shapes(
+    root: str | Path,
+    num_train: int = 320,
+    num_val: int = 64,
+    num_test: int = 64,
+    size: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write the shapes dataset under ``root`` unless an identical one is already there.
+
+    The dataset is built in a temporary folder next to ``root`` and renamed into place, so a
+    crash never leaves a half-written dataset behind.
+
+    Returns:
+        ``root`` as a ``Path``.
+    """
+    root = Path(root).expanduser()
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "num_test": num_test,
+        "size": size,
+        "seed": seed,
+        "class_names": list(CLASS_NAMES),
+    }
+    meta_path = root / "meta.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+        return root
+    if root.exists() and any(root.iterdir()) and not meta_path.is_file():
+        raise FileExistsError(
+            f"{root} exists and is not a shapes dataset (no meta.json); refusing to overwrite. "
+            "Point paths.data_dir elsewhere or remove the folder."
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    for sub in ("images", "masks", "instances", "splits"):
+        (staging / sub).mkdir()
+    splits = {"train": num_train, "val": num_val, "test": num_test}
+    index = 0
+    for split, count in splits.items():
+        stems = []
+        for _ in range(count):
+            stem = f"{split}_{index:05d}"
+            image, mask, instances = render_sample(seed * 1_000_003 + index, size=size)
+            Image.fromarray(image).save(staging / "images" / f"{stem}.png")
+            Image.fromarray(mask).save(staging / "masks" / f"{stem}.png")
+            Image.fromarray(instances).save(staging / "instances" / f"{stem}.png")
+            stems.append(stem)
+            index += 1
+        (staging / "splits" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+    if root.exists():  # an older shapes dataset with other arguments
+        shutil.rmtree(root)
+    try:
+        os.replace(staging, root)
+    except OSError:  # another process finished the same dataset first
+        shutil.rmtree(staging)
+        if not (meta_path.is_file() and json.loads(meta_path.read_text()) == meta):
+            raise
+    return root

@@ -1,0 +1,153 @@
+"""Semantic segmentation scores from one confusion matrix.
+
+Conventions (used everywhere in segkit: logs, ``metrics.json``, ``per_class.csv``):
+
+* The confusion matrix ``M`` is int64 ``[C, C]``; **rows are ground truth, columns are
+  predictions**: ``M[i, j]`` counts pixels of true class ``i`` predicted as ``j``.
+  Pixels whose target equals ``ignore_index`` are dropped before counting.
+* ``GT_i = sum_j M[i, j]``, ``Pred_i = sum_j M[j, i]``, ``TP_i = M[i, i]``, ``total = sum M``.
+* ``PA = trace / total``; ``CPA_i = TP_i / GT_i`` (per-class recall); ``MPA = nanmean(CPA)``.
+* ``IoU_i = TP_i / (GT_i + Pred_i - TP_i)``; ``mIoU = nanmean(IoU)``.
+* ``FWIoU = sum over classes with GT_i > 0 of (GT_i / total) * IoU_i``.
+* ``Dice_i = 2 TP_i / (GT_i + Pred_i)``; ``mDice = nanmean(Dice)``;
+  ``Precision_i = TP_i / Pred_i``.
+* A ratio whose denominator is zero is NaN and is left out of every mean (the nanmean
+  convention of mmsegmentation): a class with neither ground truth nor prediction has NaN
+  IoU/Dice; a class absent from the ground truth has NaN CPA; a class never predicted has
+  NaN Precision. A class that is predicted but absent from the ground truth gets IoU 0 and
+  Dice 0, so false positives on absent classes do lower mIoU.
+
+The counts are accumulated on the device of the inputs and summed across processes by
+torchmetrics (``dist_reduce_fx="sum"``), so a score never depends on the number of GPUs
+(provided every pixel is seen exactly once).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+
+SCORE_KEYS = ("PA", "CPA", "MPA", "IoU", "mIoU", "FWIoU", "Dice", "mDice", "Precision")
+PER_CLASS_KEYS = ("IoU", "CPA", "Precision", "Dice")
+
+
+def confusion_matrix(
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int | None = 255
+) -> torch.Tensor:
+    """Count (target, prediction) pairs.
+
+    Args:
+        preds: predicted labels ``[...]`` (any integer dtype), same shape as ``target``.
+        target: ground-truth labels ``[...]``; ``ignore_index`` marks pixels to drop.
+        num_classes: ``C``.
+        ignore_index: label value to drop, or ``None``.
+
+    Returns:
+        int64 ``[C, C]`` on the inputs' device, rows = ground truth, columns = prediction.
+        Target values outside ``[0, C)`` that are not ``ignore_index`` are dropped as well;
+        datasets validate labels, so this only guards the index arithmetic.
+    """
+    if preds.shape != target.shape:
+        raise ValueError(f"preds {tuple(preds.shape)} and target {tuple(target.shape)} differ")
+    target = target.reshape(-1).long()
+    preds = preds.reshape(-1).long()
+    valid = (target >= 0) & (target < num_classes) & (preds >= 0) & (preds < num_classes)
+    if ignore_index is not None:
+        valid &= target != ignore_index
+    # Invalid pixels go to an extra overflow bin instead of boolean-mask indexing, which would
+    # need the number of valid pixels on the host (a device sync on GPU).
+    index = torch.where(valid, target * num_classes + preds, num_classes * num_classes)
+    counts = torch.bincount(index, minlength=num_classes * num_classes + 1)
+    return counts[: num_classes * num_classes].reshape(num_classes, num_classes)
+
+
+def _divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """Elementwise ratio that is NaN where the denominator is zero."""
+    return torch.where(denominator > 0, numerator / denominator.clamp_min(1), torch.nan)
+
+
+def scores(confmat: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+    """All segmentation scores from a confusion matrix (see the module docstring).
+
+    Args:
+        confmat: ``[C, C]`` counts, rows = ground truth, columns = prediction.
+
+    Returns:
+        Dict with float64 tensors on the matrix's device: per-class ``[C]`` for ``CPA``,
+        ``IoU``, ``Dice``, ``Precision``; 0-dim for ``PA``, ``MPA``, ``mIoU``, ``FWIoU``,
+        ``mDice``.
+    """
+    m = torch.as_tensor(confmat).to(torch.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"confusion matrix must be square [C, C], got {tuple(m.shape)}")
+    tp = m.diagonal()
+    gt = m.sum(dim=1)
+    pred = m.sum(dim=0)
+    total = m.sum()
+    iou = _divide(tp, gt + pred - tp)
+    cpa = _divide(tp, gt)
+    dice = _divide(2 * tp, gt + pred)
+    frequency = _divide(gt, total.expand_as(gt))
+    has_gt = gt > 0
+    fwiou = torch.where(has_gt, frequency * iou, 0.0).sum()
+    if total == 0:
+        fwiou = torch.tensor(torch.nan, dtype=torch.float64, device=m.device)
+    return {
+        "PA": _divide(tp.sum(), total),
+        "CPA": cpa,
+        "MPA": cpa.nanmean(),
+        "IoU": iou,
+        "mIoU": iou.nanmean(),
+        "FWIoU": fwiou,
+        "Dice": dice,
+        "mDice": dice.nanmean(),
+        "Precision": _divide(tp, pred),
+    }
+
+
+class ConfusionMatrix(Metric):
+    """Confusion matrix accumulated on the device, summed across processes.
+
+    Args:
+        num_classes: ``C``.
+        ignore_index: target value whose pixels are dropped (``None`` keeps all).
+
+    ``update(preds, target)`` takes logits ``[B, C, H, W]`` (argmax over dim 1) or labels
+    ``[B, H, W]``, and targets ``[B, H, W]``. ``compute()`` returns :func:`scores` of the
+    accumulated matrix; the matrix itself is the ``confmat`` attribute (int64 ``[C, C]``,
+    rows = ground truth).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.add_state(
+            "confmat",
+            default=torch.zeros(num_classes, num_classes, dtype=torch.int64),
+            dist_reduce_fx="sum",
+        )
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        if preds.ndim == target.ndim + 1:
+            if preds.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"logits have {preds.shape[1]} channels but num_classes={self.num_classes}"
+                )
+            preds = preds.argmax(dim=1)
+        self.confmat += confusion_matrix(preds, target, self.num_classes, self.ignore_index)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return scores(self.confmat)
+
+    def compute_confmat(self) -> torch.Tensor:
+        """The accumulated matrix summed over all processes (int64 ``[C, C]``)."""
+        with self.sync_context(should_unsync=True):
+            return self.confmat.clone()

@@ -1,0 +1,1 @@
+"""Segmentation models. Each returns logits [B, C, H, W] at input size (or {"out", "aux"})."""

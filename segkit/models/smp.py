@@ -1,0 +1,59 @@
+"""Any segmentation-models-pytorch architecture, with segkit's argument names and offline rules.
+
+``arch`` is an smp architecture name (``Unet``, ``FPN``, ``DeepLabV3Plus``, ...);
+``encoder_name`` any smp encoder (``resnet18``, ``tu-<timm name>``, ...). smp models need
+input sides divisible by the encoder's output stride (32 for most); the returned model pads
+any input to that multiple and crops the logits back (:class:`PadToMultiple`).
+"""
+
+from __future__ import annotations
+
+import segmentation_models_pytorch as smp
+from torch import nn
+
+from segkit.models.padding import PadToMultiple
+from segkit.models.weights import WeightsError, load_weights
+
+
+def smp_model(
+    arch: str,
+    num_classes: int,
+    encoder_name: str = "resnet18",
+    encoder_weights: str | None = None,
+    in_channels: int = 3,
+    weights_path: str | None = None,
+) -> nn.Module:
+    """Build an smp model.
+
+    Args:
+        arch: smp architecture name, e.g. ``"Unet"``.
+        num_classes: output channels ``C``.
+        encoder_name: smp encoder name.
+        encoder_weights: smp's name of pretrained encoder weights (``"imagenet"``); these
+            need a download or a filled cache, so the shipped configs use ``null``.
+        in_channels: input channels.
+        weights_path: local state dict of the smp model (keys as in smp), loaded after
+            construction.
+
+    Returns:
+        the smp model wrapped in :class:`PadToMultiple`.
+    """
+    try:
+        model = smp.create_model(
+            arch,
+            encoder_name=encoder_name,
+            encoder_weights=encoder_weights,
+            in_channels=in_channels,
+            classes=num_classes,
+        )
+    except (OSError, RuntimeError, ValueError) as error:
+        if encoder_weights is None:
+            raise
+        raise WeightsError(
+            f"cannot get encoder_weights={encoder_weights!r} for {encoder_name} ({error}). "
+            "This machine may be offline: set model.encoder_weights=null to train from "
+            "scratch, or model.weights_path=/path/to/state_dict.pth to load local weights."
+        ) from error
+    if weights_path is not None:
+        load_weights(model, weights_path)
+    return PadToMultiple(model, multiple=model.encoder.output_stride)

@@ -1,0 +1,142 @@
+"""LightningModule for semantic segmentation: model + loss + metrics + optimiser + schedule.
+
+Model output contract: logits ``[B, C, H, W]`` at input size, or a dict with ``"out"``
+(that) and optionally ``"aux"`` (auxiliary logits at any resolution; upsampled bilinearly to
+the input size before the loss). :func:`split_outputs` is the one place that normalises this.
+
+Logged names: ``train/loss``, ``val/loss``, ``val/{PA,MPA,mIoU,FWIoU,mDice}``,
+``val/IoU/<class>`` (and the same under ``test/``). The confusion matrix of the last
+finished val/test epoch is kept in ``confusion_matrices[split]`` (int64 ``[C, C]`` on the
+CPU, rows = ground truth) for reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segkit.metrics import ConfusionMatrix, scores
+
+HEADLINE_KEYS = ("PA", "MPA", "mIoU", "FWIoU", "mDice")
+
+
+def split_outputs(output: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+    """Return ``(logits, aux_logits_or_None)`` from a model's output."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, dict) and "out" in output:
+        return output["out"], output.get("aux")
+    raise TypeError(
+        "a segmentation model must return logits [B,C,H,W] or a dict with 'out' (and "
+        f"optionally 'aux'), got {type(output).__name__}"
+    )
+
+
+class SemanticSegmentationTask(L.LightningModule):
+    """Train and score a semantic segmentation model.
+
+    Args:
+        model: ``nn.Module`` mapping images ``[B, 3, H, W]`` to logits (see module docstring).
+        loss: callable ``loss(logits [B,C,H,W], target [B,H,W]) -> scalar``.
+        optimizer: partial ``optimizer(params) -> torch.optim.Optimizer``.
+        scheduler: partial ``scheduler(optimizer, total_steps=N)`` stepped once per optimiser
+            step, or ``None`` for a constant learning rate.
+        num_classes: ``C``.
+        class_names: ``C`` names used in logged keys and reports.
+        ignore_index: target value excluded from metrics (the loss has its own).
+        aux_weight: weight of the auxiliary-head loss.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
+        num_classes: int,
+        class_names: Sequence[str],
+        ignore_index: int = 255,
+        aux_weight: float = 0.4,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        self.aux_weight = aux_weight
+        self.metrics = nn.ModuleDict(
+            {split: ConfusionMatrix(num_classes, ignore_index) for split in ("val", "test")}
+        )
+        self.confusion_matrices: dict[str, torch.Tensor] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C, H, W]`` at the input size (auxiliary outputs dropped)."""
+        return self._logits(images)[0]
+
+    def _logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, aux = split_outputs(self.model(images))
+        if logits.shape[-2:] != images.shape[-2:]:
+            raise ValueError(
+                f"model returned logits of size {tuple(logits.shape[-2:])} for an input of "
+                f"{tuple(images.shape[-2:])}; models must upsample to the input size."
+            )
+        if aux is not None and aux.shape[-2:] != images.shape[-2:]:
+            aux = F.interpolate(aux, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, aux
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits, aux = self._logits(batch["image"])
+        loss = self.loss(logits, batch["mask"])
+        if aux is not None and self.aux_weight > 0:
+            aux_loss = self.loss(aux, batch["mask"])
+            self.log("train/aux_loss", aux_loss, on_step=True, on_epoch=False)
+            loss = loss + self.aux_weight * aux_loss
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        logits, _ = self._logits(batch["image"])
+        loss = self.loss(logits, batch["mask"])
+        self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
+        self.metrics[split].update(logits, batch["mask"])
+
+    def _eval_epoch_end(self, split: str) -> None:
+        metric = self.metrics[split]
+        confmat = metric.compute_confmat()
+        metric.reset()
+        if self.trainer.sanity_checking:
+            return
+        self.confusion_matrices[split] = confmat.cpu()
+        result = scores(confmat)
+        for key in HEADLINE_KEYS:
+            self.log(f"{split}/{key}", result[key].float(), prog_bar=key == "mIoU")
+        for name, value in zip(self.class_names, result["IoU"].tolist()):
+            self.log(f"{split}/IoU/{name}", value)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
