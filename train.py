@@ -17,7 +17,7 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from segkit.runner import build_trainer, build_task, evaluate  # noqa: E402
+from segkit.runner import build_task, build_trainer, evaluate  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -48,7 +48,7 @@ def metrics_dict(
         if value.ndim == 0:
             out[key] = _number(value.item())
         else:
-            out[key] = {name: _number(v) for name, v in zip(class_names, value.tolist())}
+            out[key] = {name: _number(v) for name, v in zip(class_names, value.tolist(), strict=False)}
     return out
 
 
@@ -76,8 +76,9 @@ def write_report(
         writer.writerow(["class", *PER_CLASS_KEYS, "GT_pixels"])
         for index, name in enumerate(class_names):
             values = [metrics[key][name] for key in PER_CLASS_KEYS]
-            writer.writerow([name, *("" if v is None else f"{v:.6f}" for v in values),
-                             int(gt_pixels[index])])
+            writer.writerow(
+                [name, *("" if v is None else f"{v:.6f}" for v in values), int(gt_pixels[index])]
+            )
     return metrics
 
 
@@ -92,8 +93,7 @@ def report_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     table.add_column("class", footer="mean")
     for key in PER_CLASS_KEYS:
         mean_key = {"IoU": "mIoU", "CPA": "MPA", "Dice": "mDice"}.get(key)
-        table.add_column(key, justify="right",
-                         footer=_cell(metrics[mean_key]) if mean_key else "")
+        table.add_column(key, justify="right", footer=_cell(metrics[mean_key]) if mean_key else "")
     for name in metrics["class_names"]:
         table.add_row(name, *(_cell(metrics[key][name]) for key in PER_CLASS_KEYS))
     table.caption = "  ".join(

@@ -66,7 +66,10 @@ def evaluate(
     run(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     if not trainer.is_global_zero:
         return {}
-    extra = {"checkpoint": str(ckpt_path) if ckpt_path else None, "epoch": checkpoint_epoch(ckpt_path)}
+    extra = {
+        "checkpoint": str(ckpt_path) if ckpt_path else None,
+        "epoch": checkpoint_epoch(ckpt_path),
+    }
     metrics = write_report(
         output_dir,
         task.confusion_matrices[stage],

@@ -41,7 +41,9 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise DataError(f"cannot read image {path}: {error}. Replace or remove the file.") from error
+        raise DataError(
+            f"cannot read image {path}: {error}. Replace or remove the file."
+        ) from error
 
 
 def read_mask(path: Path) -> np.ndarray:

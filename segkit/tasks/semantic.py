@@ -97,9 +97,11 @@ class SemanticSegmentationTask(L.LightningModule):
         loss = self.loss(logits, batch["mask"])
         if aux is not None and self.aux_weight > 0:
             aux_loss = self.loss(aux, batch["mask"])
-            self.log("train/aux_loss", aux_loss, on_step=True, on_epoch=False)
+            self.log("train/aux_loss", aux_loss, batch_size=len(logits))
             loss = loss + self.aux_weight * aux_loss
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits)
+        )
         return loss
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
@@ -118,7 +120,7 @@ class SemanticSegmentationTask(L.LightningModule):
         result = scores(confmat)
         for key in HEADLINE_KEYS:
             self.log(f"{split}/{key}", result[key].float(), prog_bar=key == "mIoU")
-        for name, value in zip(self.class_names, result["IoU"].tolist()):
+        for name, value in zip(self.class_names, result["IoU"].tolist(), strict=False):
             self.log(f"{split}/IoU/{name}", value)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -139,4 +141,7 @@ class SemanticSegmentationTask(L.LightningModule):
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,123 @@
+"""End-to-end runs of train.py in a subprocess: artifacts, and metrics.json == scores(npy)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segkit.metrics import scores
+
+from .conftest import PROJECT_ROOT
+
+TINY = [
+    "data.prepare.num_train=16",
+    "data.prepare.num_val=8",
+    "data.prepare.num_test=8",
+    "data.prepare.size=64",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+]
+
+
+def run_train(tmp_path: Path, *overrides: str, timeout: int = 600) -> Path:
+    """Run train.py with its run dir at tmp_path/run; return the run dir."""
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "train.py"),
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    (run_dir / "stdout.txt").write_text(result.stdout)
+    return run_dir
+
+
+def check_report(folder: Path, class_names: list[str], split: str) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    matrix = np.load(folder / "confusion_matrix.npy")
+    assert matrix.dtype == np.int64 and matrix.shape == (len(class_names),) * 2
+    assert metrics["split"] == split and metrics["class_names"] == class_names
+    assert metrics["num_classes"] == len(class_names)
+    expected = scores(matrix)
+    for key, value in expected.items():
+        if value.ndim == 0:
+            got = metrics[key]
+            assert (got is None and math.isnan(value)) or got == pytest.approx(value.item()), key
+        else:
+            for name, v in zip(class_names, value.tolist(), strict=False):
+                got = metrics[key][name]
+                assert (got is None and math.isnan(v)) or got == pytest.approx(v), (key, name)
+    with open(folder / "per_class.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["class"] for r in rows] == class_names
+    assert [int(r["GT_pixels"]) for r in rows] == matrix.sum(1).tolist()
+    for row in rows:
+        iou = metrics["IoU"][row["class"]]
+        assert (row["IoU"] == "" and iou is None) or float(row["IoU"]) == pytest.approx(
+            iou, abs=1e-6
+        )
+    return metrics
+
+
+@pytest.mark.slow
+def test_train_leaves_every_artifact(tmp_path):
+    run_dir = run_train(tmp_path, *TINY)
+    names = ["background", "circle", "square", "triangle", "star"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("best_epoch*.ckpt"))) == 1
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    metrics = check_report(run_dir, names, "val")
+    check_report(run_dir / "test", names, "test")
+    # all val pixels are counted: 8 images of 64x64, nothing ignored in shapes
+    assert np.load(run_dir / "confusion_matrix.npy").sum() == 8 * 64 * 64
+    assert metrics["checkpoint"].endswith(".ckpt") and metrics["epoch"] in (0, 1)
+    # per-class IoU is logged each validation, under val/IoU/<class>
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {f"val/IoU/{n}" for n in names} <= set(header) and "val/mIoU" in header
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    stdout = (run_dir / "stdout.txt").read_text()
+    assert "val scores (%)" in stdout and "mIoU" in stdout and "triangle" in stdout
+    # the checkpoint carries the config that rebuilds the model
+    import torch
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["config"]["model"]["_target_"] == "segkit.models.smp.smp_model"
+
+
+@pytest.mark.slow
+def test_train_stops_on_bad_mask_with_the_file_name(tmp_path, folder_dataset):
+    from PIL import Image
+
+    mask = np.zeros((24, 32), np.uint8)
+    mask[3, 3] = 9
+    Image.fromarray(mask).save(folder_dataset / "masks" / "img0.png")
+    with pytest.raises(AssertionError, match=r"img0.png has values \[9\]"):
+        run_train(
+            tmp_path,
+            "data=folder",
+            f"data.dataset.root={folder_dataset}",
+            "data.num_classes=3",
+            "data.class_names=[a,b,c]",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "data.batch_size=2",
+            "data.train_transform=null",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "test=false",
+        )
