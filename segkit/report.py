@@ -48,7 +48,9 @@ def metrics_dict(
         if value.ndim == 0:
             out[key] = _number(value.item())
         else:
-            out[key] = {name: _number(v) for name, v in zip(class_names, value.tolist(), strict=False)}
+            out[key] = {
+                name: _number(v) for name, v in zip(class_names, value.tolist(), strict=False)
+            }
     return out
 
 
