@@ -107,5 +107,11 @@ def test_option_composes_and_instantiates(group, option, tmp_path, folder_datase
         assert Path(cfg.paths.data_dir).is_relative_to(tmp_path)
     elif group == "hydra":
         assert cfg.hydra.job.chdir is False
+    elif group == "inference":
+        task = build_task(cfg).eval()
+        assert task.inference is not None
+        with torch.no_grad():
+            scores = task.inference(task, torch.randn(1, 3, 40, 48))
+        assert scores.shape == (1, cfg.data.num_classes, 40, 48)
     else:
         pytest.fail(f"no check for group {group}: add one")

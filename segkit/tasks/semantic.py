@@ -50,6 +50,9 @@ class SemanticSegmentationTask(L.LightningModule):
         class_names: ``C`` names used in logged keys and reports.
         ignore_index: target value excluded from metrics (the loss has its own).
         aux_weight: weight of the auxiliary-head loss.
+        inference: val/test inference, ``inference(model, images [B,3,H,W]) -> [B,C,H,W]``
+            scores (:class:`segkit.inference.Inference`: sliding window, multi-scale, flip);
+            ``None`` runs the model once on the whole image.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class SemanticSegmentationTask(L.LightningModule):
         class_names: Sequence[str],
         ignore_index: int = 255,
         aux_weight: float = 0.4,
+        inference: Callable[[Callable, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -72,6 +76,7 @@ class SemanticSegmentationTask(L.LightningModule):
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
         self.aux_weight = aux_weight
+        self.inference = inference
         self.metrics = nn.ModuleDict(
             {split: ConfusionMatrix(num_classes, ignore_index) for split in ("val", "test")}
         )
@@ -105,7 +110,10 @@ class SemanticSegmentationTask(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
-        logits, _ = self._logits(batch["image"])
+        if self.inference is None:
+            logits, _ = self._logits(batch["image"])
+        else:
+            logits = self.inference(self.forward, batch["image"])
         loss = self.loss(logits, batch["mask"])
         self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
         self.metrics[split].update(logits, batch["mask"])

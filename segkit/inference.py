@@ -1,0 +1,203 @@
+"""How a trained model turns full images into class scores: whole, sliding-window, multi-scale.
+
+* **whole**: one forward pass on the full image.
+* **slide** (``crop_size``, ``stride``): the model sees overlapping ``crop_size`` windows
+  that cover the image (the last window of a row or column is shifted back to end at the
+  border); the logits of each pixel are averaged over the windows that contain it. All
+  windows of one image run as one batch. A crop at least as large as the image is one
+  window, i.e. whole inference. As in mmsegmentation's ``slide_inference``.
+* **multi-scale + flip** (``scales``, ``flip``): the image is resized by each scale (and
+  mirrored when ``flip``), run whole or sliding, the logits are resized back to the input
+  size, and the softmax probabilities of all views are averaged (DeepLab, PSPNet practice).
+
+:class:`Inference` bundles the choice (one config = one constructor call,
+``conf/inference/*.yaml``); its output is the log of the averaged probabilities, so losses
+that take logits (cross-entropy, Dice, focal) and ``argmax`` work on it unchanged.
+
+:func:`load_checkpoint` and :func:`task_from_checkpoint` rebuild a trained task from the
+config stored in a Lightning checkpoint (eval.py, predict.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be a positive int or [height, width], got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of the windows along one side (the last one ends at the border).
+
+    ``size=10, crop=4, stride=3`` gives ``[0, 3, 6]``; a crop ``>= size`` gives ``[0]``.
+    """
+    if crop >= size:
+        return [0]
+    count = math.ceil((size - crop) / stride) + 1
+    return [min(i * stride, size - crop) for i in range(count)]
+
+
+def slide_logits(
+    model: Model,
+    images: torch.Tensor,
+    crop_size: int | Sequence[int],
+    stride: int | Sequence[int],
+) -> torch.Tensor:
+    """Sliding-window logits, averaged where windows overlap.
+
+    Args:
+        model: maps ``[N, 3, h, w]`` to logits ``[N, C, h, w]``.
+        images: ``[B, 3, H, W]``.
+        crop_size: window ``(h, w)`` (or one int); clipped to the image size.
+        stride: step between windows ``(h, w)``; smaller than the crop gives overlap.
+
+    Returns:
+        logits ``[B, C, H, W]``.
+    """
+    crop_h, crop_w = _pair(crop_size, "crop_size")
+    stride_h, stride_w = _pair(stride, "stride")
+    height, width = images.shape[-2:]
+    crop_h, crop_w = min(crop_h, height), min(crop_w, width)
+    boxes = [
+        (y, x)
+        for y in window_starts(height, crop_h, stride_h)
+        for x in window_starts(width, crop_w, stride_w)
+    ]
+    outputs = []
+    for image in images:
+        windows = torch.stack([image[:, y : y + crop_h, x : x + crop_w] for y, x in boxes])
+        logits = model(windows)  # [num_windows, C, crop_h, crop_w]: one batch per image
+        total = logits.new_zeros((logits.shape[1], height, width))
+        count = logits.new_zeros((1, height, width))
+        for (y, x), window in zip(boxes, logits, strict=True):
+            total[:, y : y + crop_h, x : x + crop_w] += window
+            count[:, y : y + crop_h, x : x + crop_w] += 1
+        outputs.append(total / count)
+    return torch.stack(outputs)
+
+
+class Inference:
+    """Whole, sliding-window and multi-scale/flip inference (see the module docstring).
+
+    Args:
+        scales: image scale factors; ``[1.0]`` is single-scale.
+        flip: also run on the horizontally mirrored image of each scale.
+        crop_size: sliding-window size ``[h, w]`` at each scale; ``None`` runs whole images.
+        stride: window step ``[h, w]``; defaults to ``crop_size`` (no overlap).
+    """
+
+    def __init__(
+        self,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        crop_size: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+    ) -> None:
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"inference scales must be positive numbers, got {scales!r}")
+        if stride is not None and crop_size is None:
+            raise ValueError("inference stride is set but crop_size is null; set both or none")
+        self.scales = [float(s) for s in scales]
+        self.flip = flip
+        self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
+        self.stride = self.crop_size if stride is None else _pair(stride, "stride")
+
+    def __repr__(self) -> str:
+        return (
+            f"Inference(scales={self.scales}, flip={self.flip}, crop_size={self.crop_size}, "
+            f"stride={self.stride})"
+        )
+
+    def logits(self, model: Model, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C, H, W]`` of one view, whole or sliding."""
+        if self.crop_size is None:
+            return model(images)
+        return slide_logits(model, images, self.crop_size, self.stride)
+
+    def __call__(self, model: Model, images: torch.Tensor) -> torch.Tensor:
+        """Log of the view-averaged class probabilities.
+
+        Args:
+            model: maps ``[N, 3, h, w]`` to logits ``[N, C, h, w]``.
+            images: ``[B, 3, H, W]``.
+
+        Returns:
+            ``[B, C, H, W]`` log-probabilities (``exp`` sums to 1 over ``C``).
+        """
+        size = images.shape[-2:]
+        total: torch.Tensor | None = None
+        views = 0
+        for scale in self.scales:
+            scaled = images
+            if scale != 1.0:
+                new_size = [max(1, round(side * scale)) for side in size]
+                scaled = F.interpolate(images, size=new_size, mode="bilinear", align_corners=False)
+            for flipped in (False, True) if self.flip else (False,):
+                view = scaled.flip(-1) if flipped else scaled
+                logits = self.logits(model, view)
+                if flipped:
+                    logits = logits.flip(-1)
+                if scale != 1.0:
+                    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+                log_probs = F.log_softmax(logits.float(), dim=1)
+                # log(p1 + p2 + ...) without leaving log space; exact for a single view
+                total = log_probs if total is None else torch.logaddexp(total, log_probs)
+                views += 1
+        assert total is not None
+        return total - math.log(views) if views > 1 else total
+
+
+def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint written by train.py onto the CPU.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        KeyError: the checkpoint holds no ``"config"`` (not written by segkit's train.py).
+    """
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt file.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if "config" not in checkpoint:
+        raise KeyError(
+            f"checkpoint {path} has no 'config' entry, so the model cannot be rebuilt; it "
+            "must come from segkit's train.py (ConfigInCheckpoint callback)."
+        )
+    return checkpoint
+
+
+def task_from_checkpoint(
+    checkpoint: dict[str, Any], overrides: DictConfig | dict[str, Any] | None = None
+) -> tuple[DictConfig, L.LightningModule]:
+    """Rebuild the task stored in ``checkpoint`` and load its weights.
+
+    Args:
+        checkpoint: from :func:`load_checkpoint`.
+        overrides: config merged over the stored one (e.g. ``{"task": {"inference": ...}}``).
+
+    Returns:
+        ``(config, task)``: the merged config and the task in eval mode on the CPU.
+    """
+    from segkit.runner import build_task  # runner imports Lightning trainer bits; keep lazy
+
+    cfg = OmegaConf.create(checkpoint["config"])
+    if overrides:
+        cfg = OmegaConf.merge(cfg, overrides)
+    task = build_task(cfg)
+    task.load_state_dict(checkpoint["state_dict"])
+    task.eval()
+    return cfg, task
