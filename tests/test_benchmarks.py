@@ -1,0 +1,135 @@
+"""Fast paths equal their reference paths, and every benchmark script runs in --quick mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segkit.metrics import (
+    ConfusionMatrix,
+    _scatter_histogram,
+    confusion_matrix,
+    labels_from_logits,
+)
+
+
+def numpy_confmat(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int | None
+) -> np.ndarray:
+    """Reference: keep pixels whose target and prediction are classes (and not ignored)."""
+    pred, target = pred.astype(np.int64).ravel(), target.astype(np.int64).ravel()
+    keep = (target >= 0) & (target < num_classes) & (pred >= 0) & (pred < num_classes)
+    if ignore_index is not None:
+        keep &= target != ignore_index
+    index = num_classes * target[keep] + pred[keep]
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def labels(rng: np.random.Generator, num_classes: int, dtype: torch.dtype, extra: list[int]):
+    """[2, 13, 17] labels in [0, C) with ~20% of pixels set to values from ``extra``."""
+    values = rng.integers(0, num_classes, size=(2, 13, 17))
+    if extra:
+        noise = rng.random(values.shape) < 0.2
+        values[noise] = rng.choice(extra, size=int(noise.sum()))
+    return torch.from_numpy(values).to(dtype)
+
+
+DTYPE_CASES = [
+    (torch.uint8, [255]),
+    (torch.int8, [-1, -128, 127]),
+    (torch.int16, [-1, 255, 32767]),
+    (torch.int32, [-100, 255, 65536 + 3]),  # 65539 must not wrap to class 3 in int16
+    (torch.int64, [-100, 255, 2**40 + 1]),
+]
+
+
+@pytest.mark.parametrize(("dtype", "extra"), DTYPE_CASES, ids=[str(d) for d, _ in DTYPE_CASES])
+@pytest.mark.parametrize("ignore_index", [255, None, 0, -100])
+def test_confusion_matrix_matches_numpy_for_every_dtype(dtype, extra, ignore_index):
+    rng = np.random.default_rng(0)
+    target = labels(rng, 5, dtype, extra)
+    preds = labels(rng, 5, dtype, extra)  # out-of-range predictions are dropped too
+    got = confusion_matrix(preds, target, 5, ignore_index)
+    want = numpy_confmat(preds.numpy(), target.numpy(), 5, ignore_index)
+    assert got.dtype == torch.int64 and got.is_contiguous()
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 179, 180, 300])
+def test_confusion_matrix_matches_numpy_for_int16_and_int32_indices(num_classes):
+    # (C+2)^2 - 1 <= 32767 up to C = 179: the fused index switches to int32 at C = 180
+    rng = np.random.default_rng(num_classes)
+    target = labels(rng, num_classes, torch.int64, [255])
+    preds = labels(rng, num_classes, torch.int64, [])
+    got = confusion_matrix(preds, target, num_classes, 255)
+    np.testing.assert_array_equal(
+        got.numpy(), numpy_confmat(preds.numpy(), target.numpy(), num_classes, 255)
+    )
+
+
+def test_bool_labels_are_two_classes():
+    target = torch.tensor([[True, False, True, True]])
+    preds = torch.tensor([[True, True, False, True]])
+    assert confusion_matrix(preds, target, 2, None).tolist() == [[0, 1], [1, 2]]
+
+
+def test_scatter_histogram_equals_bincount():
+    # the off-CPU histogram, run on the CPU, against torch.bincount
+    index = torch.from_numpy(np.random.default_rng(1).integers(0, 441, size=5000))
+    for dtype in (torch.int16, torch.int32, torch.int64):
+        got = _scatter_histogram(index.to(dtype), 441)
+        assert torch.equal(got, torch.bincount(index, minlength=441))
+
+
+def test_confusion_matrix_is_exact_in_deterministic_mode():
+    rng = np.random.default_rng(2)
+    target, preds = labels(rng, 19, torch.int64, [255]), labels(rng, 19, torch.int64, [])
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        metric = ConfusionMatrix(19, ignore_index=255)
+        metric.update(preds, target)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    want = numpy_confmat(preds.numpy(), target.numpy(), 19, 255)
+    np.testing.assert_array_equal(metric.confmat.numpy(), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_labels_from_logits_equal_argmax(dtype):
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(rng.normal(size=(2, 7, 9, 11))).to(dtype)
+    assert torch.equal(labels_from_logits(logits).long(), logits.argmax(dim=1))
+
+
+def test_labels_from_logits_take_the_first_maximum_on_ties():
+    # integer scores in {0, 1, 2} over 6 channels: most pixels have tied maxima
+    logits = torch.from_numpy(np.random.default_rng(4).integers(0, 3, size=(3, 6, 8, 8)))
+    logits = logits.float()
+    assert torch.equal(labels_from_logits(logits).long(), logits.argmax(dim=1))
+    hand = torch.tensor([[[1.0]], [[3.0]], [[3.0]]]).unsqueeze(0)  # [1, 3, 1, 1]: tie 1 vs 2
+    assert labels_from_logits(hand).item() == 1
+
+
+def test_labels_from_logits_handle_nan_like_argmax():
+    logits = torch.zeros(1, 4, 2, 2)
+    logits[0, 2, 0, 1] = torch.nan
+    logits[0, 3] = 1.0
+    assert torch.equal(labels_from_logits(logits).long(), logits.argmax(dim=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_update_does_not_synchronise():
+    rng = np.random.default_rng(5)
+    target = labels(rng, 19, torch.uint8, [255]).cuda()
+    logits = torch.from_numpy(rng.normal(size=(2, 19, 13, 17))).float().cuda()
+    metric = ConfusionMatrix(19, ignore_index=255).cuda()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        metric.update(logits, target)
+        metric.update(logits.argmax(1), target)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    want = 2 * numpy_confmat(logits.argmax(1).cpu().numpy(), target.cpu().numpy(), 19, 255)
+    np.testing.assert_array_equal(metric.confmat.cpu().numpy(), want)
