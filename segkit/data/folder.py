@@ -7,8 +7,10 @@ Layout::
     root/splits/<split>.txt           optional: one stem per line
 
 With ``split=None`` (or when ``root/splits/`` does not exist and ``split`` is not given)
-every image is used. Mask values must be in ``[0, num_classes)`` or equal ``ignore_index``;
-anything else stops with an error naming the file.
+every image is used. Mask values must be in ``[0, num_classes)`` or equal ``ignore_index``
+after the optional ``label_map`` / ``reduce_zero_label``; anything else stops with an error
+naming the file. Building the dataset checks a few samples at once (``startup_check``), so a
+run never starts on broken files; ``python -m segkit.check_data`` checks them all.
 
 Each sample is ``{"image": float32 [3, H, W] normalised with mean/std (0-1 pixel scale),
 "mask": int64 [H, W], "name": stem}``. The albumentations ``transform`` sees the uint8 image
@@ -17,7 +19,7 @@ and the mask, so geometric transforms keep them aligned; normalisation happens a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +64,22 @@ def read_mask(path: Path) -> np.ndarray:
     return array
 
 
-def check_mask_values(
+def mask_problems(
     mask: np.ndarray, num_classes: int, ignore_index: int | None, path: Path | str
-) -> None:
-    """Raise :class:`DataError` if ``mask`` holds a value that is no class and not ignored."""
+) -> list[str]:
+    """Every reason why ``mask`` (class indices) cannot be right, as messages naming ``path``.
+
+    Finds values that are no class and not ignored, and binary 0/255 masks whose foreground
+    would be ignored. An empty list means the mask is fine.
+    """
     values = np.unique(mask)
     allowed = (values >= 0) & (values < num_classes)
     if ignore_index is not None:
         allowed |= values == ignore_index
     bad = values[~allowed]
+    problems = []
     if bad.size:
-        raise DataError(
+        problems.append(
             f"mask {path} has values {bad.tolist()[:10]} outside the class set "
             f"0..{num_classes - 1} (ignore_index={ignore_index}). Check num_classes, "
             "ignore_index, or that the masks hold class indices (e.g. trainIds, not labelIds)."
@@ -80,15 +87,51 @@ def check_mask_values(
     # A 0/255 binary mask passes the check above when 255 is the ignore value, and would
     # silently train on background only. Real void regions are thin borders, not half an image.
     if ignore_index == 255 and values.tolist() == [0, 255] and (mask == 255).mean() > 0.1:
-        raise DataError(
+        problems.append(
             f"mask {path} holds only 0 and 255 with {(mask == 255).mean():.0%} of pixels 255: "
             "this looks like a binary 0/255 mask, whose foreground would be ignored. Store the "
             "foreground as 1 (class index), or map 255 to 1 with a label map."
         )
+    return problems
+
+
+def check_mask_values(
+    mask: np.ndarray, num_classes: int, ignore_index: int | None, path: Path | str
+) -> None:
+    """Raise :class:`DataError` if ``mask`` holds a value that is no class and not ignored."""
+    problems = mask_problems(mask, num_classes, ignore_index, path)
+    if problems:
+        raise DataError(problems[0])
+
+
+def label_lut(
+    label_map: Mapping[int, int] | None, reduce_zero_label: bool, ignore_index: int, size: int
+) -> np.ndarray | None:
+    """Lookup table ``lut[raw value] -> class index`` of length ``size``, or ``None`` (identity).
+
+    ``label_map`` is applied first (unlisted values stay), then ``reduce_zero_label`` maps 0
+    to ``ignore_index`` and every other value ``v`` to ``v - 1`` (ADE20K-style masks, where 0
+    is "other").
+    """
+    if not label_map and not reduce_zero_label:
+        return None
+    lut = np.arange(size, dtype=np.int64)
+    for raw, index in (label_map or {}).items():
+        if 0 <= int(raw) < size:
+            lut[int(raw)] = int(index)
+    if reduce_zero_label:
+        zero = lut == 0
+        lut = np.where(lut == ignore_index, ignore_index, lut - 1)
+        lut[zero] = ignore_index
+    return lut
 
 
 class FolderDataset(Dataset):
     """Images and class-index masks from a folder (see the module docstring).
+
+    Subclasses for official layouts (Cityscapes, VOC, CamVid) override :meth:`find_samples`
+    and, where the files hold something other than class indices, :meth:`read_raw_mask`
+    or :meth:`map_mask`; checks, transforms and normalisation are shared.
 
     Args:
         root: dataset folder with ``images/`` and ``masks/``.
@@ -98,6 +141,13 @@ class FolderDataset(Dataset):
         transform: albumentations transform called as ``transform(image=..., mask=...)``.
         mean: per-channel mean on the 0-1 scale, subtracted after the transform.
         std: per-channel standard deviation on the 0-1 scale.
+        reduce_zero_label: the masks use 0 for "unlabelled" and ``1..C`` for the classes
+            (ADE20K style): 0 becomes ``ignore_index``, every other value ``v`` becomes ``v-1``.
+        label_map: ``{value in file: class index}``, applied before ``reduce_zero_label``;
+            unlisted values stay, e.g. ``{255: 1}`` for 0/255 binary masks.
+        startup_check: number of samples (evenly spread) read and checked when the dataset
+            is built, so a run stops at once on broken files; 0 skips the check.
+            ``python -m segkit.check_data`` checks every file.
     """
 
     def __init__(
@@ -109,6 +159,9 @@ class FolderDataset(Dataset):
         transform: Callable[..., dict[str, Any]] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        reduce_zero_label: bool = False,
+        label_map: Mapping[int, int] | None = None,
+        startup_check: int = 8,
     ) -> None:
         self.root = Path(root).expanduser()
         self.num_classes = num_classes
@@ -117,9 +170,15 @@ class FolderDataset(Dataset):
         self.transform = transform
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
         self.std = np.asarray(std, dtype=np.float32) * 255.0
-        self.samples = self._find_samples()
+        self.reduce_zero_label = reduce_zero_label
+        self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        self.samples = self.find_samples()
+        self._check_unique_names()
+        if startup_check > 0:
+            self.check_sample(startup_check)
 
-    def _find_samples(self) -> list[tuple[str, Path, Path]]:
+    def find_samples(self) -> list[tuple[str, Path, Path]]:
+        """The ``(name, image path, mask path)`` of every sample of ``self.split``."""
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         for folder in (self.root, image_dir, mask_dir):
             if not folder.is_dir():
@@ -127,7 +186,19 @@ class FolderDataset(Dataset):
                     f"data folder {folder} does not exist. Set the dataset root (e.g. "
                     "data.root=/path/to/dataset) to a folder holding images/ and masks/."
                 )
-        images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        images: dict[str, Path] = {}
+        clashes = []
+        for path in sorted(image_dir.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.stem in images:
+                clashes.append(f"{images[path.stem].name} and {path.name}")
+            images[path.stem] = path
+        if clashes:
+            raise DataError(
+                f"{image_dir} holds {len(clashes)} images with the same stem, e.g. "
+                f"{clashes[:3]}: a stem must name one image. Remove or rename the duplicates."
+            )
         if self.split is None:
             stems = sorted(images)
         else:
@@ -138,6 +209,11 @@ class FolderDataset(Dataset):
                     "line) or set the split to null to use every image."
                 )
             stems = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+            if not stems:
+                raise DataError(
+                    f"split list {split_file} is empty: add one image stem per line, or "
+                    "choose another split."
+                )
             missing = [stem for stem in stems if stem not in images]
             if missing:
                 raise DataError(
@@ -148,16 +224,88 @@ class FolderDataset(Dataset):
             raise DataError(
                 f"no images (*.png, *.jpg) found for split {self.split!r} in {image_dir}."
             )
-        samples = []
-        for stem in stems:
-            mask_path = mask_dir / f"{stem}.png"
-            if not mask_path.is_file():
-                raise DataError(
-                    f"image {images[stem]} has no mask {mask_path}. Add the mask or remove the "
-                    "image (or leave it out of the split list)."
-                )
-            samples.append((stem, images[stem], mask_path))
+        samples = [(stem, images[stem], mask_dir / f"{stem}.png") for stem in stems]
+        missing = [image for _, image, mask in samples if not mask.is_file()]
+        if missing:
+            raise DataError(
+                f"{len(missing)} images have no mask in {mask_dir}, e.g. image {missing[0]} "
+                f"has no mask {mask_dir / (missing[0].stem + '.png')}. Add the masks or remove "
+                "the images (or leave them out of the split list)."
+            )
         return samples
+
+    def _check_unique_names(self) -> None:
+        seen: dict[str, Path] = {}
+        for name, image, _ in self.samples:
+            if name in seen:
+                raise DataError(
+                    f"split {self.split!r} of {self.root} lists sample {name!r} twice "
+                    f"({seen[name]} and {image}); each image must appear once, or it "
+                    "counts twice in the metrics. Remove the duplicate line."
+                )
+            seen[name] = image
+
+    def read_raw_mask(self, path: Path) -> np.ndarray:
+        """The label file's values as stored, ``[H, W]``."""
+        return read_mask(path)
+
+    def map_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Class indices ``[H, W]`` from stored values (``label_map``, ``reduce_zero_label``)."""
+        size = max(256, int(raw.max()) + 1) if raw.size else 256
+        lut = label_lut(self.label_map, self.reduce_zero_label, self.ignore_index, size)
+        return raw if lut is None else lut[raw]
+
+    def inspect(
+        self, index: int, decode_image: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
+        """Read and check one sample without raising.
+
+        Args:
+            index: sample index.
+            decode_image: decode the whole image (finds truncated files); ``False`` reads
+                only its header for the size.
+
+        Returns:
+            ``(raw mask, class-index mask, problems)``; the masks are ``None`` when the
+            label file cannot be read, ``problems`` lists messages naming the files.
+        """
+        _, image_path, mask_path = self.samples[index]
+        problems: list[str] = []
+        image_size = None
+        try:
+            if decode_image:
+                image_size = read_image(image_path).shape[:2]
+            else:
+                with Image.open(image_path) as image:
+                    image_size = (image.height, image.width)
+        except (DataError, UnidentifiedImageError, OSError) as error:
+            problems.append(
+                str(error) if isinstance(error, DataError) else f"{image_path}: {error}"
+            )
+        try:
+            raw = self.read_raw_mask(mask_path)
+        except DataError as error:
+            return None, None, [*problems, str(error)]
+        if image_size is not None and tuple(image_size) != raw.shape[:2]:
+            problems.append(
+                f"image {image_path} is {image_size[1]}x{image_size[0]} but its mask "
+                f"{mask_path} is {raw.shape[1]}x{raw.shape[0]} (WxH); they must match."
+            )
+        mask = self.map_mask(raw, mask_path)
+        problems += mask_problems(mask, self.num_classes, self.ignore_index, mask_path)
+        return raw, mask, problems
+
+    def check_sample(self, count: int) -> None:
+        """Check ``count`` evenly spread samples; raise one :class:`DataError` listing all."""
+        indices = np.unique(np.linspace(0, len(self) - 1, min(count, len(self))).round())
+        problems = [p for i in indices.astype(int) for p in self.inspect(int(i))[2]]
+        if problems:
+            listed = "\n  ".join(problems)
+            raise DataError(
+                f"{len(problems)} problem(s) in {len(indices)} checked samples of split "
+                f"{self.split!r} ({self.root}):\n  {listed}\nFix the files; "
+                "python -m segkit.check_data data=<name> lists the problems of every file."
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -166,7 +314,7 @@ class FolderDataset(Dataset):
         """Read and check one sample: uint8 RGB ``[H, W, 3]``, mask ``[H, W]``, stem."""
         name, image_path, mask_path = self.samples[index]
         image = read_image(image_path)
-        mask = read_mask(mask_path)
+        mask = self.map_mask(self.read_raw_mask(mask_path), mask_path)
         if image.shape[:2] != mask.shape:
             raise DataError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask "
