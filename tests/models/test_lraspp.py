@@ -1,0 +1,49 @@
+"""LR-ASPP on MobileNetV3-Large: parameter count, branch strides, shapes, offline weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+from segkit.models.lraspp import LRASPP
+from segkit.models.weights import WeightsError
+
+
+def test_parameter_count_matches_torchvision_reference():
+    # Independent reference: torchvision's lraspp_mobilenet_v3_large, 21 classes, 3.2M
+    # parameters (torchvision model docs); paper: Howard et al. 2019, Fig. 10.
+    with torch.device("meta"):
+        ours = LRASPP(num_classes=21)
+        reference = lraspp_mobilenet_v3_large(num_classes=21, weights=None, weights_backbone=None)
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == pytest.approx(sum(p.numel() for p in reference.parameters()), rel=0.02)
+    assert count == pytest.approx(3.2e6, rel=0.02)
+    assert ours.head.cbr[0].out_channels == 128  # inter-channels of the paper
+
+
+def test_low_branch_at_stride_8_high_branch_at_16():
+    model = LRASPP(num_classes=3).eval()
+    with torch.no_grad():
+        low = model.low(torch.randn(1, 3, 64, 96))
+        high = model.high(low)
+    assert low.shape == (1, 40, 8, 12)  # 64/8, 96/8
+    assert high.shape == (1, 960, 4, 6)  # 64/16, 96/16 (last stage dilated, not strided)
+
+
+def test_forward_backward_any_size_batch_of_one_trains():
+    torch.manual_seed(0)
+    model = LRASPP(num_classes=3).train()
+    x = torch.randn(1, 3, 97, 131)  # batch 1: no batch norm after the pooling
+    logits = model(x)
+    assert logits.shape == (1, 3, 97, 131)
+    logits.sum().backward()
+    assert model.low[0][0].weight.grad is not None
+    with torch.no_grad():
+        assert model.eval()(x).shape == (1, 3, 97, 131)
+
+
+def test_pretrained_without_local_weights_fails_at_once(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # an empty torch hub cache
+    with pytest.raises(WeightsError, match="model.pretrained=false"):
+        LRASPP(num_classes=3, pretrained=True)

@@ -1,0 +1,85 @@
+"""segkit.summary: FLOPs and output stride against hand counts, CLI output, README table."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from segkit.summary import compose, count_parameters, main, measure, model_table, summarize
+
+
+def tiny_model() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),  # 10x10 -> 10x10
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1, stride=2),  # 10x10 -> 5x5
+        nn.Upsample(size=(10, 10)),
+    )
+
+
+def test_flops_and_stride_of_a_tiny_conv_model_by_hand():
+    flops, shape, stride = measure(tiny_model(), torch.zeros(1, 3, 10, 10))
+    # 2 FLOPs per multiply-add: conv1 has 8*10*10 outputs of 3*3*3 MACs, conv2 4*5*5 of 8
+    assert flops == 2 * (8 * 10 * 10 * 27) + 2 * (4 * 5 * 5 * 8) == 44800
+    assert shape == (1, 4, 10, 10)
+    assert stride == 2
+
+
+def test_parameter_counts_by_hand():
+    total, trainable, blocks = count_parameters(tiny_model())
+    assert blocks == {"0": 8 * 3 * 9, "1": 0, "2": 4 * 8 + 4, "3": 0}
+    assert total == trainable == 216 + 36
+
+
+def test_config_summary_on_meta_equals_a_real_run():
+    cfg = compose(["model=lraspp", "data.num_classes=3"])
+    summary = summarize(cfg.model, (64, 96))
+    torch.manual_seed(0)
+    flops, shape, stride = measure(torch.nn.Module.eval(_real(cfg)), torch.zeros(1, 3, 64, 96))
+    assert (summary.flops, summary.output_shape, summary.output_stride) == (flops, shape, stride)
+    assert summary.output_shape == (1, 3, 64, 96) and summary.output_stride == 16
+    assert sum(summary.block_params.values()) == summary.total_params
+
+
+def _real(cfg):
+    import hydra
+
+    return hydra.utils.instantiate(cfg.model)
+
+
+def test_cli_prints_summary(capsys):
+    main(["model=pspnet", "model.encoder_name=resnet18", "+input_size=[48,80]"])
+    out = capsys.readouterr().out
+    assert "output:         [1, 5, 48, 80]" in out  # shapes has 5 classes
+    assert "output stride:  8" in out
+    assert "aux" in out and "encoder" in out
+
+
+class DetectionLike(nn.Module):
+    """Output shape depends on the data (like detection models): no meta kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.nonzero(self.conv(x) > 0)]
+
+
+def test_data_dependent_model_is_run_on_cpu_or_left_unmeasured():
+    cfg = OmegaConf.create({"_target_": f"{__name__}.DetectionLike"})
+    unmeasured = summarize(cfg, (4, 4), cpu_fallback=False)
+    assert (unmeasured.flops, unmeasured.output_shape) == (None, None)
+    assert unmeasured.total_params == 6
+    measured = summarize(cfg, (4, 4))
+    assert measured.flops == 2 * (2 * 4 * 4 * 3) and measured.output_shape is None
+
+
+def test_table_rows():
+    table = model_table(["+input_size=[64,64]"], names=["lraspp", "unet_r18"])
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| `")]
+    # LR-ASPP: 3.2M parameters (torchvision docs); 7.9 GFLOPs at 512x1024 scale to 0.06
+    assert [cell.strip() for cell in rows[0]] == ["`lraspp`", "LRASPP", "3.2", "0.1", "16"]
+    assert [cell.strip() for cell in rows[1]][:2] == ["`unet_r18`", "smp Unet/resnet18"]
+    assert "1x3x64x64, 19 classes" in table
