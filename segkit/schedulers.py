@@ -7,6 +7,7 @@ Each factory takes ``(optimizer, total_steps, ...)``; the task passes ``total_st
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -49,3 +50,48 @@ def poly_lr(
 def cosine_lr(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
     """Cosine decay to 0 over ``total_steps`` (after ``warmup_steps`` of linear warm-up)."""
     return LambdaLR(optimizer, _CosineFactor(total_steps, warmup_steps))
+
+
+class _MultiStepFactor:
+    """``gamma ** (milestones passed)`` after a linear warm-up from ``warmup_factor``."""
+
+    def __init__(
+        self,
+        total_steps: int,
+        milestones: list[float],
+        gamma: float,
+        warmup_steps: int,
+        warmup_factor: float,
+    ) -> None:
+        self.steps = sorted(round(m * total_steps) for m in milestones)
+        self.gamma, self.warmup_steps, self.warmup_factor = gamma, warmup_steps, warmup_factor
+
+    def __call__(self, step: int) -> float:
+        factor = self.gamma ** sum(step >= s for s in self.steps)
+        if step < self.warmup_steps:
+            alpha = step / self.warmup_steps
+            factor *= self.warmup_factor * (1 - alpha) + alpha
+        return factor
+
+
+def multistep_lr(
+    optimizer: Optimizer,
+    total_steps: int,
+    milestones: Sequence[float] = (16 / 26, 22 / 26),
+    gamma: float = 0.1,
+    warmup_steps: int = 1000,
+    warmup_factor: float = 0.001,
+) -> LambdaLR:
+    """Step decay: ``lr *= gamma`` at each milestone, after a linear warm-up (Mask R-CNN).
+
+    Args:
+        optimizer: the optimiser.
+        total_steps: run length in optimiser steps.
+        milestones: fractions of ``total_steps`` at which the rate drops; the default is
+            torchvision's Mask R-CNN recipe (26 epochs, drops after 16 and 22).
+        gamma: factor per drop.
+        warmup_steps: steps of linear warm-up, from ``warmup_factor * lr`` to ``lr``.
+        warmup_factor: starting fraction of the warm-up.
+    """
+    factor = _MultiStepFactor(total_steps, list(milestones), gamma, warmup_steps, warmup_factor)
+    return LambdaLR(optimizer, factor)

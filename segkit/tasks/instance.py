@@ -1,0 +1,217 @@
+"""LightningModule for instance segmentation (Mask R-CNN): losses, COCO AP, semantic view.
+
+The model follows torchvision's detection contract (see :mod:`segkit.models.maskrcnn`): in
+training it returns its own losses (RPN objectness and box, classifier, box regression,
+mask), logged one by one as ``train/loss_<name>`` and summed into ``train/loss``; in eval
+mode it returns per-image detections.
+
+Scores of each val/test epoch:
+
+* COCO AP from torchmetrics ``MeanAveragePrecision(iou_type=("bbox", "segm"))`` (pycocotools
+  backend): ``<split>/{box,mask}_{AP,AP50,AP75,APs,APm,APl}`` and per class
+  ``<split>/{box,mask}_AP/<class>``. The last epoch's values are kept in
+  ``extra_scores[split]`` (NaN where COCOeval reports -1, i.e. no ground truth), which
+  :func:`segkit.runner.evaluate` adds to ``metrics.json``.
+* The semantic view: detections scoring at least ``score_threshold`` are pasted into a class
+  map (:func:`paste_instances`, higher scores on top) and counted in the same
+  :class:`~segkit.metrics.ConfusionMatrix` as the semantic models, so ``<split>/mIoU`` and
+  ``confusion_matrices[split]`` mean exactly what they mean there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
+
+from segkit.metrics import ConfusionMatrix, scores
+from segkit.tasks.semantic import HEADLINE_KEYS
+
+AP_KEYS = {  # torchmetrics name -> segkit name
+    "map": "AP",
+    "map_50": "AP50",
+    "map_75": "AP75",
+    "map_small": "APs",
+    "map_medium": "APm",
+    "map_large": "APl",
+}
+IOU_TYPES = {"bbox": "box", "segm": "mask"}
+
+
+def paste_instances(
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    size: tuple[int, int],
+    score_threshold: float = 0.5,
+) -> torch.Tensor:
+    """Class map of detections: background 0, where instances overlap the higher score wins.
+
+    Args:
+        masks: bool ``[N, H, W]`` instance masks.
+        labels: int64 ``[N]`` classes.
+        scores: ``[N]`` confidences.
+        size: ``(H, W)``, used when ``N = 0``.
+        score_threshold: detections scoring below this are left out.
+
+    Returns:
+        int64 ``[H, W]``.
+    """
+    class_map = torch.zeros(size, dtype=torch.int64, device=labels.device)
+    keep = scores >= score_threshold
+    masks, labels, scores = masks[keep], labels[keep], scores[keep]
+    for index in scores.argsort():  # ascending: the best detection is painted last
+        class_map[masks[index]] = labels[index]
+    return class_map
+
+
+def _number(value: torch.Tensor) -> float:
+    """COCOeval's -1 (nothing to score) as NaN."""
+    value = float(value)
+    return math.nan if value < 0 else value
+
+
+class InstanceSegmentationTask(L.LightningModule):
+    """Train and score an instance segmentation model (torchvision detection contract).
+
+    Args:
+        model: e.g. :func:`segkit.models.maskrcnn.mask_rcnn`; ``model(images, targets)``
+            returns a loss dict in train mode, ``model(images)`` detections in eval mode.
+        optimizer: partial ``optimizer(params) -> torch.optim.Optimizer``.
+        scheduler: partial ``scheduler(optimizer, total_steps=N)`` stepped per optimiser step,
+            or ``None``.
+        num_classes: ``C`` including background.
+        class_names: ``C`` names.
+        ignore_index: semantic-mask value excluded from the semantic view.
+        score_threshold: minimum detection score pasted into the semantic view.
+        mask_threshold: mask probability above which a pixel belongs to a detection.
+        loss: unused (Mask R-CNN computes its own losses); accepted because
+            :func:`segkit.runner.build_task` hands every task the ``loss`` group.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
+        num_classes: int,
+        class_names: Sequence[str],
+        ignore_index: int = 255,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        loss: Callable[..., torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        self.ignore_index = ignore_index
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+        self.confusion = nn.ModuleDict(
+            {split: ConfusionMatrix(num_classes, ignore_index) for split in ("val", "test")}
+        )
+        self.average_precision = nn.ModuleDict(
+            {
+                split: MeanAveragePrecision(iou_type=tuple(IOU_TYPES), class_metrics=True)
+                for split in ("val", "test")
+            }
+        )
+        self.confusion_matrices: dict[str, torch.Tensor] = {}
+        self.extra_scores: dict[str, dict[str, Any]] = {}
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections per image: ``boxes [K, 4]``, ``labels [K]``, ``scores [K]``, ``masks``
+        bool ``[K, H, W]`` (thresholded at ``mask_threshold``)."""
+        outputs = self.model(images)
+        for output in outputs:
+            output["masks"] = output["masks"][:, 0] > self.mask_threshold
+        return outputs
+
+    def semantic_map(self, output: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The class map ``[H, W]`` of one image's detections (see :func:`paste_instances`)."""
+        return paste_instances(
+            output["masks"], output["labels"], output["scores"], size, self.score_threshold
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        losses = self.model(batch["image"], batch["target"])
+        size = len(batch["image"])
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=True, batch_size=size)
+        loss = sum(losses.values())
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        outputs = self(batch["image"])
+        targets = [
+            {"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"].bool()}
+            for t in batch["target"]
+        ]
+        self.average_precision[split].update(outputs, targets)
+        for output, mask in zip(outputs, batch["mask"], strict=True):
+            predicted = self.semantic_map(output, tuple(mask.shape))
+            self.confusion[split].update(predicted, mask)
+
+    def _eval_epoch_end(self, split: str) -> None:
+        confusion, average_precision = self.confusion[split], self.average_precision[split]
+        confmat = confusion.compute_confmat()
+        result = average_precision.compute()
+        confusion.reset()
+        average_precision.reset()
+        if self.trainer.sanity_checking:
+            return
+        self.confusion_matrices[split] = confmat.cpu()
+        semantic = scores(confmat)
+        for key in HEADLINE_KEYS:
+            self.log(f"{split}/{key}", semantic[key].float())
+        extra: dict[str, Any] = {}
+        classes = result["classes"].reshape(-1).tolist()
+        for iou_type, prefix in IOU_TYPES.items():
+            for key, name in AP_KEYS.items():
+                extra[f"{prefix}_{name}"] = _number(result[f"{iou_type}_{key}"])
+            per_class = result[f"{iou_type}_map_per_class"].reshape(-1).tolist()
+            extra[f"{prefix}_AP_per_class"] = {
+                self.class_names[c]: _number(v) for c, v in zip(classes, per_class, strict=True)
+            }
+        self.extra_scores[split] = extra
+        for key, value in extra.items():
+            if isinstance(value, dict):
+                for name, v in value.items():
+                    self.log(f"{split}/{key.removesuffix('_per_class')}/{name}", v)
+            else:
+                self.log(f"{split}/{key}", value, prog_bar=key == "mask_AP")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=parameters)
+        if self.scheduler_factory is None:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
