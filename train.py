@@ -17,7 +17,7 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from segkit.runner import build_task, build_trainer, evaluate  # noqa: E402
+from segkit.runner import build_task, build_trainer, evaluate, resume_checkpoint  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -28,12 +28,13 @@ def main(cfg: DictConfig) -> float | None:
     task = build_task(cfg)
     trainer = build_trainer(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    start = resume_checkpoint(cfg)  # ckpt_path=<file>|last, or resume=auto
 
     if cfg.train:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(task, datamodule=datamodule, ckpt_path=start, weights_only=True)
     # Score the best checkpoint (by cfg.optimized_metric) when one was written.
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    ckpt_path = best or (None if cfg.train else cfg.get("ckpt_path"))
+    ckpt_path = best or (None if cfg.train else start)
 
     evaluate(trainer, task, datamodule, "val", ckpt_path, output_dir)
     optimized = trainer.callback_metrics.get(cfg.optimized_metric)

@@ -1,10 +1,28 @@
-"""Lightning callbacks used by train.py."""
+"""Lightning callbacks and the checkpoint writer used by train.py.
+
+* :class:`ConfigInCheckpoint` stores the composed config in every checkpoint.
+* :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the target folder
+  and renames it into place, so a killed process never leaves a half-written ``.ckpt``.
+* :class:`LastCheckpoint` keeps ``last.ckpt`` current within an epoch (every N optimiser
+  steps) and after each epoch, so ``ckpt_path=last`` / ``resume=auto`` lose little work.
+* :class:`NonFiniteGuard` stops the run on a NaN/Inf loss with the step, batch names and
+  learning rate in the message, or skips the optimiser update when ``skip_nonfinite=true``.
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+
+PARTIAL_SUFFIX = ".partial"  # temporary checkpoint files; never matched by *.ckpt globs
 
 
 class ConfigInCheckpoint(L.Callback):
@@ -21,3 +39,237 @@ class ConfigInCheckpoint(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["config"] = self.config
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to ``.<name>.<random>.partial`` next to the target, fsync, then rename.
+
+    ``os.replace`` is atomic within one filesystem, so a reader (or a resumed run) sees
+    either the previous complete file or the new complete file, never a truncated one. The
+    temporary name ends in ``.partial`` (not ``.ckpt``) and starts with a dot, so neither
+    Lightning's ``last*.ckpt`` search nor segkit's resume logic can pick it up. Remote paths
+    (``s3://`` etc.) go to Lightning's writer unchanged.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX
+        )
+        try:
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; match open()
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist a rename: fsync the directory entry (a no-op where the OS does not allow it)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+class LastCheckpoint(L.Callback):
+    """Write ``dirpath/last.ckpt`` every ``every_n_train_steps`` optimiser steps and after
+    every training epoch (after its validation, so the best-metric tracker is included).
+
+    Lightning's ``ModelCheckpoint`` cannot combine a step interval with epoch-end saves in
+    one instance, and a second instance with ``save_last`` would write ``last-v1.ckpt``;
+    hence this small callback. It saves through ``trainer.save_checkpoint``, so the file
+    holds everything a resume needs (weights, optimiser, scheduler, AMP scaler, loop
+    position, callback states) and is written by :class:`AtomicCheckpointIO`. Stale
+    ``*.partial`` files left by a killed writer are removed when fitting starts.
+
+    Args:
+        dirpath: folder of ``last.ckpt`` (the run's ``checkpoints/``).
+        every_n_train_steps: optimiser steps between mid-epoch saves; 0 saves only at
+            epoch ends.
+    """
+
+    FILENAME = "last.ckpt"
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 500) -> None:
+        if every_n_train_steps < 0:
+            raise ValueError(
+                f"callbacks.last_checkpoint.every_n_train_steps must be >= 0, got "
+                f"{every_n_train_steps}"
+            )
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps
+        self._saved_step = -1
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / self.FILENAME
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return (
+            not trainer.fast_dev_run
+            and not trainer.sanity_checking
+            and trainer.state.fn == TrainerFn.FITTING
+        )
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.dirpath.is_dir():
+            for stale in self.dirpath.glob(f".*{PARTIAL_SUFFIX}"):
+                stale.unlink(missing_ok=True)
+        self._saved_step = trainer.global_step  # a resumed run does not re-save at once
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = trainer.global_step
+        if (
+            self.every_n_train_steps > 0
+            and step % self.every_n_train_steps == 0
+            and step != self._saved_step  # accumulation: the step did not advance
+            and self._active(trainer)
+        ):
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer):
+            self._save(trainer)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss was NaN or Inf (raised by :class:`NonFiniteGuard`)."""
+
+
+class NonFiniteGuard(L.Callback):
+    """Stop on a non-finite training loss, or skip that optimiser update.
+
+    With ``skip_nonfinite=False`` (default) a NaN/Inf loss raises
+    :class:`NonFiniteLossError` naming the epoch, batch index, optimiser step, the batch's
+    ``batch["name"]`` entries and the learning rate, before the NaN reaches the weights.
+
+    With ``skip_nonfinite=True`` the update is dropped instead: gradients are cleared
+    before ``optimizer.step`` (torch optimisers leave parameters without ``.grad`` alone,
+    momentum included) and BatchNorm running statistics are restored to their values
+    before the bad batch. The step counter and the schedule still advance, so the run
+    length is unchanged. Skips are counted (``skipped_steps``, restored on resume), warned
+    about, and logged as ``train/skipped_steps``.
+
+    Under DDP the decision is taken jointly (any rank non-finite -> every rank skips or
+    stops), since gradients are averaged across ranks.
+
+    Args:
+        skip_nonfinite: skip the update instead of stopping the run.
+    """
+
+    def __init__(self, skip_nonfinite: bool = False) -> None:
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+        self._names: list[str] = []
+        self._batch_idx = 0
+        self._bad = False
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        names = batch.get("name") if isinstance(batch, dict) else None
+        self._names = [str(n) for n in names] if names is not None else []
+        self._batch_idx = batch_idx
+        if self.skip_nonfinite and batch_idx % trainer.accumulate_grad_batches == 0:
+            # first micro-batch of an update: remember BatchNorm statistics
+            self._buffers = {k: b.detach().clone() for k, b in pl_module.named_buffers()}
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        if not self.skip_nonfinite:
+            raise NonFiniteLossError(self._describe(trainer, loss))
+        self._bad = True
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not self._bad:
+            return
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+        with torch.no_grad():
+            for key, buffer in pl_module.named_buffers():
+                if key in self._buffers:
+                    buffer.copy_(self._buffers[key])
+        self._bad = False
+        self.skipped_steps += 1
+        rank_zero_warn(f"skipped the update: {self._describe(trainer, None)}")
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self.skip_nonfinite:
+            pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
+
+    def _describe(self, trainer: L.Trainer, loss: torch.Tensor | None) -> str:
+        lrs = [float(group["lr"]) for opt in trainer.optimizers for group in opt.param_groups]
+        value = ""
+        if loss is not None:
+            value = f"loss ({loss.detach().float().item()} on this rank) "
+        names = ", ".join(self._names) or "(batch has no 'name' entry)"
+        text = (
+            f"non-finite training {value}at epoch {trainer.current_epoch}, batch "
+            f"{self._batch_idx}, optimiser step {trainer.global_step} (rank "
+            f"{trainer.global_rank}); batch names: {names}; learning rate: "
+            f"{', '.join(f'{lr:.6g}' for lr in lrs)}."
+        )
+        if loss is not None:
+            text += (
+                " Check these images and masks, lower the learning rate, or set "
+                "callbacks.nonfinite_guard.skip_nonfinite=true to skip such steps."
+            )
+        return text

@@ -1,16 +1,28 @@
-"""Building blocks of the entry points (train.py, eval.py): config -> task/trainer, scoring."""
+"""Building blocks of the entry points (train.py, eval.py): config -> task/trainer, scoring.
+
+Also the two reliability pieces that need the whole config: which checkpoint a run resumes
+from (:func:`resume_checkpoint`), and :class:`DDPJobCallback`, which keeps each Hydra job
+of a multirun in its own DDP world and its own folder.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
+from hydra.types import RunMode
+from lightning.pytorch.accelerators import CPUAccelerator
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from segkit.callbacks import ConfigInCheckpoint
+from segkit.callbacks import AtomicCheckpointIO, ConfigInCheckpoint
 from segkit.report import print_report, write_report
 
 
@@ -29,22 +41,140 @@ def build_task(cfg: DictConfig) -> L.LightningModule:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Instantiate ``cfg.trainer`` with ``cfg.callbacks`` and ``cfg.logger``.
 
-    The resolved config is stored in every checkpoint (:class:`ConfigInCheckpoint`).
+    The resolved config is stored in every checkpoint (:class:`ConfigInCheckpoint`), and
+    checkpoints are written atomically (:class:`AtomicCheckpointIO`). ``trainer.
+    sync_batchnorm=true`` is turned off with a warning when only one process runs (nothing
+    to synchronise) or on CPU (torch's SyncBatchNorm supports only GPU-like devices).
     """
     callbacks: list[L.Callback] = [
         hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()
     ]
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    return hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    def make(**overrides: Any) -> L.Trainer:
+        return hydra.utils.instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            plugins=[AtomicCheckpointIO()],
+            **overrides,
+        )
+
+    trainer = make()
+    if cfg.trainer.get("sync_batchnorm"):
+        reason = ""
+        if trainer.world_size == 1:
+            reason = "only one process runs"
+        elif isinstance(trainer.accelerator, CPUAccelerator):
+            reason = "torch's SyncBatchNorm does not run on CPU"
+        if reason:
+            warnings.warn(
+                f"trainer.sync_batchnorm=true is ignored: {reason}; training uses plain "
+                "BatchNorm. Set trainer.sync_batchnorm=false to silence this.",
+                stacklevel=2,
+            )
+            trainer = make(sync_batchnorm=False)
+    return trainer
 
 
 def checkpoint_epoch(ckpt_path: str | Path | None) -> int | None:
     """The epoch stored in a Lightning checkpoint (memory-mapped, so cheap for big models)."""
     if not ckpt_path:
         return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
     return checkpoint.get("epoch")
+
+
+def newest_last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The most recently written ``last*.ckpt`` anywhere under ``run_dir``, or ``None``.
+
+    ``last-v1.ckpt`` etc. count too (Lightning's names when ``last.ckpt`` already existed);
+    ``*.partial`` temporary files of :class:`AtomicCheckpointIO` never do.
+    """
+    candidates = [p for p in Path(run_dir).rglob("last*.ckpt") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint this run starts from, from ``cfg.ckpt_path`` and ``cfg.resume``.
+
+    * ``ckpt_path=<file>``: that file (it must exist).
+    * ``ckpt_path=last``: the newest ``last*.ckpt`` under this run's folder
+      ``cfg.paths.output_dir``; an error if there is none (you asked to resume).
+    * ``resume=auto``: the same search, but a fresh start when nothing is there, so one
+      command serves the first submission of a cluster job and every requeue.
+    * neither: ``None`` (a fresh start).
+
+    The run folder is Hydra's output dir. Its default name is the launch time, so a
+    requeued job must pin it (``hydra.run.dir=logs/train/runs/${oc.env:SLURM_JOB_ID}``);
+    other runs' folders are never searched, since they may hold a different config.
+    """
+    ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
+    if resume not in (None, "auto"):
+        raise ValueError(f"resume must be null or 'auto', got {resume!r}")
+    if ckpt_path is not None and resume is not None:
+        raise ValueError(
+            f"both ckpt_path={ckpt_path} and resume={resume} are set; keep one of them."
+        )
+    run_dir = Path(cfg.paths.output_dir)
+    if ckpt_path == "last" or resume == "auto":
+        found = newest_last_checkpoint(run_dir)
+        if found is None and ckpt_path == "last":
+            raise FileNotFoundError(
+                f"ckpt_path=last: no last*.ckpt under this run's folder {run_dir}. Point "
+                "hydra.run.dir at the folder of the run to continue, give ckpt_path=<file>, "
+                "or use resume=auto to start fresh when nothing is there."
+            )
+        return None if found is None else str(found)
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
+    return ckpt_path
+
+
+class DDPJobCallback(HydraCallback):
+    """Hydra callback that gives every job of a multirun its own DDP world and folder.
+
+    Lightning's DDP launcher starts ranks > 0 by re-running ``sys.argv`` with
+    ``hydra.run.dir=<hydra.run.dir>``. In a multirun (``-m``) that would start the whole
+    sweep again in a new timestamped folder, and the next job would find the previous
+    job's process group and environment variables. So, around each job:
+
+    * ``on_job_start`` (multirun only): ``sys.argv`` becomes this job's own overrides plus
+      ``hydra.mode=RUN``, and ``hydra.run.dir`` this job's output dir, so the extra ranks
+      run this job and write only into its folder.
+    * ``on_job_end``: destroy the process group and restore ``sys.argv`` and the
+      environment variables the launcher set (``MASTER_PORT``, ``LOCAL_RANK``, ...).
+    """
+
+    _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+    def __init__(self) -> None:
+        self._argv: list[str] | None = None
+        self._env: dict[str, str | None] = {}
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._env = {key: os.environ.get(key) for key in self._DDP_ENV}
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return
+        self._argv = list(sys.argv)
+        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
+        output_dir = hydra_cfg.runtime.output_dir
+        for node in (hydra_cfg, config.hydra):  # HydraConfig's copy and the job's config
+            with read_write(node), open_dict(node):
+                node.run.dir = output_dir
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in self._env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self._argv is not None:
+            sys.argv, self._argv = self._argv, None
 
 
 def evaluate(
@@ -63,7 +193,7 @@ def evaluate(
         the ``metrics.json`` content, or ``{}`` on other ranks.
     """
     run = trainer.validate if stage == "val" else trainer.test
-    run(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    run(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     if not trainer.is_global_zero:
         return {}
     extra = {

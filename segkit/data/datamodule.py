@@ -5,15 +5,50 @@ called as ``dataset(split=..., transform=...)`` for each split, so any dataset c
 those two arguments plugs in (``FolderDataset``, Cityscapes, VOC, ...). Class names, the
 ignore value and the normalisation live here once and the rest of the config interpolates
 them (``${data.num_classes}``).
+
+Under DDP, validation and test loaders use :class:`UnpaddedDistributedSampler`: every image
+is seen by exactly one process, so the summed confusion matrix (and every score) is the
+same for any number of processes. Lightning's default ``DistributedSampler`` would pad the
+last shard with repeated images, counting their pixels twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Shard ``range(len(dataset))`` over processes without padding or shuffling.
+
+    Rank ``r`` of ``R`` gets indices ``r, r + R, r + 2R, ...``, so shards differ in length
+    by at most one and their union is every index exactly once. Only for evaluation: the
+    ranks run different numbers of steps, which DDP tolerates when no gradients are
+    synchronised. A ``DistributedSampler`` subclass, so Lightning does not replace it.
+
+    Args:
+        dataset: the dataset to shard (only its length is used).
+        num_replicas: number of processes ``R`` (default: the process group's size).
+        rank: this process's rank ``r`` (default: from the process group).
+    """
+
+    def __init__(
+        self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.indices = list(range(self.rank, len(dataset), self.num_replicas))
+        self.num_samples = len(self.indices)
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -103,10 +138,15 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str) -> DataLoader:
         train = stage == "train"
+        dataset = self.build_dataset(stage)
+        sampler = None
+        if not train and dist.is_available() and dist.is_initialized():
+            sampler = UnpaddedDistributedSampler(dataset)  # each pixel counted once
         return DataLoader(
-            self.build_dataset(stage),
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train,  # a batch of 1 breaks BatchNorm in train mode
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

@@ -1,0 +1,290 @@
+"""Reliability: atomic checkpoints, resume after SIGKILL, NaN/Inf guard, SyncBatchNorm switch.
+
+DDP evaluation and Hydra multirun + DDP are in test_ddp.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+from torch import nn
+from torch.utils.data import DataLoader
+
+from segkit.callbacks import AtomicCheckpointIO, NonFiniteGuard, NonFiniteLossError
+from segkit.runner import build_trainer, resume_checkpoint
+
+from .conftest import PROJECT_ROOT
+from .test_configs import compose
+
+# A tiny shapes run (Linknet on a 0.4M-parameter MobileNetV3: 5 MB checkpoints) with one
+# thread per process, so several train.py runs fit in the test budget.
+FAST = [
+    "data.prepare.num_val=8",
+    "data.prepare.num_test=8",
+    "data.prepare.size=64",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "trainer.accelerator=cpu",
+    "model=smp",
+    "model.arch=Linknet",
+    "model.encoder_name=tu-mobilenetv3_small_050",
+    "logger=csv",
+    "test=false",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train_command(tmp_path: Path, run_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        str(PROJECT_ROOT / "train.py"),
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.run.dir={run_dir}",
+        *FAST,
+        *overrides,
+    ]
+
+
+def run(command: list[str], timeout: int = 600) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV)
+    if result.returncode != 0:
+        raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result.stdout + result.stderr
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- atomic checkpoint writes -------------------------------------------------------------
+
+
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("disk full")  # stands in for any failure in the middle of a write
+
+
+def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.arange(1000.0)}, path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        # the big tensor is written before the failing object: a partial file existed
+        io.save_checkpoint({"w": torch.zeros(100_000), "step": _Unpicklable()}, path)
+    assert load(path)["step"] == 1 and torch.equal(load(path)["w"], torch.arange(1000.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like a plain open()
+
+
+# --- which checkpoint a run resumes from ----------------------------------------------------
+
+
+def _cfg(tmp_path: Path, ckpt_path=None, resume=None):
+    return OmegaConf.create(
+        {"ckpt_path": ckpt_path, "resume": resume, "paths": {"output_dir": str(tmp_path)}}
+    )
+
+
+def test_resume_auto_takes_the_newest_last_checkpoint_of_this_run(tmp_path):
+    assert resume_checkpoint(_cfg(tmp_path, resume="auto")) is None  # first submission
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    files = {"last.ckpt": 100, "last-v1.ckpt": 200, "best_epoch003.ckpt": 300}
+    files[".last.ckpt.x1y2.partial"] = 400  # a killed writer's temporary file
+    for name, mtime in files.items():
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (mtime, mtime))
+    assert resume_checkpoint(_cfg(tmp_path, resume="auto")) == str(folder / "last-v1.ckpt")
+    assert resume_checkpoint(_cfg(tmp_path, ckpt_path="last")) == str(folder / "last-v1.ckpt")
+
+
+def test_resume_errors_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="hydra.run.dir"):
+        resume_checkpoint(_cfg(tmp_path, ckpt_path="last"))
+    with pytest.raises(FileNotFoundError, match="ckpt_path=.*nope.ckpt"):
+        resume_checkpoint(_cfg(tmp_path, ckpt_path=str(tmp_path / "nope.ckpt")))
+    with pytest.raises(ValueError, match="keep one"):
+        resume_checkpoint(_cfg(tmp_path, ckpt_path="last", resume="auto"))
+    with pytest.raises(ValueError, match="null or 'auto'"):
+        resume_checkpoint(_cfg(tmp_path, resume="yes"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_step_and_learning_rate(tmp_path):
+    # 48 images / batch 4 = 12 steps per epoch, 2 epochs; last.ckpt every 4 steps. Poly
+    # warm-up of 100 steps never ends, so the final lr depends on the exact scheduler step:
+    # lr = 1e-3 * (24 + 1) / 100 after 24 steps.
+    args = [
+        "data.prepare.num_train=48",
+        "trainer.max_epochs=2",
+        "callbacks.last_checkpoint.every_n_train_steps=4",
+        "scheduler=poly",
+        "scheduler.warmup_steps=100",
+        "optimizer.lr=1e-3",
+    ]
+    reference = tmp_path / "reference"
+    run(train_command(tmp_path, reference, *args))
+
+    run_dir = tmp_path / "killed"
+    checkpoints = run_dir / "checkpoints"
+    process = subprocess.Popen(
+        train_command(tmp_path, run_dir, *args),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "last.ckpt").exists():
+        assert process.poll() is None, "train.py ended before writing last.ckpt"
+        assert time.monotonic() < deadline, "no last.ckpt after 300 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = load(checkpoints / "last.ckpt")
+    assert 0 < killed["global_step"] < 24 and killed["global_step"] % 12 != 0, "not mid-epoch"
+    for path in checkpoints.glob("*.ckpt"):  # whatever the kill interrupted, no torn file
+        load(path)
+
+    output = run(train_command(tmp_path, run_dir, *args, "resume=auto"))
+    assert "Restoring states from the checkpoint path" in output
+
+    end, expected = load(checkpoints / "last.ckpt"), load(reference / "checkpoints" / "last.ckpt")
+    assert end["global_step"] == expected["global_step"] == 24
+    assert end["epoch"] == expected["epoch"]
+    assert end["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"]
+    lr = end["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert lr == expected["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(1e-3 * 25 / 100, rel=1e-12)
+    assert not list(checkpoints.glob("*.partial"))
+    assert len(list(checkpoints.glob("best_epoch*.ckpt"))) == 1
+    for path in checkpoints.glob("*.ckpt"):
+        load(path)
+
+
+# --- NaN/Inf guard -----------------------------------------------------------------------
+
+
+class _TinyTask(L.LightningModule):
+    """Conv + BatchNorm classifier trained with plain SGD (no state besides the weights)."""
+
+    def __init__(self, lr: float = 0.1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+        self.lr = lr
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self.net(batch["image"]), batch["mask"])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def _samples(names: list[str]) -> list[dict]:
+    generator = torch.Generator().manual_seed(1)
+    samples = []
+    for name in names:
+        image = torch.randn(3, 4, 4, generator=generator)
+        if name.startswith("bad"):
+            image[0, 0, 0] = float("nan")
+        mask = torch.randint(0, 2, (4, 4), generator=generator)
+        samples.append({"image": image, "mask": mask, "name": name})
+    return samples
+
+
+def _fit(samples: list[dict], guard: NonFiniteGuard) -> tuple[_TinyTask, L.Trainer]:
+    task = _TinyTask()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        callbacks=[guard],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, DataLoader(samples, batch_size=2, shuffle=False))
+    return task, trainer
+
+
+def test_nonfinite_loss_stops_with_step_names_and_lr():
+    samples = _samples(["a0", "a1", "a2", "a3", "bad4", "a5"])
+    with pytest.raises(NonFiniteLossError) as error:
+        _fit(samples, NonFiniteGuard())
+    message = str(error.value)
+    assert "batch 2," in message and "optimiser step 2 " in message
+    assert "batch names: bad4, a5" in message and "learning rate: 0.1." in message
+
+
+def test_nonfinite_guard_stops_before_the_weights_change():
+    samples = _samples(["bad0", "a1"])
+    task = _TinyTask()
+    initial = {k: v.clone() for k, v in task.state_dict().items()}
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, callbacks=[NonFiniteGuard()], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with pytest.raises(NonFiniteLossError):
+        trainer.fit(task, DataLoader(samples, batch_size=2))
+    for key, value in task.state_dict().items():
+        if key.endswith("weight") or key.endswith("bias"):
+            assert torch.equal(value, initial[key]), key
+
+
+def test_skip_nonfinite_equals_training_without_the_bad_batch():
+    # SGD without momentum and a constant lr: skipping the bad update (and restoring the
+    # BatchNorm statistics it touched) must give bit-identical weights to never seeing it.
+    guard = NonFiniteGuard(skip_nonfinite=True)
+    with pytest.warns(UserWarning, match="skipped the update.*bad2, bad3"):
+        skipped, trainer = _fit(_samples(["a0", "a1", "bad2", "bad3", "a4", "a5"]), guard)
+    assert guard.skipped_steps == 1 and trainer.global_step == 3
+    assert trainer.callback_metrics["train/skipped_steps"] == 1
+    assert guard.state_dict() == {"skipped_steps": 1}  # restored on resume
+    clean = _samples(["a0", "a1", "bad2", "bad3", "a4", "a5"])
+    clean = clean[:2] + clean[4:]
+    reference, _ = _fit(clean, NonFiniteGuard())
+    for key, value in reference.state_dict().items():
+        assert torch.equal(skipped.state_dict()[key], value), key
+
+
+def test_skip_nonfinite_leaves_every_weight_and_statistic_untouched():
+    guard = NonFiniteGuard(skip_nonfinite=True)
+    initial = {k: v.clone() for k, v in _TinyTask().state_dict().items()}
+    with pytest.warns(UserWarning, match="skipped the update"):
+        task, trainer = _fit(_samples(["bad0", "bad1", "bad2", "bad3"]), guard)
+    assert guard.skipped_steps == 2 and trainer.global_step == 2
+    for key, value in task.state_dict().items():
+        assert torch.equal(value, initial[key]), key
+
+
+# --- SyncBatchNorm switch -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("devices", "reason"), [(1, "only one process"), (2, "does not run on CPU")]
+)
+def test_sync_batchnorm_is_turned_off_with_a_warning(tmp_path, devices, reason):
+    cfg = compose(
+        tmp_path,
+        ["trainer=ddp", f"trainer.devices={devices}", "trainer.accelerator=cpu", "logger=none"],
+    )
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in train.py, where the job config has no hydra node
+    assert cfg.trainer.sync_batchnorm is True
+    with pytest.warns(UserWarning, match=f"sync_batchnorm=true is ignored: .*{reason}"):
+        trainer = build_trainer(cfg)
+    assert trainer.world_size == devices
+    assert trainer.strategy._layer_sync is None  # Lightning keeps the switch here
