@@ -1,0 +1,183 @@
+"""Hydra multirun and Optuna sweeps of train.py: run dirs, failed trials, SQLite study, resume.
+
+:func:`tiny_optuna_sweep` is the one tiny sweep shared with test_leaderboard.py and
+test_notebook.py: it is made once per pytest session (kept under the session's base temp
+folder) and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import optuna
+import pytest
+from omegaconf import OmegaConf, open_dict, read_write
+
+from segkit.sweeps import SweepCallback, check_optimized_metric, check_searched_keys
+
+from .conftest import PROJECT_ROOT
+from .test_train import check_report
+
+CLASS_NAMES = ["background", "circle", "square", "triangle", "star"]
+
+# one epoch of 2 batches on 32x32 shapes; no test split, CSV logger, no last.ckpt
+SWEEP_TINY = [
+    "data.prepare.num_train=8",
+    "data.prepare.num_val=4",
+    "data.prepare.num_test=4",
+    "data.prepare.size=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "logger=csv",
+    "callbacks.model_checkpoint.save_last=false",
+    "test=false",
+]
+
+# loss.weights.ce=-inf makes the loss non-finite: callbacks.nonfinite_guard raises, the trial
+# fails.
+# With TPE seed 4 the three trials draw ce weights 1.0, -inf, 0.5 (optuna 2.10.1).
+FAILING_TRIAL = ["loss=ce_dice", "loss.weights.ce=choice(1.0,0.5,-inf)"]
+
+
+def run_multirun(tmp_path: Path, sweep_dir: Path, *overrides: str) -> str:
+    """Run ``train.py -m`` with its sweep dir at ``sweep_dir``; return stdout + stderr."""
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "train.py"),
+        "-m",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise AssertionError(f"train.py -m failed:\n{output[-6000:]}")
+    return output
+
+
+def tiny_optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3-trial Optuna sweep (trial 1 fails), then 1 more trial resumed in the same dir.
+
+    Made once per session; returns the sweep dir (``log.txt`` holds both commands' output).
+    """
+    root = tmp_path_factory.getbasetemp() / "tiny_optuna_sweep"
+    sweep_dir = root / "sweep"
+    if (sweep_dir / "log.txt").is_file():
+        return sweep_dir
+    common = ["hparams_search=shapes_optuna", "hydra.sweeper.sampler.seed=4", *SWEEP_TINY]
+    first = run_multirun(root, sweep_dir, *common, "hydra.sweeper.n_trials=3", *FAILING_TRIAL)
+    (sweep_dir / "best_params_first.yaml").write_text((sweep_dir / "best_params.yaml").read_text())
+    resumed = run_multirun(root, sweep_dir, *common, "hydra.sweeper.n_trials=1", *FAILING_TRIAL)
+    (sweep_dir / "log.txt").write_text(first + "\n=== resumed ===\n" + resumed)
+    return sweep_dir
+
+
+@pytest.fixture(scope="session")
+def optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_optuna_sweep(tmp_path_factory)
+
+
+def load_study(sweep_dir: Path) -> optuna.Study:
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{sweep_dir / 'optuna.db'}", engine_kwargs={"isolation_level": "AUTOCOMMIT"}
+    )
+    return optuna.load_study(study_name="shapes_unet", storage=storage)
+
+
+@pytest.mark.slow
+def test_multirun_gives_one_complete_run_dir_per_value(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    run_multirun(tmp_path, sweep_dir, *SWEEP_TINY, "loss=ce,dice")
+    losses = {}
+    for job in ("0", "1"):
+        run_dir = sweep_dir / job
+        overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+        losses[job] = [o for o in overrides if o.startswith("loss=")]
+        config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        losses[job].append(config.loss._target_)
+        assert len(list((run_dir / "checkpoints").glob("best_epoch*.ckpt"))) == 1
+        assert (run_dir / "csv" / "metrics.csv").is_file()
+        check_report(run_dir, CLASS_NAMES, "val")
+    assert losses == {
+        "0": ["loss=ce", "segkit.losses.CrossEntropyLoss"],
+        "1": ["loss=dice", "segkit.losses.DiceLoss"],
+    }
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_optuna_sweep_survives_a_failing_trial_and_saves_best_params(optuna_sweep):
+    study = load_study(optuna_sweep)
+    trials = study.trials
+    assert len(trials) == 4  # 3, then 1 more after resuming
+    states = [t.state for t in trials]
+    weights = [t.params["loss.weights.ce"] for t in trials]
+    # exactly the trials with a -inf loss weight failed; the sweep went on after them
+    assert [w == -math.inf for w in weights] == [s == optuna.trial.TrialState.FAIL for s in states]
+    assert states[:3].count(optuna.trial.TrialState.FAIL) == 1
+    assert states[2] == optuna.trial.TrialState.COMPLETE
+
+    job_dirs = [optuna_sweep / str(i) for i in range(3)] + [optuna_sweep / "resume3" / "0"]
+    for trial, run_dir in zip(trials, job_dirs, strict=True):
+        overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+        assert f"optimizer.lr={trial.params['optimizer.lr']}" in overrides
+        if trial.state == optuna.trial.TrialState.FAIL:
+            assert not (run_dir / "metrics.json").exists()
+        else:  # the value told to Optuna is the run's val mIoU (float32 when logged)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            assert trial.value == pytest.approx(metrics["mIoU"], rel=1e-6)
+    log = (optuna_sweep / "log.txt").read_text()
+    assert "Trial failed (NonFiniteLossError" in log  # logged by SweepCallback
+
+    for name, n_trials in (("best_params_first.yaml", 3), ("best_params.yaml", 4)):
+        best = OmegaConf.to_container(OmegaConf.load(optuna_sweep / name))
+        done = [t for t in trials[:n_trials] if t.state == optuna.trial.TrialState.COMPLETE]
+        top = max(done, key=lambda t: t.value)
+        assert best["n_trials"] == n_trials and best["n_failed"] == n_trials - len(done)
+        assert best["best_value"] == top.value and best["best_params"] == top.params
+        assert best["overrides"].split() == [f"{k}={v}" for k, v in top.params.items()]
+
+
+def compose_sweep(tmp_path: Path, *overrides: str):
+    with hydra.initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return hydra.compose(
+            "train",
+            overrides=[f"paths.root_dir={tmp_path}", "hparams_search=shapes_optuna", *overrides],
+            return_hydra_config=True,
+        )
+
+
+def test_metric_and_searched_keys_are_checked(tmp_path):
+    check_optimized_metric(compose_sweep(tmp_path))
+    check_searched_keys(compose_sweep(tmp_path))
+    check_optimized_metric(compose_sweep(tmp_path, "optimized_metric=val/IoU/star"))
+    with pytest.raises(ValueError, match=r"optimized_metric='val/miou' is not logged.*val/mIoU"):
+        check_optimized_metric(compose_sweep(tmp_path, "optimized_metric=val/miou"))
+    with pytest.raises(ValueError, match=r"hydra.sweeper.direction=minimize"):
+        check_optimized_metric(compose_sweep(tmp_path, "optimized_metric=val/loss"))
+    check_optimized_metric(
+        compose_sweep(tmp_path, "optimized_metric=val/loss", "hydra.sweeper.direction=minimize")
+    )
+    cfg = compose_sweep(tmp_path)
+    with read_write(cfg), open_dict(cfg):
+        cfg.hydra.sweeper.params["optimizer.learning_rate"] = "interval(1e-4, 1e-2)"
+    with pytest.raises(ValueError, match=r"hydra.sweeper.params.optimizer.learning_rate"):
+        check_searched_keys(cfg)
+
+
+def test_bad_metric_stops_the_sweep_before_the_first_trial(tmp_path):
+    cfg = compose_sweep(tmp_path, "optimized_metric=val/IoU/hexagon")
+    with pytest.raises(ValueError, match="val/IoU/hexagon"):
+        SweepCallback().on_multirun_start(config=cfg)
+    assert not Path(cfg.hydra.sweep.dir).exists()  # no study, no trial was started
+    assert Path(cfg.hydra.sweep.dir).is_relative_to(tmp_path)
