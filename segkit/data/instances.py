@@ -89,7 +89,7 @@ def make_sample(
             out = transform(image=image, mask=semantic)
             masks = np.zeros((0, *out["mask"].shape[:2]), np.uint8)
         image, semantic = out["image"], out["mask"]
-    keep = masks.reshape(len(masks), -1).any(axis=1)
+    keep = masks.any(axis=(1, 2))
     masks, labels = masks[keep], np.asarray(labels)[keep]
     image = (np.asarray(image, dtype=np.float32) - mean) / std
     return {
