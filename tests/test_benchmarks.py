@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +16,8 @@ from segkit.metrics import (
     confusion_matrix,
     labels_from_logits,
 )
+
+from .conftest import PROJECT_ROOT
 
 
 def numpy_confmat(
@@ -133,3 +139,32 @@ def test_gpu_update_does_not_synchronise():
         torch.cuda.set_sync_debug_mode("default")
     want = 2 * numpy_confmat(logits.argmax(1).cpu().numpy(), target.cpu().numpy(), 19, 255)
     np.testing.assert_array_equal(metric.confmat.cpu().numpy(), want)
+
+
+QUICK_SCRIPTS = ["confmat", "train_step", "slide", "loader"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", QUICK_SCRIPTS)
+def test_benchmark_script_runs_quick(name, capsys):
+    module = importlib.import_module(f"benchmarks.{name}")
+    module.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "Machine: " in out and f"## {module.TITLE}" in out  # after any progress bar
+    rows = [line for line in out.splitlines() if line.startswith("| ")][1:]  # skip header
+    assert rows, out
+    # every timing row carries a ratio cell such as "1.23x" (the loader table gives img/s)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        ratios = [c for c in cells if c.endswith("x") and c[:-1].replace(".", "").isdigit()]
+        assert ratios or name == "loader", row
+
+
+@pytest.mark.slow
+def test_suite_writes_markdown(tmp_path):
+    output = tmp_path / "BENCHMARKS.md"
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)]
+    subprocess.run([*command, "--only", "confmat"], check=True, cwd=PROJECT_ROOT, timeout=300)
+    text = output.read_text()
+    assert text.startswith("# Benchmarks") and "## Confusion-matrix update" in text
+    assert "Machine: " in text and "python -m benchmarks --quick" in text

@@ -1,0 +1,131 @@
+"""Data-loader throughput (images/s) of the shipped data configs, for 0, 1 and 2 workers.
+
+python -m benchmarks.loader [--quick]
+
+Each data config (``conf/data/<name>.yaml``) is composed as train.py composes it, with its
+default training transforms and batch size; only ``num_workers`` changes. The shapes data
+is generated into a temporary folder; CamVid is read from ../shared/data/camvid when the
+config and the data exist. For comparison, the training throughput of the default model
+(``conf/model/unet_r18.yaml``) on batches of the same size tells whether the loader or the
+model is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from benchmarks.common import machine, parse_args, table
+from segkit.losses import CrossEntropyLoss
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TITLE = "Data-loader throughput (CPU)"
+
+
+def compose(name: str, data_dir: str, overrides: Sequence[str]) -> DictConfig:
+    """The composed train config with ``data=<name>``."""
+    with hydra.initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return hydra.compose(
+            "train",
+            overrides=[
+                f"data={name}",
+                f"paths.root_dir={PROJECT_ROOT}",
+                f"paths.data_dir={data_dir}",
+                *overrides,
+            ],
+        )
+
+
+def images_per_second(cfg: DictConfig, num_workers: int, batches: int) -> float:
+    """Images/s over ``batches`` training batches after the first (worker start-up)."""
+    datamodule = hydra.utils.instantiate(
+        cfg.data, num_workers=num_workers, persistent_workers=False, pin_memory=False
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    iterator = iter(datamodule.train_dataloader())
+    next(iterator)
+    start, images = time.perf_counter(), 0
+    for _ in range(batches):
+        images += len(next(iterator)["image"])
+    return images / (time.perf_counter() - start)
+
+
+def model_images_per_second(cfg: DictConfig, steps: int) -> float:
+    """Training images/s of ``cfg.model`` on random batches shaped like the loader's."""
+    datamodule = hydra.utils.instantiate(cfg.data, num_workers=0)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    model = hydra.utils.instantiate(cfg.model).train()
+    loss_fn = CrossEntropyLoss(ignore_index=cfg.data.ignore_index)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        loss = loss_fn(model(batch["image"]), batch["mask"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * len(batch["image"]) / (time.perf_counter() - start)
+
+
+def run(quick: bool = False) -> str:
+    """Measure every available data config; return the Markdown section."""
+    shapes = ["data.prepare.num_train=16", "data.prepare.size=64", "data.batch_size=4"]
+    cases: list[tuple[str, list[str]]] = [("shapes", shapes if quick else [])]
+    camvid_root = PROJECT_ROOT.parent / "shared" / "data" / "camvid"
+    notes = []
+    if (PROJECT_ROOT / "conf" / "data" / "camvid.yaml").is_file() and camvid_root.is_dir():
+        cases.append(("camvid", ["data.batch_size=2"] if quick else []))
+    else:
+        notes.append(f"CamVid skipped: conf/data/camvid.yaml or {camvid_root} is missing.")
+    batches = 2 if quick else 8
+    workers = (0, 1, 2)
+    rows = []
+    with tempfile.TemporaryDirectory() as data_dir:
+        for name, overrides in cases:
+            cfg = compose(name, data_dir, overrides)
+            rates = [images_per_second(cfg, n, batches) for n in workers]
+            model_rate = model_images_per_second(cfg, 1 if quick else 3)
+            bottleneck = "loader" if max(rates) < model_rate else "model"
+            rows.append(
+                [f"{name} (batch {cfg.data.batch_size})"]
+                + [f"{r:.1f}" for r in rates]
+                + [f"{model_rate:.1f}", bottleneck]
+            )
+    header = ["data config", *(f"{n} workers img/s" for n in workers), "model img/s", "bottleneck"]
+    return "\n\n".join(
+        [
+            f"## {TITLE}",
+            "What is timed: images/s delivered by `datamodule.train_dataloader()` of each data "
+            "config with its default training transforms and batch size, over "
+            f"{batches} batches after the first (which pays the worker start-up), for "
+            "`num_workers` 0/1/2. 'model img/s' is the training throughput (forward, "
+            "backward, AdamW step) of the default model `unet_r18` on a batch of the same "
+            "shape; the slower of the two is the bottleneck. The machine's cores are shared "
+            f"with the training process, so with {os.cpu_count()} cores more workers compete "
+            "with the model for the same CPUs.",
+            table(header, rows),
+            *notes,
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    quick = parse_args(argv, __doc__.splitlines()[0])
+    print(f"Machine: {machine()}\n\n{run(quick)}")
+
+
+if __name__ == "__main__":
+    main()

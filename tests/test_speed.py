@@ -1,0 +1,120 @@
+"""Every speed switch gives the logits of the plain fp32 eager path, within dtype tolerance."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch import nn
+from torch.utils.data import DataLoader
+
+from segkit import speed
+from segkit.losses import CrossEntropyLoss
+from segkit.models.smp import smp_model
+from segkit.speed import FastPaths, compile_supported
+from segkit.tasks.semantic import SemanticSegmentationTask
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return smp_model("Unet", 3, encoder_name="resnet18").eval()
+
+
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+def test_channels_last_gives_the_same_logits():
+    model, x = small_model(), images()
+    with torch.inference_mode():
+        want = model(x)
+        model.to(memory_format=torch.channels_last)
+        got = model(x.contiguous(memory_format=torch.channels_last))
+    assert model.model.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.contiguous(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_mixed_precision_gives_the_same_logits_within_bf16_tolerance():
+    # Lightning's own autocast context for trainer.precision=bf16-mixed on the CPU
+    model, x = small_model(), images()
+    with torch.inference_mode():
+        want = model(x)
+        with MixedPrecision("bf16-mixed", "cpu").forward_context():
+            got = model(x)
+    assert got.dtype == torch.bfloat16
+    # bf16 keeps 8 mantissa bits (relative step 2^-8); errors add up over ~20 layers
+    scale = want.abs().max()
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=0.05 * scale.item())
+    agreement = (got.float().argmax(1) == want.argmax(1)).float().mean()
+    assert agreement > 0.95
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_logits():
+    reason = compile_supported()
+    if reason is not None:
+        pytest.skip(f"torch.compile unsupported here: {reason}")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    x, keys = images(), list(model.state_dict())
+    with torch.no_grad():
+        want = model(x)
+        model.compile()
+        got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert list(model.state_dict()) == keys  # checkpoints keep their keys
+
+
+def task() -> SemanticSegmentationTask:
+    return SemanticSegmentationTask(
+        model=small_model(),
+        loss=CrossEntropyLoss(ignore_index=255),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.0),
+        scheduler=None,
+        num_classes=3,
+        class_names=["a", "b", "c"],
+    )
+
+
+class SeesImageLayout(L.Callback):
+    """Records whether each training batch reached the step as channels_last."""
+
+    def __init__(self) -> None:
+        self.layouts: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        image = batch["image"]
+        self.layouts.append(image.is_contiguous(memory_format=torch.channels_last))
+
+
+def test_fast_paths_callback_converts_model_and_batches():
+    probe = SeesImageLayout()
+    batch = {"image": images(), "mask": torch.randint(0, 3, (2, 64, 64))}
+    trainer = L.Trainer(
+        accelerator="cpu",
+        fast_dev_run=1,
+        callbacks=[FastPaths(channels_last=True), probe],  # FastPaths runs first
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    module = task()
+    trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))
+    assert probe.layouts == [True]
+    weight = module.model.model.encoder.conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compile_fallback_warns_and_keeps_the_eager_model(monkeypatch):
+    monkeypatch.setattr(speed, "compile_supported", lambda: "RuntimeError: no compiler")
+    module = task()
+    with pytest.warns(UserWarning, match="torch.compile is unsupported here"):
+        FastPaths(compile=True).setup(L.Trainer(logger=False), module, "fit")
+    assert module.model._compiled_call_impl is None
+
+
+def test_fast_paths_needs_a_model_attribute():
+    with pytest.raises(TypeError, match="pl_module.model"):
+        FastPaths(channels_last=True).setup(L.Trainer(logger=False), L.LightningModule(), "fit")
