@@ -1,0 +1,323 @@
+"""Mask R-CNN: model contract, offline weights, the task's AP against pycocotools' COCOeval,
+the semantic view, the multistep schedule, and an end-to-end train.py run that learns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from lightning import Trainer
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch.utils.data import DataLoader
+from torchvision.ops import FrozenBatchNorm2d
+
+from segkit.data.instances import collate_instances, masks_to_boxes
+from segkit.metrics import confusion_matrix, scores
+from segkit.models.maskrcnn import cached_weights_file, mask_rcnn
+from segkit.models.weights import WeightsError
+from segkit.schedulers import multistep_lr
+from segkit.tasks.instance import InstanceSegmentationTask, paste_instances
+
+LIGHT = {  # a few-MB Mask R-CNN for CPU tests
+    "backbone": "resnet18",
+    "min_size": 64,
+    "max_size": 64,
+    "fpn_channels": 32,
+    "box_head_width": 64,
+    "mask_head_layers": (32,),
+    "anchor_sizes": (16, 32, 64, 128, 256),
+    "rpn_proposals_train": 64,
+    "rpn_proposals_test": 32,
+    "box_batch_size_per_image": 32,
+}
+LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+
+
+def square_target(height: int, width: int) -> dict[str, torch.Tensor]:
+    masks = torch.zeros(2, height, width, dtype=torch.uint8)
+    masks[0, 4:20, 6:30] = 1
+    masks[1, 24:40, 30:50] = 1
+    boxes = torch.from_numpy(masks_to_boxes(masks.numpy()))
+    return {"boxes": boxes, "labels": torch.tensor([1, 2]), "masks": masks}
+
+
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+def test_contract_losses_and_detections_at_input_size(variant):
+    torch.manual_seed(0)
+    model = mask_rcnn(num_classes=3, variant=variant, box_score_threshold=0.0, **LIGHT)
+    images = [torch.randn(3, 48, 56), torch.randn(3, 40, 64)]
+    targets = [square_target(48, 56), square_target(40, 64)]
+    targets[1] = {k: v[:0] for k, v in targets[1].items()}  # an image without objects
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == LOSSES and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        outputs = model(images)
+    for image, output in zip(images, outputs, strict=True):
+        count = len(output["scores"])
+        assert output["masks"].shape == (count, 1, *image.shape[1:])  # back at input size
+        assert output["boxes"].shape == (count, 4) and output["labels"].max() < 3
+
+
+def test_trainable_layers_freeze_the_bottom_stages():
+    model = mask_rcnn(num_classes=3, trainable_layers=2, **LIGHT)
+    body = model.backbone.body
+    assert not any(p.requires_grad for p in body.layer2.parameters())
+    assert not body.conv1.weight.requires_grad
+    assert all(p.requires_grad for p in body.layer3.parameters())
+    assert all(p.requires_grad for p in model.backbone.fpn.parameters())
+
+
+def test_unavailable_pretrained_weights_fail_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # an empty cache
+    with pytest.raises(WeightsError, match=r"model.weights='COCO_V1' needs maskrcnn_.*\.pth"):
+        mask_rcnn(num_classes=3, weights="COCO_V1")
+    with pytest.raises(WeightsError, match=r"weights_backbone='IMAGENET1K_V1' needs resnet18"):
+        mask_rcnn(num_classes=3, weights_backbone="IMAGENET1K_V1", **LIGHT)
+    with pytest.raises(WeightsError, match="is not one of"):
+        mask_rcnn(num_classes=3, weights_backbone="IMAGENET9K", **LIGHT)
+    with pytest.raises(ValueError, match="resnet50 only"):
+        mask_rcnn(num_classes=3, weights="COCO_V1", **LIGHT)
+
+
+def test_backbone_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18()
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    cached_weights_file(url).parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached_weights_file(url))
+    model = mask_rcnn(num_classes=3, weights_backbone="IMAGENET1K_V1", **LIGHT)
+    body = model.backbone.body
+    assert torch.equal(body.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    assert isinstance(body.bn1, FrozenBatchNorm2d)  # v1 keeps pretrained statistics
+    assert torch.equal(body.bn1.running_mean, reference.bn1.running_mean)
+
+
+def test_weights_path_round_trip(tmp_path):
+    torch.manual_seed(2)
+    saved = mask_rcnn(num_classes=3, **LIGHT)
+    torch.save(saved.state_dict(), tmp_path / "maskrcnn.pth")
+    loaded = mask_rcnn(num_classes=3, weights_path=str(tmp_path / "maskrcnn.pth"), **LIGHT)
+    for (name, a), b in zip(saved.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_paste_instances_by_score():
+    masks = torch.tensor([[[1, 1, 1, 0]], [[0, 1, 1, 1]], [[1, 0, 0, 0]]], dtype=torch.bool)
+    labels = torch.tensor([1, 2, 3])
+    # the overlap (columns 1-2) goes to the higher score; the 0.2 detection is below threshold
+    got = paste_instances(masks, labels, torch.tensor([0.9, 0.6, 0.2]), (1, 4), 0.5)
+    assert got.tolist() == [[1, 1, 1, 2]]
+    got = paste_instances(masks, labels, torch.tensor([0.6, 0.9, 0.2]), (1, 4), 0.5)
+    assert got.tolist() == [[1, 2, 2, 2]]
+    empty = paste_instances(masks[:0], labels[:0], torch.zeros(0), (2, 3))
+    assert empty.tolist() == [[0, 0, 0], [0, 0, 0]]
+
+
+def test_perfect_instances_give_miou_one():
+    target = square_target(48, 56)
+    semantic = (target["masks"] * target["labels"][:, None, None]).sum(0)
+    pasted = paste_instances(target["masks"].bool(), target["labels"], torch.ones(2), (48, 56))
+    result = scores(confusion_matrix(pasted, semantic, num_classes=3))
+    assert result["mIoU"].item() == 1.0
+
+
+def test_multistep_schedule_factors():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    schedule = multistep_lr(optimizer, 100, [0.5, 0.8], 0.1, warmup_steps=10, warmup_factor=0.01)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    # warm-up from 0.01 to 1 over 10 steps, x0.1 at step 50 and at step 80
+    assert rates[0] == pytest.approx(0.01) and rates[5] == pytest.approx(0.505)
+    assert rates[10] == rates[49] == pytest.approx(1.0)
+    assert rates[50] == pytest.approx(0.1) and rates[80] == pytest.approx(0.01)
+
+
+# --- the task's AP against pycocotools' COCOeval -------------------------------------------
+
+SIZE = 16
+
+
+def box_mask(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+# per image: ground truth (label, mask) and predictions (label, mask, score)
+GROUND_TRUTH = [
+    [(1, box_mask(2, 8, 2, 8)), (2, box_mask(9, 15, 8, 15)), (2, box_mask(0, 4, 10, 16))],
+    [(1, box_mask(0, 6, 0, 10))],
+]
+PREDICTIONS = [
+    [
+        (1, box_mask(3, 8, 2, 8), 0.9),  # IoU 30/36
+        (2, box_mask(9, 15, 8, 15), 0.8),  # exact
+        (1, box_mask(10, 16, 0, 5), 0.95),  # false positive, highest score
+        (2, box_mask(0, 3, 12, 16), 0.4),  # IoU 12/24
+    ],
+    [(1, box_mask(0, 6, 3, 10), 0.6), (2, box_mask(8, 12, 8, 12), 0.3)],  # IoU 42/60, FP
+]
+
+
+class FixedDetections(torch.nn.Module):
+    """Returns the PREDICTIONS of the image whose first pixel holds its index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        outputs = []
+        for image in images:
+            detections = PREDICTIONS[int(image[0, 0, 0])]
+            masks = np.stack([m for _, m, _ in detections])
+            outputs.append(
+                {
+                    "boxes": torch.from_numpy(masks_to_boxes(masks)),
+                    "labels": torch.tensor([label for label, _, _ in detections]),
+                    "scores": torch.tensor([score for _, _, score in detections]),
+                    "masks": torch.from_numpy(masks).float()[:, None] * 0.8,  # probabilities
+                }
+            )
+        return outputs
+
+
+def samples() -> list[dict]:
+    out = []
+    for index, objects in enumerate(GROUND_TRUTH):
+        masks = np.stack([m for _, m in objects])
+        labels = torch.tensor([label for label, _ in objects])
+        out.append(
+            {
+                "image": torch.full((3, SIZE, SIZE), float(index)),
+                "target": {
+                    "boxes": torch.from_numpy(masks_to_boxes(masks)),
+                    "labels": labels,
+                    "masks": torch.from_numpy(masks),
+                },
+                "mask": (torch.from_numpy(masks) * labels[:, None, None]).max(0).values,
+                "name": str(index),
+            }
+        )
+    return out
+
+
+def cocoeval_reference(iou_type: str) -> tuple[np.ndarray, dict[int, float]]:
+    """COCOeval stats and per-category AP for GROUND_TRUTH vs PREDICTIONS."""
+
+    def rle(mask: np.ndarray) -> dict:
+        encoded = mask_utils.encode(np.asfortranarray(mask))
+        return {"size": encoded["size"], "counts": encoded["counts"].decode()}
+
+    def xywh(mask: np.ndarray) -> list[float]:
+        x0, y0, x1, y1 = masks_to_boxes(mask[None])[0].tolist()
+        return [x0, y0, x1 - x0, y1 - y0]
+
+    images, annotations, detections = [], [], []
+    for image_id, (objects, predicted) in enumerate(zip(GROUND_TRUTH, PREDICTIONS, strict=True)):
+        images.append({"id": image_id, "height": SIZE, "width": SIZE})
+        for label, mask in objects:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label,
+                    "segmentation": rle(mask),
+                    "area": float(mask.sum()),
+                    "bbox": xywh(mask),
+                    "iscrowd": 0,
+                }
+            )
+        for label, mask, score in predicted:
+            geometry = {"segmentation": rle(mask)} if iou_type == "segm" else {"bbox": xywh(mask)}
+            detections.append({"image_id": image_id, "category_id": label, "score": score})
+            detections[-1].update(geometry)
+    ground_truth = COCO()
+    ground_truth.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+    }
+    ground_truth.createIndex()
+    evaluation = COCOeval(ground_truth, ground_truth.loadRes(detections), iou_type)
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    precision = evaluation.eval["precision"][:, :, :, 0, -1]  # [T, R, K] at area all, 100 dets
+    per_class = {k + 1: float(precision[:, :, k][precision[:, :, k] > -1].mean()) for k in (0, 1)}
+    return evaluation.stats, per_class
+
+
+def test_task_ap_matches_cocoeval(tmp_path):
+    task = InstanceSegmentationTask(
+        model=FixedDetections(),
+        optimizer=torch.optim.SGD,
+        scheduler=None,
+        num_classes=3,
+        class_names=["background", "a", "b"],
+    )
+    loader = DataLoader(samples(), batch_size=2, collate_fn=collate_instances)
+    trainer = Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.validate(task, dataloaders=loader, verbose=False)
+    got = task.extra_scores["val"]
+    for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
+        stats, per_class = cocoeval_reference(iou_type)
+        assert 0 < stats[0] < 1  # a case with real misses and false positives
+        assert got[f"{prefix}_AP"] == pytest.approx(stats[0], abs=1e-6)
+        assert got[f"{prefix}_AP50"] == pytest.approx(stats[1], abs=1e-6)
+        assert got[f"{prefix}_AP75"] == pytest.approx(stats[2], abs=1e-6)
+        assert got[f"{prefix}_AP_per_class"]["a"] == pytest.approx(per_class[1], abs=1e-6)
+        assert got[f"{prefix}_AP_per_class"]["b"] == pytest.approx(per_class[2], abs=1e-6)
+    # semantic view, hand-pasted: only detections scoring >= 0.5 count
+    confmat = task.confusion_matrices["val"]
+    predicted = [
+        np.maximum(box_mask(3, 8, 2, 8), 2 * box_mask(9, 15, 8, 15)) + box_mask(10, 16, 0, 5),
+        box_mask(0, 6, 3, 10),
+    ]
+    expected = sum(
+        confusion_matrix(torch.from_numpy(p), s["mask"], 3)
+        for p, s in zip(predicted, samples(), strict=True)
+    )
+    assert torch.equal(confmat, expected)
+    assert json.dumps(got)  # goes into metrics.json as is
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+SHORT = [
+    "experiment=shapes_maskrcnn",
+    "data.prepare.num_train=64",
+    "data.prepare.num_val=16",
+    "data.prepare.num_test=8",
+    "data.prepare.size=64",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "trainer.accelerator=cpu",
+    "model.min_size=64",
+    "model.max_size=64",
+    "model.fpn_channels=64",
+    "model.box_head_width=256",
+    "model.mask_head_layers=[64,64]",
+    "logger=csv",
+]
