@@ -10,14 +10,22 @@ Under DDP, validation and test loaders use :class:`UnpaddedDistributedSampler`: 
 is seen by exactly one process, so the summed confusion matrix (and every score) is the
 same for any number of processes. Lightning's default ``DistributedSampler`` would pad the
 last shard with repeated images, counting their pixels twice.
+
+Random augmentation is reproducible: albumentations transforms keep their own generator,
+which ``seed_everything`` does not reach, so each loader seeds its transform from torch's
+global generator (fixed by ``seed``) and each worker process reseeds it from its own torch
+seed (different per worker and per epoch). ``seed=<n> trainer.deterministic=true`` then
+gives bit-identical runs on CPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import lightning as L
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -49,6 +57,20 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+_RANK_STRIDE = 1_000_003  # keeps the streams of DDP ranks apart (same torch seed per rank)
+
+
+def _seed_transform(transform: Any, seed: int) -> None:
+    """Seed an albumentations transform's own generator (others are left alone)."""
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def _seed_worker_transform(transform: Any, rank: int, worker_id: int) -> None:
+    """``worker_init_fn``: forked workers would otherwise share one augmentation stream."""
+    _seed_transform(transform, (torch.initial_seed() + _RANK_STRIDE * rank) % 2**32)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -142,6 +164,13 @@ class SegmentationDataModule(L.LightningDataModule):
         sampler = None
         if not train and dist.is_available() and dist.is_initialized():
             sampler = UnpaddedDistributedSampler(dataset)  # each pixel counted once
+        transform = self.train_transform if train else self.eval_transform
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        draw = int(torch.randint(2**31 - 1, ()).item())  # fixed by seed_everything
+        _seed_transform(transform, (draw + _RANK_STRIDE * rank) % 2**32)
+        worker_init = (
+            partial(_seed_worker_transform, transform, rank) if transform is not None else None
+        )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -151,6 +180,7 @@ class SegmentationDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            worker_init_fn=worker_init,
         )
 
     def train_dataloader(self) -> DataLoader:
