@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float | None:
     task = build_task(cfg)
     trainer = build_trainer(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    start = resume_checkpoint(cfg)  # ckpt_path=<file>|last, or resume=auto
+    start = resume_checkpoint(cfg, task)  # ckpt_path=<file>|last, or resume=auto
 
     if cfg.train:
         trainer.fit(task, datamodule=datamodule, ckpt_path=start, weights_only=True)

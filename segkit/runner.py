@@ -96,7 +96,7 @@ def newest_last_checkpoint(run_dir: str | Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
 
 
-def resume_checkpoint(cfg: DictConfig) -> str | None:
+def resume_checkpoint(cfg: DictConfig, task: torch.nn.Module | None = None) -> str | None:
     """The checkpoint this run starts from, from ``cfg.ckpt_path`` and ``cfg.resume``.
 
     * ``ckpt_path=<file>``: that file (it must exist).
@@ -109,6 +109,9 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     The run folder is Hydra's output dir. Its default name is the launch time, so a
     requeued job must pin it (``hydra.run.dir=logs/train/runs/${oc.env:SLURM_JOB_ID}``);
     other runs' folders are never searched, since they may hold a different config.
+
+    With ``task``, the chosen checkpoint is checked against it first
+    (:func:`check_checkpoint_fits`), so a wrong file fails with a readable report.
     """
     ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
     if resume not in (None, "auto"):
@@ -126,10 +129,70 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
                 "hydra.run.dir at the folder of the run to continue, give ckpt_path=<file>, "
                 "or use resume=auto to start fresh when nothing is there."
             )
-        return None if found is None else str(found)
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        ckpt_path = None if found is None else str(found)
+    elif ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
+    if ckpt_path is not None and task is not None:
+        check_checkpoint_fits(task, ckpt_path, cfg)
     return ckpt_path
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not fit the model this run builds."""
+
+
+def _model_summary(config: Any) -> str:
+    """``_target_`` plus the arguments that usually differ (arch, encoder, classes)."""
+    if not isinstance(config, dict | DictConfig):
+        return "(unknown: the checkpoint stores no config)"
+    model = config.get("model") or {}
+    keys = ("_target_", "arch", "encoder_name", "backbone", "num_classes")
+    return ", ".join(f"{k}={model[k]}" for k in keys if k in model) or "(no model config)"
+
+
+def check_checkpoint_fits(
+    task: torch.nn.Module, ckpt_path: str | Path, cfg: DictConfig | None = None
+) -> None:
+    """Compare a Lightning checkpoint's ``state_dict`` with ``task``'s, key by key and shape
+    by shape, before Lightning loads it (memory-mapped, ``weights_only=True``).
+
+    Raises:
+        CheckpointMismatchError: listing shape mismatches, missing and unexpected keys, the
+            model the checkpoint was written for (from its stored config) and this run's.
+    """
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if state is None:
+        raise CheckpointMismatchError(
+            f"{ckpt_path} has no 'state_dict', so it is not a training checkpoint; load plain "
+            "weights with model.weights_path=<file> instead of ckpt_path."
+        )
+    own = task.state_dict()
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    problems = [
+        f"{len(found)} {what}, e.g. {found[:3]}"
+        for what, found in (
+            ("shape mismatches", shapes),
+            ("keys missing from the checkpoint", missing),
+            ("unexpected keys", unexpected),
+        )
+        if found
+    ]
+    if not problems:
+        return
+    here = "" if cfg is None else f"; this run builds {_model_summary(cfg)}"
+    raise CheckpointMismatchError(
+        f"checkpoint {ckpt_path} does not fit this run's model: {'; '.join(problems)}. It was "
+        f"written for {_model_summary(checkpoint.get('config'))}{here}. Resume with the "
+        "config it was trained with (model=..., data.num_classes=...), or start a new run "
+        "from its weights with model.weights_path=<file>."
+    )
 
 
 class DDPJobCallback(HydraCallback):

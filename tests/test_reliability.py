@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from segkit.callbacks import AtomicCheckpointIO, NonFiniteGuard, NonFiniteLossError
-from segkit.runner import build_trainer, resume_checkpoint
+from segkit.runner import CheckpointMismatchError, build_trainer, resume_checkpoint
 
 from .conftest import PROJECT_ROOT
 from .test_configs import compose
@@ -121,6 +121,38 @@ def test_resume_errors_name_the_fix(tmp_path):
         resume_checkpoint(_cfg(tmp_path, ckpt_path="last", resume="auto"))
     with pytest.raises(ValueError, match="null or 'auto'"):
         resume_checkpoint(_cfg(tmp_path, resume="yes"))
+
+
+def test_checkpoint_of_another_model_gives_a_mismatch_report(tmp_path):
+    # a 3-class head saved; this run builds a 5-class head and has one more layer
+    saved = nn.ModuleDict({"model": nn.ModuleDict({"head": nn.Conv2d(8, 3, 1)})})
+    config = {"model": {"_target_": "m.unet", "arch": "Unet", "num_classes": 3}}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": saved.state_dict(), "config": config}, path)
+    task = nn.ModuleDict(
+        {"model": nn.ModuleDict({"head": nn.Conv2d(8, 5, 1), "aux": nn.Conv2d(8, 5, 1)})}
+    )
+    cfg = OmegaConf.create(
+        {
+            "ckpt_path": str(path),
+            "resume": None,
+            "paths": {"output_dir": str(tmp_path)},
+            "model": {"_target_": "m.unet", "arch": "Unet", "num_classes": 5},
+        }
+    )
+    with pytest.raises(CheckpointMismatchError) as error:
+        resume_checkpoint(cfg, task)
+    message = str(error.value)
+    assert (
+        "2 shape mismatches" in message
+        and "model.head.weight: checkpoint (3, 8, 1, 1) vs model (5, 8, 1, 1)" in message
+    )
+    assert "2 keys missing from the checkpoint" in message and "model.aux.bias" in message
+    assert "written for _target_=m.unet, arch=Unet, num_classes=3" in message
+    assert "this run builds _target_=m.unet, arch=Unet, num_classes=5" in message
+    # the same architecture loads without complaint
+    same = nn.ModuleDict({"model": nn.ModuleDict({"head": nn.Conv2d(8, 3, 1)})})
+    assert resume_checkpoint(cfg, same) == str(path)
 
 
 @pytest.mark.slow
