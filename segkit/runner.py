@@ -251,6 +251,7 @@ def evaluate(
     """Score ``ckpt_path`` (or the current weights) on the ``val`` or ``test`` split.
 
     Writes the report files into ``output_dir`` and prints the per-class table (rank 0 only).
+    A task's ``extra_scores[stage]`` dict, if it has one, is added to ``metrics.json``.
 
     Returns:
         the ``metrics.json`` content, or ``{}`` on other ranks.
@@ -262,6 +263,8 @@ def evaluate(
     extra = {
         "checkpoint": str(ckpt_path) if ckpt_path else None,
         "epoch": checkpoint_epoch(ckpt_path),
+        # scores a task keeps beside its confusion matrix (instance task: COCO AP)
+        **getattr(task, "extra_scores", {}).get(stage, {}),
     }
     metrics = write_report(
         output_dir,

@@ -321,3 +321,26 @@ SHORT = [
     "model.mask_head_layers=[64,64]",
     "logger=csv",
 ]
+
+
+def test_draw_instances_tints_masks_and_boxes_above_threshold():
+    from segkit.tasks.instance import draw_instances
+
+    masks = torch.zeros(2, 40, 40, dtype=torch.bool)
+    masks[0, 10:30, 10:30] = True
+    masks[1, 32:38, 0:6] = True
+    detections = {
+        "boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0], [0.0, 32.0, 6.0, 38.0]]),
+        "labels": torch.tensor([1, 1]),
+        "scores": torch.tensor([0.9, 0.1]),
+        "masks": masks,
+    }
+    palette = [(0, 0, 0), (200, 100, 0)]
+    picture = np.asarray(
+        draw_instances(np.zeros((40, 40, 3), np.uint8), detections, ["bg", "a"], palette)
+    )
+    assert picture[27, 27].tolist() == [100, 50, 0]  # half-tinted mask pixel
+    assert picture[10, 20].tolist() == [200, 100, 0]  # box outline, top edge
+    assert picture[29, 20].tolist() == [200, 100, 0]  # bottom edge: last pixel row of the box
+    assert picture[35, 3].tolist() == [0, 0, 0]  # the 0.1 detection is not drawn
+    assert picture[0, 0].tolist() == [0, 0, 0]

@@ -16,6 +16,8 @@ Scores of each val/test epoch:
   map (:func:`paste_instances`, higher scores on top) and counted in the same
   :class:`~segkit.metrics.ConfusionMatrix` as the semantic models, so ``<split>/mIoU`` and
   ``confusion_matrices[split]`` mean exactly what they mean there.
+
+:func:`draw_instances` renders detections for predict.py.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
@@ -68,6 +72,47 @@ def paste_instances(
     for index in scores.argsort():  # ascending: the best detection is painted last
         class_map[masks[index]] = labels[index]
     return class_map
+
+
+def draw_instances(
+    image: np.ndarray,
+    detections: dict[str, torch.Tensor],
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    score_threshold: float = 0.5,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Detections drawn over an image: mask tints, boxes, and ``"<class> <score>"`` labels.
+
+    Args:
+        image: uint8 RGB ``[H, W, 3]``.
+        detections: ``boxes [K, 4]`` xyxy, ``labels [K]``, ``scores [K]``, bool
+            ``masks [K, H, W]`` (as :meth:`InstanceSegmentationTask.forward` returns).
+        class_names: names by class index.
+        palette: one RGB colour per class.
+        score_threshold: detections scoring below this are not drawn.
+        alpha: mask opacity.
+
+    Returns:
+        the RGB picture (lower scores drawn first, so the best detection is on top).
+    """
+    canvas = image.astype(np.float32)
+    keep = (detections["scores"] >= score_threshold).nonzero().flatten()
+    order = keep[detections["scores"][keep].argsort()].tolist()
+    for index in order:
+        mask = detections["masks"][index].cpu().numpy()
+        colour = np.asarray(palette[int(detections["labels"][index])], np.float32)
+        canvas[mask] = (1 - alpha) * canvas[mask] + alpha * colour
+    picture = Image.fromarray(canvas.round().astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for index in order:
+        label = int(detections["labels"][index])
+        colour = tuple(int(v) for v in palette[label])
+        x0, y0, x1, y1 = detections["boxes"][index].tolist()
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=colour)
+        text = f"{class_names[label]} {float(detections['scores'][index]):.2f}"
+        draw.text((x0 + 1, y0 + 1), text, fill=colour)
+    return picture
 
 
 def _number(value: torch.Tensor) -> float:
