@@ -398,3 +398,47 @@ def test_seeded_deterministic_runs_are_bit_identical(tmp_path):
     weights = [load(r / "checkpoints" / "last.ckpt")["state_dict"] for r in runs]
     for key, value in weights[0].items():
         assert torch.equal(value, weights[1][key]), key
+
+
+# --- memory -------------------------------------------------------------------------------
+
+_MEMORY_SCRIPT = """
+import resource, sys, torch, lightning as L
+from torch import nn
+from segkit.losses import CrossEntropyLoss
+from segkit.tasks.semantic import SemanticSegmentationTask
+
+class Images(torch.utils.data.Dataset):  # made on the fly: the dataset itself holds nothing
+    def __init__(self, n): self.n = n
+    def __len__(self): return self.n
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"image": torch.randn(3, 128, 128, generator=g),
+                "mask": torch.randint(0, 5, (128, 128), generator=g), "name": str(i)}
+
+task = SemanticSegmentationTask(nn.Conv2d(3, 5, 1), CrossEntropyLoss(), torch.optim.SGD, None,
+                                num_classes=5, class_names=list("abcde"))
+trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                    enable_model_summary=False)
+peaks = []
+for n in (20, 20, 200):
+    loader = torch.utils.data.DataLoader(Images(n), batch_size=4)
+    trainer.validate(task, loader, verbose=False)
+    assert int(task.confusion_matrices["val"].sum()) == n * 128 * 128
+    peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+print("PEAKS", *peaks)
+"""
+
+
+@pytest.mark.slow
+def test_validation_memory_does_not_grow_with_the_number_of_images():
+    # Keeping the logits of 180 more images would take 180 * 5 * 128 * 128 * 4 B = 59 MB
+    # (their int64 predictions 24 MB); only the 5x5 confusion matrix may accumulate.
+    result = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, env=ENV
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(x for x in result.stdout.splitlines() if x.startswith("PEAKS"))
+    _, warm, at_20, at_200 = line.split()
+    growth_mib = (int(at_200) - int(at_20)) / 1024
+    assert growth_mib < 8, f"peak memory grew by {growth_mib:.1f} MiB from 20 to 200 images"
