@@ -1,0 +1,109 @@
+"""Segment images with a trained checkpoint:
+python predict.py ckpt_path=<.ckpt> input=<image or folder> output=<folder> [inference=slide]
+
+Writes, for each input image ``<stem>``:
+
+* ``<output>/<stem>.png``: class index per pixel, a palette-mode PNG coloured with the
+  dataset's palette (opens as a colour picture; ``np.asarray(Image.open(...))`` gives the
+  indices);
+* ``<output>/overlays/<stem>.jpg``: the class colours blended over the image.
+
+The model, normalisation and palette come from the config stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("SEGKIT_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from PIL import Image  # noqa: E402
+from rich.progress import track  # noqa: E402
+
+from segkit.data.folder import IMAGE_SUFFIXES, read_image  # noqa: E402
+from segkit.data.voc import voc_colour  # noqa: E402
+from segkit.inference import load_checkpoint, task_from_checkpoint  # noqa: E402
+from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
+
+
+def input_files(path: Path) -> list[Path]:
+    """``path`` itself, or the images directly inside the folder ``path`` (sorted)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input={path} does not exist; give an image or a folder.")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"input={path} holds no *.png, *.jpg or *.jpeg images.")
+    return files
+
+
+def check_output(output: Path, source: Path) -> None:
+    """Refuse to write predictions into the folder that holds the input images."""
+    data_folder = (source if source.is_dir() else source.parent).resolve()
+    if output.resolve().is_relative_to(data_folder):
+        raise ValueError(
+            f"output={output} lies inside the input folder {data_folder}; predictions are "
+            "never written into a data folder. Choose an output folder outside it."
+        )
+
+
+def palette_of(stored: DictConfig, num_classes: int) -> list[tuple[int, int, int]]:
+    """The dataset's palette, or the VOC colour map when the config has none."""
+    palette = stored.data.get("palette")
+    if palette is None:
+        return [voc_colour(i) for i in range(num_classes)]
+    return [tuple(int(v) for v in colour) for colour in palette]
+
+
+@torch.no_grad()
+def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmentationTask) -> None:
+    """Write class-index PNGs and overlays for every input image."""
+    source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
+    check_output(output, source)
+    files = input_files(source)
+    if task.num_classes > 256:
+        raise ValueError(f"{task.num_classes} classes do not fit a palette PNG (256 at most).")
+    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    palette = palette_of(stored, task.num_classes)
+    flat_palette = [v for colour in palette for v in colour]
+    colours = np.asarray(palette, dtype=np.float32)
+    mean = torch.tensor(stored.data.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(stored.data.std).view(1, 3, 1, 1) * 255
+    task = task.to(cfg.device)
+    for path in track(files, description="predicting"):
+        image = read_image(path)  # uint8 [H, W, 3]
+        x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() - mean) / std
+        x = x.to(cfg.device)
+        scores = task(x) if task.inference is None else task.inference(task.forward, x)
+        labels = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()  # [H, W]
+        mask = Image.fromarray(labels, mode="P")
+        mask.putpalette(flat_palette)
+        mask.save(output / f"{path.stem}.png")
+        alpha = float(cfg.overlay_alpha)
+        blend = (1 - alpha) * image.astype(np.float32) + alpha * colours[labels]
+        Image.fromarray(blend.round().astype(np.uint8)).save(
+            output / "overlays" / f"{path.stem}.jpg"
+        )
+    print(f"wrote {len(files)} predictions to {output}")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    overrides = {key: cfg[key] for key in ("data", "task") if cfg.get(key)}
+    stored, task = task_from_checkpoint(checkpoint, overrides)
+    # One function per task type; instance segmentation plugs in here.
+    if isinstance(task, SemanticSegmentationTask):
+        predict_semantic(cfg, stored, task)
+        return
+    raise TypeError(f"predict.py cannot run a {type(task).__name__} checkpoint yet.")
+
+
+if __name__ == "__main__":
+    main()

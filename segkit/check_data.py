@@ -1,0 +1,197 @@
+"""Scan a dataset's label files and list every problem at once.
+
+    python -m segkit.check_data data=<name> [data.dataset.root=...] [any train.py override]
+
+Composes ``conf/train.yaml`` with the given overrides, builds each split of ``cfg.data``
+and reads every image and label file. It reports, per split, the number of images and the
+pixel count of each class (and of the ignore value), and lists:
+
+* problems (exit status 1): unreadable or truncated files, masks with extra channels,
+  image/mask size mismatches, values outside the class set (with the files holding them),
+  binary 0/255 masks, empty splits, duplicate samples, missing files;
+* hints about label conventions: Cityscapes labelIds where trainIds are expected (and
+  the reverse), 1-based masks that need ``reduce_zero_label``;
+* warnings: classes with no pixel in a split.
+
+train.py runs the cheap part (a few samples per split, ``startup_check`` of the dataset)
+when it builds the datasets, and stops on a problem.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from segkit.data.folder import DataError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CITYSCAPES_LABEL_IDS = 34  # labelIds 0..33; the 19 trainIds are a subset of them
+MAX_FILES_LISTED = 5
+
+
+@dataclass
+class SplitStats:
+    """What one split holds: images, pixels per class, and which values sit where."""
+
+    name: str
+    num_classes: int
+    images: int = 0
+    pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C]
+    images_with: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C]
+    ignored: int = 0
+    bad_values: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    raw_values: set[int] = field(default_factory=set)
+    label_ids_with_255: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pixels = np.zeros(self.num_classes, np.int64)
+        self.images_with = np.zeros(self.num_classes, np.int64)
+
+
+@dataclass
+class Report:
+    """Everything :func:`check_splits` found; ``problems`` are definite errors."""
+
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _build(factory: Any, split: str) -> Any:
+    try:
+        return factory(split=split, transform=None, startup_check=0)
+    except TypeError:  # a dataset class without the start-up check
+        return factory(split=split, transform=None)
+
+
+def scan_split(dataset: Any, stats: SplitStats, ignore_index: int, report: Report) -> None:
+    """Read every sample of ``dataset`` into ``stats``; problems go to ``report``."""
+    for index in range(len(dataset)):
+        raw, mask, problems = dataset.inspect(index)
+        report.problems += problems
+        stats.images += 1
+        if mask is None:
+            continue
+        mask_path = str(dataset.samples[index][2])
+        values, counts = np.unique(mask, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            if 0 <= value < stats.num_classes:
+                stats.pixels[value] += count
+                stats.images_with[value] += 1
+            elif value == ignore_index:
+                stats.ignored += count
+            else:
+                stats.bad_values[value].append(mask_path)
+        raw_values = np.unique(raw).tolist()
+        stats.raw_values.update(raw_values)
+        if mask_path.endswith("_labelIds.png") and 255 in raw_values:
+            stats.label_ids_with_255.append(mask_path)
+
+
+def label_hints(stats: SplitStats, ignore_index: int) -> list[str]:
+    """Guesses at a wrong label convention from the values seen in one split."""
+    hints = []
+    bad = sorted(stats.bad_values)
+    if bad and stats.num_classes == 19 and max(bad) < CITYSCAPES_LABEL_IDS:
+        hints.append(
+            f"split {stats.name!r}: values {bad[:10]} lie in 19..33, as Cityscapes labelIds "
+            "do: these masks look like labelIds where trainIds are expected. Use "
+            "data=cityscapes (it maps labelIds itself) or convert them to trainIds."
+        )
+    if stats.label_ids_with_255:
+        hints.append(
+            f"split {stats.name!r}: {len(stats.label_ids_with_255)} *_labelIds.png files hold "
+            f"255, which is no labelId (e.g. {stats.label_ids_with_255[0]}): they look like "
+            "trainIds saved under the labelIds name. Rename them *_labelTrainIds.png."
+        )
+    if bad == [stats.num_classes] and 0 in stats.raw_values:
+        hints.append(
+            f"split {stats.name!r}: the only value out of range is {bad[0]} = num_classes: the "
+            "masks may be 1-based with 0 = unlabelled; set data.dataset.reduce_zero_label=true."
+        )
+    return hints
+
+
+def check_splits(datamodule: Any, splits: Sequence[str] | None = None) -> Report:
+    """Build each split of ``datamodule`` and scan every file (see the module docstring)."""
+    report = Report()
+    names = list(dict.fromkeys(splits or datamodule.splits.values()))
+    for name in names:
+        stats = SplitStats(name, datamodule.num_classes)
+        try:
+            dataset = _build(datamodule.dataset, name)
+        except DataError as error:
+            report.problems.append(f"split {name!r}: {error}")
+            continue
+        report.splits[name] = stats
+        scan_split(dataset, stats, datamodule.ignore_index, report)
+        for value, files in sorted(stats.bad_values.items()):
+            report.problems.append(
+                f"split {name!r}: value {value} is no class (0..{stats.num_classes - 1}) and "
+                f"not ignore_index={datamodule.ignore_index}, in {len(files)} files: "
+                f"{files[:MAX_FILES_LISTED]}"
+            )
+        report.hints += label_hints(stats, datamodule.ignore_index)
+        missing = [c for c, n in zip(datamodule.class_names, stats.pixels, strict=True) if n == 0]
+        if missing:
+            report.warnings.append(f"split {name!r}: no pixel of classes {missing}")
+    return report
+
+
+def print_report(report: Report, class_names: Sequence[str], console: Console) -> None:
+    """Per-split class table, then hints, warnings and problems."""
+    for name, stats in report.splits.items():
+        total = max(int(stats.pixels.sum()), 1)
+        table = Table(title=f"split {name!r}: {stats.images} images")
+        for column in ("class", "pixels", "share", "images"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for index, class_name in enumerate(class_names):
+            pixels = int(stats.pixels[index])
+            share = f"{pixels / total:.4f}"
+            table.add_row(class_name, str(pixels), share, str(int(stats.images_with[index])))
+        table.caption = f"ignored pixels: {stats.ignored}"
+        console.print(table)
+    # plain print: long file names must stay on one line for grep
+    for title, lines in (
+        ("hints", report.hints),
+        ("warnings", report.warnings),
+        ("problems", report.problems),
+    ):
+        if lines:
+            print(f"\n{len(lines)} {title}:")
+            for line in lines:
+                print(f"- {line}")
+    print("\nno problems found" if not report.problems else f"\n{len(report.problems)} problems")
+
+
+def compose(overrides: Sequence[str]) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides`` (no run folder is made)."""
+    os.environ.setdefault("SEGKIT_ROOT", str(PROJECT_ROOT))
+    with hydra.initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return hydra.compose("train", overrides=list(overrides))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the check with Hydra overrides ``argv``; returns 1 when a problem was found."""
+    cfg = compose(sys.argv[1:] if argv is None else argv)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    report = check_splits(datamodule)
+    print_report(report, datamodule.class_names, Console(width=120))
+    return 1 if report.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Cityscapes fine annotations (Cordts et al., CVPR 2016), 19 evaluation classes.
+
+Official layout (``leftImg8bit_trainvaltest.zip`` + ``gtFine_trainvaltest.zip`` unpacked in
+one folder)::
+
+    root/leftImg8bit/{train,val,test}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+    root/gtFine/{train,val,test}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+
+The 34 ``labelIds`` are mapped to the 19 ``trainIds`` here (everything else to
+``ignore_index``), so no conversion script is needed. Where cityscapesScripts'
+``createTrainIdLabelImgs`` already wrote ``*_gtFine_labelTrainIds.png``, those are read as
+they are. The test split's labels are all void (the benchmark server holds them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segkit.data.folder import IMAGENET_MEAN, IMAGENET_STD, DataError, FolderDataset
+
+CLASS_NAMES = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+# Official colours (cityscapesScripts helpers/labels.py), in trainId order.
+PALETTE = (
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+)
+# labelId of each trainId 0..18 (labels.py); the other labelIds (0-6 void/flat extras,
+# 9 parking, 10 rail track, 14 guard rail, 15 bridge, 16 tunnel, 18 polegroup, 29 caravan,
+# 30 trailer) are not evaluated.
+TRAIN_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+NUM_LABEL_IDS = 34
+
+
+def label_id_lut(ignore_index: int = 255) -> np.ndarray:
+    """``lut[labelId] -> trainId`` for all 256 uint8 values (non-evaluated ids -> ignore)."""
+    lut = np.full(256, ignore_index, dtype=np.int64)
+    lut[list(TRAIN_LABEL_IDS)] = np.arange(len(TRAIN_LABEL_IDS))
+    return lut
+
+
+class CityscapesDataset(FolderDataset):
+    """One Cityscapes split in the official layout (see the module docstring).
+
+    Args:
+        root: folder holding ``leftImg8bit/`` and ``gtFine/``.
+        split: ``train``, ``val`` or ``test``.
+        num_classes: 19.
+        ignore_index: what non-evaluated labelIds become.
+        transform, mean, std, startup_check: as in :class:`FolderDataset`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        num_classes: int = 19,
+        ignore_index: int = 255,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        startup_check: int = 8,
+    ) -> None:
+        if num_classes != len(CLASS_NAMES):
+            raise ValueError(f"Cityscapes has {len(CLASS_NAMES)} classes, got {num_classes}")
+        self.lut = label_id_lut(ignore_index)
+        super().__init__(
+            root,
+            num_classes=num_classes,
+            split=split,
+            ignore_index=ignore_index,
+            transform=transform,
+            mean=mean,
+            std=std,
+            startup_check=startup_check,
+        )
+
+    def find_samples(self) -> list[tuple[str, Path, Path]]:
+        image_dir = self.root / "leftImg8bit" / self.split
+        label_dir = self.root / "gtFine" / self.split
+        for folder in (image_dir, label_dir):
+            if not folder.is_dir():
+                raise DataError(
+                    f"Cityscapes folder {folder} does not exist. Set data.dataset.root to the "
+                    "folder holding leftImg8bit/ and gtFine/ (the unpacked official zips)."
+                )
+        samples, missing = [], []
+        for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
+            stem = image.name[: -len("_leftImg8bit.png")]
+            folder = label_dir / image.parent.name
+            label = folder / f"{stem}_gtFine_labelTrainIds.png"
+            if not label.is_file():
+                label = folder / f"{stem}_gtFine_labelIds.png"
+            if not label.is_file():
+                missing.append(str(label))
+            samples.append((stem, image, label))
+        if missing:
+            raise DataError(
+                f"{len(missing)} Cityscapes images have no label file, e.g. {missing[0]} (nor "
+                "*_gtFine_labelTrainIds.png). Unpack gtFine_trainvaltest.zip into the root."
+            )
+        if not samples:
+            raise DataError(f"no *_leftImg8bit.png images under {image_dir}/<city>/.")
+        return samples
+
+    def map_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """labelIds -> trainIds for ``*_labelIds.png``; ``*_labelTrainIds.png`` as stored."""
+        if path.name.endswith("_labelIds.png") and raw.size and raw.max() < len(self.lut):
+            return self.lut[raw]
+        return raw

@@ -1,0 +1,84 @@
+"""eval.py reproduces the training run's validation scores; predict.py writes palette PNGs
+holding the model's argmax, and overlays."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segkit.inference import load_checkpoint, task_from_checkpoint
+
+from .conftest import PROJECT_ROOT
+from .test_train import TINY, run_train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """Run dir of a tiny shapes run (2 epochs, scored on val at the end)."""
+    return run_train(tmp_path_factory.mktemp("train"), *TINY, "test=false")
+
+
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(PROJECT_ROOT / script), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def test_eval_reproduces_the_final_validation_metrics(trained, tmp_path):
+    trained_metrics = json.loads((trained / "metrics.json").read_text())
+    ckpt = trained_metrics["checkpoint"]
+    out = tmp_path / "eval"
+    result = run_script("eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={out}")
+    np.testing.assert_array_equal(
+        np.load(out / "confusion_matrix.npy"), np.load(trained / "confusion_matrix.npy")
+    )
+    assert json.loads((out / "metrics.json").read_text()) == trained_metrics
+    assert (out / "per_class.csv").read_text() == (trained / "per_class.csv").read_text()
+    assert "val scores (%)" in result.stdout and "circle" in result.stdout
+
+
+def test_predict_writes_the_argmax_as_palette_png_and_overlays(trained, tmp_path):
+    images = sorted((trained.parent / "data" / "shapes" / "images").glob("*.png"))[:3]
+    source = tmp_path / "photos"
+    source.mkdir()
+    for image in images:
+        (source / image.name).write_bytes(image.read_bytes())
+    out = tmp_path / "preds"
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    run_script("predict.py", f"ckpt_path={ckpt}", f"input={source}", f"output={out}",
+               f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    stored, task = task_from_checkpoint(load_checkpoint(ckpt))
+    mean = torch.tensor(stored.data.mean).view(3, 1, 1)
+    std = torch.tensor(stored.data.std).view(3, 1, 1)
+    for image in images:
+        pixels = np.array(Image.open(image).convert("RGB"))
+        x = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - mean) / std
+        with torch.no_grad():
+            expected = task.model(x[None]).argmax(1)[0].numpy()
+        written = Image.open(out / image.name)
+        assert written.mode == "P"
+        assert written.getpalette()[:15] == [v for c in stored.data.palette for v in c]
+        np.testing.assert_array_equal(np.asarray(written), expected)
+        overlay = Image.open(out / "overlays" / f"{image.stem}.jpg")
+        assert overlay.size == (pixels.shape[1], pixels.shape[0])
+    assert sorted(p.name for p in source.iterdir()) == [p.name for p in images]  # untouched
+
+
+def test_predict_refuses_to_write_into_the_input_folder(trained, tmp_path):
+    source = tmp_path / "photos"
+    source.mkdir()
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    with pytest.raises(AssertionError, match="lies inside the input folder"):
+        run_script("predict.py", f"ckpt_path={ckpt}", f"input={source}",
+                   f"output={source / 'preds'}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
