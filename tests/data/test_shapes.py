@@ -16,7 +16,7 @@ def test_render_is_deterministic_and_consistent():
     for x, y in zip(a, b, strict=False):
         np.testing.assert_array_equal(x, y)
     image, mask, instances = a
-    assert image.shape == (128, 128, 3) and mask.shape == instances.shape == (128, 128)
+    assert image.shape == (96, 96, 3) and mask.shape == instances.shape == (96, 96)
     # every instance pixel carries one class, background has no instance
     assert np.all((instances == 0) == (mask == 0))
     for k in np.unique(instances[instances > 0]):
@@ -53,6 +53,20 @@ def test_generate_writes_folder_layout_and_is_reused(tmp_path):
     assert (root / "images" / "train_00000.png").stat().st_mtime_ns == stamp
     mask = np.asarray(Image.open(root / "masks" / "val_00006.png"))
     np.testing.assert_array_equal(mask, render_sample(6, size=32)[1])
+
+
+def test_shapes_do_not_overlap():
+    # shapes are kept apart: a one-pixel dilation of any instance touches no other instance
+    for seed in range(30):
+        _, _, instances = render_sample(seed)
+        ids = np.unique(instances[instances > 0])
+        assert list(ids) == list(range(1, len(ids) + 1))
+        for k in ids:
+            region = instances == k
+            grown = region.copy()
+            for shift, axis in ((1, 0), (-1, 0), (1, 1), (-1, 1)):
+                grown |= np.roll(region, shift, axis=axis)
+            assert set(np.unique(instances[grown])) <= {0, k}, f"seed {seed}: {k} touches another"
 
 
 def test_rare_small_class_is_rare():
