@@ -10,8 +10,10 @@ functions draw on a matplotlib ``Axes`` and return it. ``notebooks/per_class_iou
 is a thin front end to this module.
 
 Worst images: when a run saved its predictions as label PNGs (``<run>/predictions/<stem>.png``,
-class indices, same size as the mask), :func:`per_image_iou` ranks the images by their mIoU
-against the dataset masks and :func:`plot_worst_images` shows image / mask / prediction.
+class indices, same size as the mask; ``python predict.py ckpt_path=<run>/checkpoints/<best>.ckpt
+input=<data root>/images output=<run>/predictions`` writes them), :func:`per_image_iou` ranks
+the images by their mIoU against the dataset masks and :func:`plot_worst_images` shows
+image / mask / prediction.
 """
 
 from __future__ import annotations

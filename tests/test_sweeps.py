@@ -148,11 +148,11 @@ def test_optuna_sweep_survives_a_failing_trial_and_saves_best_params(optuna_swee
         assert best["overrides"].split() == [f"{k}={v}" for k, v in top.params.items()]
 
 
-def compose_sweep(tmp_path: Path, *overrides: str):
+def compose_sweep(tmp_path: Path, *overrides: str, search: str = "shapes_optuna"):
     with hydra.initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         return hydra.compose(
             "train",
-            overrides=[f"paths.root_dir={tmp_path}", "hparams_search=shapes_optuna", *overrides],
+            overrides=[f"paths.root_dir={tmp_path}", f"hparams_search={search}", *overrides],
             return_hydra_config=True,
         )
 
@@ -181,3 +181,13 @@ def test_bad_metric_stops_the_sweep_before_the_first_trial(tmp_path):
         SweepCallback().on_multirun_start(config=cfg)
     assert not Path(cfg.hydra.sweep.dir).exists()  # no study, no trial was started
     assert Path(cfg.hydra.sweep.dir).is_relative_to(tmp_path)
+
+
+def test_camvid_search_names_existing_keys(tmp_path):
+    cfg = compose_sweep(tmp_path, search="camvid_optuna")
+    assert cfg.data.train_transform.transforms[1]._target_ == "albumentations.RandomCrop"
+    check_searched_keys(cfg)
+    check_optimized_metric(cfg)
+    # the same crop keys on shapes data (no RandomCrop) are caught
+    with pytest.raises(ValueError, match=r"transforms.1.height"):
+        check_searched_keys(compose_sweep(tmp_path, "data=shapes", search="camvid_optuna"))
