@@ -84,5 +84,5 @@ def test_one_based_masks_suggest_reduce_zero_label(tmp_path, capsys):
         Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"img{i}.png")
     code, out = run(capsys, root, 3)
     assert code == 1 and "reduce_zero_label=true" in out
-    code, out = run(capsys, root, 3, "+data.dataset.reduce_zero_label=true")
+    code, out = run(capsys, root, 3, "data.dataset.reduce_zero_label=true")
     assert code == 0
