@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from segkit.inference import load_checkpoint, task_from_checkpoint  # noqa: E402
 from segkit.runner import evaluate  # noqa: E402
+from segkit.tasks.instance import InstanceSegmentationTask  # noqa: E402
 from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
 
 
@@ -56,6 +57,9 @@ def main(cfg: DictConfig) -> float | None:
     if isinstance(task, SemanticSegmentationTask):
         metrics = evaluate_semantic(cfg, stored, task)
         return metrics.get("mIoU")
+    if isinstance(task, InstanceSegmentationTask):  # same report, plus COCO AP in metrics.json
+        metrics = evaluate_semantic(cfg, stored, task)
+        return metrics.get("mask_AP")
     raise TypeError(f"eval.py cannot score a {type(task).__name__} checkpoint yet.")
 
 

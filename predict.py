@@ -8,11 +8,16 @@ Writes, for each input image ``<stem>``:
   indices);
 * ``<output>/overlays/<stem>.jpg``: the class colours blended over the image.
 
+For an instance model (Mask R-CNN) the PNG is the semantic view of the detections, the
+overlay draws masks, boxes, class names and scores, and ``<output>/<stem>.json`` lists
+every detection (:func:`predict_instances`).
+
 The model, normalisation and palette come from the config stored in the checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +33,7 @@ from rich.progress import track  # noqa: E402
 from segkit.data.folder import IMAGE_SUFFIXES, read_image  # noqa: E402
 from segkit.data.voc import voc_colour  # noqa: E402
 from segkit.inference import load_checkpoint, task_from_checkpoint  # noqa: E402
+from segkit.tasks.instance import InstanceSegmentationTask, draw_instances  # noqa: E402
 from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
 
 
@@ -93,6 +99,54 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmenta
     print(f"wrote {len(files)} predictions to {output}")
 
 
+@torch.no_grad()
+def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegmentationTask) -> None:
+    """Write the semantic view (palette PNG), a drawing and the detections of every image.
+
+    ``<output>/<stem>.png``: class map of the detections scoring at least the task's
+    ``score_threshold`` (higher scores on top); ``<output>/overlays/<stem>.jpg``: masks,
+    boxes, class names and scores drawn over the image; ``<output>/<stem>.json``: every
+    detection (box xyxy, class, score).
+    """
+    source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
+    files = input_files(source)
+    check_output(output, source)
+    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    palette = palette_of(stored, task.num_classes)
+    flat_palette = [v for colour in palette for v in colour]
+    mean = torch.tensor(stored.data.mean).view(3, 1, 1) * 255
+    std = torch.tensor(stored.data.std).view(3, 1, 1) * 255
+    task = task.to(cfg.device)
+    for path in track(files, description="predicting"):
+        image = read_image(path)  # uint8 [H, W, 3]
+        x = ((torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std).to(cfg.device)
+        detections = {k: v.cpu() for k, v in task([x])[0].items()}
+        labels = task.semantic_map(detections, image.shape[:2]).to(torch.uint8).numpy()
+        mask = Image.fromarray(labels, mode="P")
+        mask.putpalette(flat_palette)
+        mask.save(output / f"{path.stem}.png")
+        drawing = draw_instances(
+            image,
+            detections,
+            task.class_names,
+            palette,
+            task.score_threshold,
+            float(cfg.overlay_alpha),
+        )
+        drawing.save(output / "overlays" / f"{path.stem}.jpg")
+        listing = [
+            {"box": box, "class": task.class_names[label], "score": score}
+            for box, label, score in zip(
+                detections["boxes"].tolist(),
+                detections["labels"].tolist(),
+                detections["scores"].tolist(),
+                strict=True,
+            )
+        ]
+        (output / f"{path.stem}.json").write_text(json.dumps(listing, indent=1) + "\n")
+    print(f"wrote {len(files)} predictions to {output}")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     checkpoint = load_checkpoint(cfg.ckpt_path)
@@ -101,6 +155,9 @@ def main(cfg: DictConfig) -> None:
     # One function per task type; instance segmentation plugs in here.
     if isinstance(task, SemanticSegmentationTask):
         predict_semantic(cfg, stored, task)
+        return
+    if isinstance(task, InstanceSegmentationTask):
+        predict_instances(cfg, stored, task)
         return
     raise TypeError(f"predict.py cannot run a {type(task).__name__} checkpoint yet.")
 
