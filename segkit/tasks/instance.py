@@ -10,7 +10,7 @@ Scores of each val/test epoch:
 * COCO AP from torchmetrics ``MeanAveragePrecision(iou_type=("bbox", "segm"))`` (pycocotools
   backend): ``<split>/{box,mask}_{AP,AP50,AP75,APs,APm,APl}`` and per class
   ``<split>/{box,mask}_AP/<class>``. The last epoch's values are kept in
-  ``extra_scores[split]`` (NaN where COCOeval reports -1, i.e. no ground truth), which
+  ``extra_scores[split]`` (``None`` where COCOeval reports -1: nothing to score), which
   :func:`segkit.runner.evaluate` adds to ``metrics.json``.
 * The semantic view: detections scoring at least ``score_threshold`` are pasted into a class
   map (:func:`paste_instances`, higher scores on top) and counted in the same
@@ -22,7 +22,6 @@ Scores of each val/test epoch:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -115,10 +114,10 @@ def draw_instances(
     return picture
 
 
-def _number(value: torch.Tensor) -> float:
-    """COCOeval's -1 (nothing to score) as NaN."""
+def _number(value: torch.Tensor) -> float | None:
+    """COCOeval's -1 (nothing to score, e.g. no large objects) as ``None`` (JSON null)."""
     value = float(value)
-    return math.nan if value < 0 else value
+    return None if value < 0 else value
 
 
 class InstanceSegmentationTask(L.LightningModule):
@@ -230,12 +229,13 @@ class InstanceSegmentationTask(L.LightningModule):
                 self.class_names[c]: _number(v) for c, v in zip(classes, per_class, strict=True)
             }
         self.extra_scores[split] = extra
-        for key, value in extra.items():
-            if isinstance(value, dict):
-                for name, v in value.items():
-                    self.log(f"{split}/{key.removesuffix('_per_class')}/{name}", v)
-            else:
-                self.log(f"{split}/{key}", value, prog_bar=key == "mask_AP")
+        logged = {f"{split}/{key}": value for key, value in extra.items()}
+        for iou_type in IOU_TYPES.values():
+            for name, value in logged.pop(f"{split}/{iou_type}_AP_per_class").items():
+                logged[f"{split}/{iou_type}_AP/{name}"] = value
+        for key, value in logged.items():
+            if value is not None:
+                self.log(key, value, prog_bar=key == f"{split}/mask_AP")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
