@@ -57,11 +57,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     sections = []
+    command = shlex.join(["python", "-m", "benchmarks", *argv])
     for name in args.only:
         print(f"running benchmarks.{name} ...", file=sys.stderr, flush=True)
         sections.append(importlib.import_module(f"benchmarks.{name}").run(args.quick))
-    command = shlex.join(["python", "-m", "benchmarks", *argv])
-    args.output.write_text(render(sections, command, time.perf_counter() - start))
+        # rewritten after each benchmark, so a long run keeps what it has measured
+        args.output.write_text(render(sections, command, time.perf_counter() - start))
     print(f"wrote {args.output}", file=sys.stderr)
     return args.output
 
