@@ -4,7 +4,8 @@ Model output contract: logits ``[B, C, H, W]`` at input size, or a dict with ``"
 (that) and optionally ``"aux"`` (auxiliary logits at any resolution; upsampled bilinearly to
 the input size before the loss). :func:`split_outputs` is the one place that normalises this.
 
-Logged names: ``train/loss``, ``val/loss``, ``val/{PA,MPA,mIoU,FWIoU,mDice}``,
+Logged names: ``train/loss_step`` (every ``log_every_n_steps``), ``train/loss_epoch``,
+``val/loss``, ``val/{PA,MPA,mIoU,FWIoU,mDice}``,
 ``val/IoU/<class>`` (and the same under ``test/``). The confusion matrix of the last
 finished val/test epoch is kept in ``confusion_matrices[split]`` (int64 ``[C, C]`` on the
 CPU, rows = ground truth) for reports.
@@ -81,6 +82,8 @@ class SemanticSegmentationTask(L.LightningModule):
             {split: ConfusionMatrix(num_classes, ignore_index) for split in ("val", "test")}
         )
         self.confusion_matrices: dict[str, torch.Tensor] = {}
+        self._epoch_loss_sum = torch.zeros(())  # running train loss of the epoch
+        self._epoch_steps = 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C, H, W]`` at the input size (auxiliary outputs dropped)."""
@@ -100,14 +103,29 @@ class SemanticSegmentationTask(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits, aux = self._logits(batch["image"])
         loss = self.loss(logits, batch["mask"])
+        aux_loss = None
         if aux is not None and self.aux_weight > 0:
             aux_loss = self.loss(aux, batch["mask"])
-            self.log("train/aux_loss", aux_loss, batch_size=len(logits))
             loss = loss + self.aux_weight * aux_loss
-        self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits)
-        )
+        # self.log costs milliseconds per call (benchmarks/train_step.py), so the step values
+        # are logged only on the steps the logger writes, and the epoch mean is kept here on
+        # the device (no host sync) and logged once per epoch.
+        self._epoch_loss_sum = self._epoch_loss_sum + loss.detach()
+        self._epoch_steps += 1
+        if batch_idx % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", loss, prog_bar=True, batch_size=len(logits))
+            if aux_loss is not None:
+                self.log("train/aux_loss", aux_loss, batch_size=len(logits))
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss_sum = torch.zeros((), device=self.device)
+        self._epoch_steps = 0
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_steps:
+            mean = self._epoch_loss_sum / self._epoch_steps
+            self.log("train/loss_epoch", mean, sync_dist=True)
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
         if self.inference is None:
