@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from segkit.callbacks import AtomicCheckpointIO, ConfigInCheckpoint
@@ -41,6 +42,8 @@ def build_task(cfg: DictConfig) -> L.LightningModule:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Instantiate ``cfg.trainer`` with ``cfg.callbacks`` and ``cfg.logger``.
 
+    With no logger (``logger=none``) a ``LearningRateMonitor`` is left out.
+
     The resolved config is stored in every checkpoint (:class:`ConfigInCheckpoint`), and
     checkpoints are written atomically (:class:`AtomicCheckpointIO`). ``trainer.
     sync_batchnorm=true`` is turned off with a warning when only one process runs (nothing
@@ -51,6 +54,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     ]
     callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    if not loggers:  # LearningRateMonitor raises without a logger; there is nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
 
     def make(**overrides: Any) -> L.Trainer:
         return hydra.utils.instantiate(

@@ -121,3 +121,9 @@ def test_train_stops_on_bad_mask_with_the_file_name(tmp_path, folder_dataset):
             "trainer.accelerator=cpu",
             "test=false",
         )
+
+
+@pytest.mark.slow
+def test_train_without_logger_still_scores(tmp_path):
+    run_dir = run_train(tmp_path, *TINY, "trainer.max_epochs=1", "logger=none", "test=false")
+    assert (run_dir / "metrics.json").is_file() and not (run_dir / "csv").exists()
