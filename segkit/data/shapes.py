@@ -24,6 +24,7 @@ and for any number of workers.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -130,7 +131,8 @@ def generate_shapes(
     """Write the shapes dataset under ``root`` unless an identical one is already there.
 
     The dataset is built in a temporary folder next to ``root`` and renamed into place, so a
-    crash never leaves a half-written dataset behind.
+    crash never leaves a half-written dataset behind; a lock file next to ``root`` lets
+    concurrent callers wait for one generation instead of racing.
 
     Returns:
         ``root`` as a ``Path``.
@@ -146,37 +148,42 @@ def generate_shapes(
         "class_names": list(CLASS_NAMES),
     }
     meta_path = root / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
-        return root
-    if root.exists() and any(root.iterdir()) and not meta_path.is_file():
-        raise FileExistsError(
-            f"{root} exists and is not a shapes dataset (no meta.json); refusing to overwrite. "
-            "Point paths.data_dir elsewhere or remove the folder."
-        )
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    # Several processes may ask at once (multirun jobs, tests): one generates while the others
+    # wait on the lock, then find the finished dataset.
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+            return root
+        if root.exists() and any(root.iterdir()) and not meta_path.is_file():
+            raise FileExistsError(
+                f"{root} exists and is not a shapes dataset (no meta.json); refusing to "
+                "overwrite. Point paths.data_dir elsewhere or remove the folder."
+            )
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+        _write_shapes(staging, meta)
+        if root.exists():  # an older shapes dataset with other arguments
+            shutil.rmtree(root)
+        os.replace(staging, root)
+    return root
+
+
+def _write_shapes(folder: Path, meta: dict) -> None:
+    """Render every sample of ``meta`` into ``folder`` (the layout of the module docstring)."""
     for sub in ("images", "masks", "instances", "splits"):
-        (staging / sub).mkdir()
-    splits = {"train": num_train, "val": num_val, "test": num_test}
+        (folder / sub).mkdir()
     index = 0
-    for split, count in splits.items():
+    for split in ("train", "val", "test"):
         stems = []
-        for _ in range(count):
+        for _ in range(meta[f"num_{split}"]):
             stem = f"{split}_{index:05d}"
-            image, mask, instances = render_sample(seed * 1_000_003 + index, size=size)
-            Image.fromarray(image).save(staging / "images" / f"{stem}.png")
-            Image.fromarray(mask).save(staging / "masks" / f"{stem}.png")
-            Image.fromarray(instances).save(staging / "instances" / f"{stem}.png")
+            image, mask, instances = render_sample(
+                meta["seed"] * 1_000_003 + index, size=meta["size"]
+            )
+            Image.fromarray(image).save(folder / "images" / f"{stem}.png")
+            Image.fromarray(mask).save(folder / "masks" / f"{stem}.png")
+            Image.fromarray(instances).save(folder / "instances" / f"{stem}.png")
             stems.append(stem)
             index += 1
-        (staging / "splits" / f"{split}.txt").write_text("\n".join(stems) + "\n")
-    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-    if root.exists():  # an older shapes dataset with other arguments
-        shutil.rmtree(root)
-    try:
-        os.replace(staging, root)
-    except OSError:  # another process finished the same dataset first
-        shutil.rmtree(staging)
-        if not (meta_path.is_file() and json.loads(meta_path.read_text()) == meta):
-            raise
-    return root
+        (folder / "splits" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -82,3 +82,14 @@ def test_refuses_to_overwrite_foreign_folder(tmp_path):
     (tmp_path / "mine" / "precious.txt").write_text("x")
     with pytest.raises(FileExistsError, match="refusing"):
         generate_shapes(tmp_path / "mine", num_train=1, num_val=1, num_test=1, size=16)
+
+
+def test_concurrent_generation_gives_one_complete_dataset(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+
+    root = tmp_path / "shapes"
+    with ProcessPoolExecutor(3) as pool:
+        roots = list(pool.map(generate_shapes, [root] * 3, [12] * 3, [4] * 3, [4] * 3, [32] * 3))
+    assert all(r == root for r in roots)
+    assert len(list((root / "images").glob("*.png"))) == 20
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shapes-")]  # no staging left
