@@ -80,6 +80,7 @@ class LRASPP(nn.Module):
         pretrained: ImageNet backbone from torchvision's local cache (fails if absent).
         inter_channels: channels of the head's gated branch (paper: 128).
         weights_path: local state dict of the whole model, loaded last.
+        bn_momentum: momentum of the backbone's BatchNorm layers (torchvision uses 0.01).
     """
 
     def __init__(
@@ -88,9 +89,17 @@ class LRASPP(nn.Module):
         pretrained: bool = False,
         inter_channels: int = 128,
         weights_path: str | None = None,
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
         backbone = mobilenet_v3_large(weights=None, dilated=True)
+        # torchvision builds these BatchNorms with TensorFlow's momentum (0.01 in PyTorch
+        # terms): over a short from-scratch run the running statistics barely leave their
+        # initial values and eval-mode output collapses to one class. Training practice, not
+        # architecture, so it is a switch.
+        for module in backbone.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = bn_momentum
         if pretrained:
             backbone.load_state_dict(
                 imagenet_backbone_state(MobileNet_V3_Large_Weights.IMAGENET1K_V1)

@@ -47,3 +47,21 @@ def test_pretrained_without_local_weights_fails_at_once(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # an empty torch hub cache
     with pytest.raises(WeightsError, match="model.pretrained=false"):
         LRASPP(num_classes=3, pretrained=True)
+
+
+def test_backbone_batchnorm_running_stats_follow_the_data():
+    # With torchvision's momentum 0.01 one batch moves the running mean by 1% of the batch
+    # mean; segkit's default 0.1 moves it by 10%.
+    model = LRASPP(num_classes=3).train()
+    first_bn = next(m for m in model.low.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        before = first_bn.running_mean.clone()
+        captured = {}
+        handle = first_bn.register_forward_pre_hook(  # before later in-place ops
+            lambda mod, inp: captured.setdefault("x", inp[0].clone())
+        )
+        model(torch.randn(2, 3, 64, 64) + 3.0)
+        handle.remove()
+    batch_mean = captured["x"].mean(dim=(0, 2, 3))
+    torch.testing.assert_close(first_bn.running_mean, 0.9 * before + 0.1 * batch_mean)
