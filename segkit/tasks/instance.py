@@ -33,6 +33,7 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from segkit.metrics import ConfusionMatrix, scores
+from segkit.schedulers import optimizers_for_lightning
 from segkit.tasks.semantic import HEADLINE_KEYS
 
 AP_KEYS = {  # torchmetrics name -> segkit name
@@ -250,13 +251,9 @@ class InstanceSegmentationTask(L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> Any:
-        parameters = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=parameters)
-        if self.scheduler_factory is None:
-            return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return optimizers_for_lightning(
+            self.optimizer_factory,
+            self.scheduler_factory,
+            [p for p in self.parameters() if p.requires_grad],
+            total_steps=int(self.trainer.estimated_stepping_batches),
+        )

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.metrics import ConfusionMatrix, scores
+from segkit.schedulers import optimizers_for_lightning
 
 HEADLINE_KEYS = ("PA", "MPA", "mIoU", "FWIoU", "mDice")
 
@@ -162,12 +163,9 @@ class SemanticSegmentationTask(L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return optimizers_for_lightning(
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.parameters(),
+            total_steps=int(self.trainer.estimated_stepping_batches),
+        )
