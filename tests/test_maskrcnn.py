@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 from lightning import Trainer
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -349,6 +350,32 @@ def test_train_maskrcnn_learns_and_reports(tmp_path):
     assert "val/mask_AP" in header and "val/mask_AP/circle" in header
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["config"]["model"]["_target_"] == "segkit.models.maskrcnn.mask_rcnn"
+
+    # the same commands as the semantic models: eval.py reproduces the final validation
+    # report exactly, predict.py writes the semantic view, a drawing and the detections
+    from .test_eval_predict import run_script
+
+    out = tmp_path / "eval"
+    run_script("eval.py", f"ckpt_path={metrics['checkpoint']}", f"hydra.run.dir={out}")
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    images = tmp_path / "photos"
+    images.mkdir()
+    source = sorted((tmp_path / "data" / "shapes" / "images").glob("*.png"))[:2]
+    for image in source:
+        (images / image.name).write_bytes(image.read_bytes())
+    preds = tmp_path / "preds"
+    run_script("predict.py", f"ckpt_path={metrics['checkpoint']}", f"input={images}",
+               f"output={preds}", f"hydra.run.dir={tmp_path / 'predict_run'}")  # fmt: skip
+    for image in source:
+        semantic = Image.open(preds / f"{image.stem}.png")
+        assert semantic.mode == "P" and semantic.size == Image.open(image).size
+        assert set(np.unique(np.asarray(semantic))) <= set(range(len(names)))
+        assert (preds / "overlays" / f"{image.stem}.jpg").is_file()
+        detections = json.loads((preds / f"{image.stem}.json").read_text())
+        for detection in detections:  # box xyxy inside the image, a class name, a score
+            x0, y0, x1, y1 = detection["box"]
+            assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64
+            assert detection["class"] in names[1:] and 0 <= detection["score"] <= 1
 
 
 def test_draw_instances_tints_masks_and_boxes_above_threshold():
