@@ -171,7 +171,7 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt file.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if "config" not in checkpoint:
         raise KeyError(
             f"checkpoint {path} has no 'config' entry, so the model cannot be rebuilt; it "
