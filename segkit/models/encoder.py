@@ -19,7 +19,7 @@ import segmentation_models_pytorch as smp
 from torch import nn
 
 from segkit.models.efficientnet_lite import VARIANTS, load_encoder_weights
-from segkit.models.weights import WeightsError
+from segkit.models.weights import encoder_weights_errors
 
 
 def build_encoder(
@@ -47,7 +47,7 @@ def build_encoder(
     if output_stride not in (8, 16, 32):
         raise ValueError(f"model.output_stride must be 8, 16 or 32, got {output_stride}")
     offline = encoder_weights in VARIANTS
-    try:
+    with encoder_weights_errors(encoder_name, encoder_weights):
         encoder = smp.encoders.get_encoder(
             encoder_name,
             in_channels=in_channels,
@@ -55,14 +55,6 @@ def build_encoder(
             weights=None if offline else encoder_weights,
             output_stride=output_stride,
         )
-    except (OSError, RuntimeError, ValueError) as error:
-        if encoder_weights is None:
-            raise
-        raise WeightsError(
-            f"cannot get encoder_weights={encoder_weights!r} for {encoder_name} ({error}). "
-            "This machine may be offline: set model.encoder_weights=null to train from "
-            "scratch, or model.weights_path=/path/to/state_dict.pth to load local weights."
-        ) from error
     if offline:
         load_encoder_weights(encoder, encoder_name, encoder_weights)
     return encoder

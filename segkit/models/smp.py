@@ -13,7 +13,7 @@ from torch import nn
 
 from segkit.models.efficientnet_lite import VARIANTS, load_encoder_weights
 from segkit.models.padding import PadToMultiple
-from segkit.models.weights import WeightsError, load_weights
+from segkit.models.weights import encoder_weights_errors, load_weights
 
 
 def smp_model(
@@ -43,7 +43,7 @@ def smp_model(
         the smp model wrapped in :class:`PadToMultiple`.
     """
     offline = encoder_weights in VARIANTS
-    try:
+    with encoder_weights_errors(encoder_name, encoder_weights):
         model = smp.create_model(
             arch,
             encoder_name=encoder_name,
@@ -51,14 +51,6 @@ def smp_model(
             in_channels=in_channels,
             classes=num_classes,
         )
-    except (OSError, RuntimeError, ValueError) as error:
-        if encoder_weights is None:
-            raise
-        raise WeightsError(
-            f"cannot get encoder_weights={encoder_weights!r} for {encoder_name} ({error}). "
-            "This machine may be offline: set model.encoder_weights=null to train from "
-            "scratch, or model.weights_path=/path/to/state_dict.pth to load local weights."
-        ) from error
     if offline:
         load_encoder_weights(model.encoder, encoder_name, encoder_weights)
     if weights_path is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,3 +74,19 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
     state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(state, strict=False)
     return model
+
+
+@contextmanager
+def encoder_weights_errors(encoder_name: str, encoder_weights: str | None) -> Iterator[None]:
+    """Turn a failure to fetch ``encoder_weights`` into a :class:`WeightsError` that says how
+    to run offline. Errors when no weights were asked for pass through unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError) as error:
+        if encoder_weights is None:
+            raise
+        raise WeightsError(
+            f"cannot get encoder_weights={encoder_weights!r} for {encoder_name} ({error}). "
+            "This machine may be offline: set model.encoder_weights=null to train from "
+            "scratch, or model.weights_path=/path/to/state_dict.pth to load local weights."
+        ) from error
