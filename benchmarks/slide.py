@@ -3,12 +3,15 @@
 python -m benchmarks.slide [--quick]
 
 Both produce the averaged logits of overlapping windows; the loop runs the model once per
-window and accumulates, ``segkit.inference.slide_logits`` runs all windows of an image as
-one batch. Outputs are checked equal (float tolerance) before timing.
+window and accumulates, ``segkit.inference.slide_logits`` runs the windows of all images as
+one batch. Each is also timed with the model and images in channels_last layout (the
+``fast_paths`` callback's switch), to show what the memory format adds on top of batching.
+Outputs are checked equal (float tolerance) before timing.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -24,7 +27,7 @@ TITLE = "Sliding-window inference: batched windows vs per-window loop (CPU)"
 def per_window_logits(
     model: torch.nn.Module, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]
 ) -> torch.Tensor:
-    """Reference: one forward per window, logits and counts summed on the fly.
+    """Reference: one forward per window of each image, logits and counts summed on the fly.
 
     Args:
         images: ``[B, 3, H, W]``.
@@ -34,54 +37,65 @@ def per_window_logits(
     """
     height, width = images.shape[-2:]
     total = count = None
-    for y in window_starts(height, crop[0], stride[0]):
-        for x in window_starts(width, crop[1], stride[1]):
-            logits = model(images[:, :, y : y + crop[0], x : x + crop[1]])
-            if total is None:
-                total = logits.new_zeros((*logits.shape[:2], height, width))
-                count = logits.new_zeros((1, 1, height, width))
-            total[:, :, y : y + crop[0], x : x + crop[1]] += logits
-            count[:, :, y : y + crop[0], x : x + crop[1]] += 1
+    for index, image in enumerate(images):
+        for y in window_starts(height, crop[0], stride[0]):
+            for x in window_starts(width, crop[1], stride[1]):
+                window = image[None, :, y : y + crop[0], x : x + crop[1]]
+                logits = model(window)[0]
+                if total is None:
+                    total = logits.new_zeros((len(images), logits.shape[0], height, width))
+                    count = logits.new_zeros((height, width))
+                total[index, :, y : y + crop[0], x : x + crop[1]] += logits
+                if index == 0:
+                    count[y : y + crop[0], x : x + crop[1]] += 1
     assert total is not None and count is not None
     return total / count
 
 
 def run(quick: bool = False) -> str:
-    """Time both on one image; return the Markdown section."""
+    """Time the loop and the batched path, each in both memory formats; return the section."""
     if quick:
         size, crop, stride, repeats = (64, 128), (32, 64), (32, 64), 2
     else:
         size, crop, stride, repeats = (1024, 2048), (512, 1024), (512, 1024), 3
+    batch = 2
     model = smp_model("Unet", NUM_CLASSES, encoder_name="resnet18").eval()
-    images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+    model_nhwc = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    images_nhwc = images.contiguous(memory_format=torch.channels_last)
     windows = len(window_starts(size[0], crop[0], stride[0])) * len(
         window_starts(size[1], crop[1], stride[1])
     )
+    reference = "per-window loop (reference)"
+    methods = {
+        reference: lambda: per_window_logits(model, images, crop, stride),
+        "segkit slide_logits (batched)": lambda: slide_logits(model, images, crop, stride),
+        "per-window loop, channels_last": lambda: per_window_logits(
+            model_nhwc, images_nhwc, crop, stride
+        ),
+        "segkit slide_logits (batched), channels_last": lambda: slide_logits(
+            model_nhwc, images_nhwc, crop, stride
+        ),
+    }
     with torch.inference_mode():
-        batched = slide_logits(model, images, crop, stride)
-        looped = per_window_logits(model, images, crop, stride)
-        # BatchNorm in eval mode and convolutions are per-sample, but batched kernels may
-        # sum in another order: equal within float32 rounding.
-        torch.testing.assert_close(batched, looped, rtol=1e-4, atol=1e-4)
-        times = compare(
-            {
-                "per-window loop (reference)": lambda: per_window_logits(
-                    model, images, crop, stride
-                ),
-                "segkit slide_logits (batched)": lambda: slide_logits(model, images, crop, stride),
-            },
-            repeats=repeats,
-        )
-    reference = times["per-window loop (reference)"]
-    rows = [[name, ms(t), ratio(reference / t)] for name, t in times.items()]
+        expected = methods[reference]()
+        for method in methods.values():
+            # Batched kernels and other layouts may sum in another order: equal within
+            # float32 rounding.
+            torch.testing.assert_close(method(), expected, rtol=1e-4, atol=1e-4)
+        times = compare(methods, repeats=repeats)
+    rows = [[name, ms(t), ratio(times[reference] / t)] for name, t in times.items()]
     return "\n\n".join(
         [
             f"## {TITLE}",
-            f"What is timed: logits of one {size[0]}x{size[1]} image from {windows} windows of "
-            f"{crop[0]}x{crop[1]} (stride {stride[0]}x{stride[1]}), smp U-Net (resnet18, "
-            f"{NUM_CLASSES} classes, random weights), `torch.inference_mode`. Median of "
+            f"What is timed: logits of {batch} images of {size[0]}x{size[1]}, each covered by "
+            f"{windows} windows of {crop[0]}x{crop[1]} (stride {stride[0]}x{stride[1]}), smp "
+            f"U-Net (resnet18, {NUM_CLASSES} classes, random weights), `torch.inference_mode`. "
+            "The loop runs one window of one image per forward pass; `slide_logits` runs all "
+            f"{batch * windows} windows in one. The channels_last rows use the same weights "
+            "and images in NHWC layout. Median of "
             f"{repeats} interleaved repetitions after one warm-up round; outputs checked equal "
-            "(tolerance 1e-4) first. Speed-up = loop time / this row's time.",
+            "(tolerance 1e-4) first. Speed-up = reference loop time / this row's time.",
             table(["method", "median ms", "speed-up vs loop"], rows),
         ]
     )

@@ -3,12 +3,14 @@
 * **whole**: one forward pass on the full image.
 * **slide** (``crop_size``, ``stride``): the model sees overlapping ``crop_size`` windows
   that cover the image (the last window of a row or column is shifted back to end at the
-  border); the logits of each pixel are averaged over the windows that contain it. All
-  windows of one image run as one batch. A crop at least as large as the image is one
-  window, i.e. whole inference. As in mmsegmentation's ``slide_inference``.
+  border); the logits of each pixel are averaged over the windows that contain it. The
+  windows of all images in the batch run through the model together, ``window_batch`` at a
+  time (all at once by default), and are summed on the device. A crop at least as large as
+  the image is one window, i.e. whole inference. As in mmsegmentation's ``slide_inference``.
 * **multi-scale + flip** (``scales``, ``flip``): the image is resized by each scale (and
   mirrored when ``flip``), run whole or sliding, the logits are resized back to the input
   size, and the softmax probabilities of all views are averaged (DeepLab, PSPNet practice).
+  The mirrored view runs in the same forward pass as the unmirrored one.
 
 :class:`Inference` bundles the choice (one config = one constructor call,
 ``conf/inference/*.yaml``); its output is the log of the averaged probabilities, so losses
@@ -56,6 +58,7 @@ def slide_logits(
     images: torch.Tensor,
     crop_size: int | Sequence[int],
     stride: int | Sequence[int],
+    window_batch: int | None = None,
 ) -> torch.Tensor:
     """Sliding-window logits, averaged where windows overlap.
 
@@ -64,30 +67,46 @@ def slide_logits(
         images: ``[B, 3, H, W]``.
         crop_size: window ``(h, w)`` (or one int); clipped to the image size.
         stride: step between windows ``(h, w)``; smaller than the crop gives overlap.
+        window_batch: windows per forward pass, taken across the images of the batch;
+            ``None`` runs all ``B x windows`` in one pass (lower it when memory is short).
 
     Returns:
-        logits ``[B, C, H, W]``.
+        logits ``[B, C, H, W]`` on the images' device, where the sums and the count map
+        are accumulated (no host round trip). Windows keep the images' memory format, so
+        a channels_last batch stays channels_last.
     """
     crop_h, crop_w = _pair(crop_size, "crop_size")
     stride_h, stride_w = _pair(stride, "stride")
-    height, width = images.shape[-2:]
+    if window_batch is not None and window_batch < 1:
+        raise ValueError(f"window_batch must be a positive int or null, got {window_batch!r}")
+    batch, _, height, width = images.shape
     crop_h, crop_w = min(crop_h, height), min(crop_w, width)
     boxes = [
         (y, x)
         for y in window_starts(height, crop_h, stride_h)
         for x in window_starts(width, crop_w, stride_w)
     ]
-    outputs = []
-    for image in images:
-        windows = torch.stack([image[:, y : y + crop_h, x : x + crop_w] for y, x in boxes])
-        logits = model(windows)  # [num_windows, C, crop_h, crop_w]: one batch per image
-        total = logits.new_zeros((logits.shape[1], height, width))
-        count = logits.new_zeros((1, height, width))
-        for (y, x), window in zip(boxes, logits, strict=True):
-            total[:, y : y + crop_h, x : x + crop_w] += window
-            count[:, y : y + crop_h, x : x + crop_w] += 1
-        outputs.append(total / count)
-    return torch.stack(outputs)
+    windows = [(b, y, x) for b in range(batch) for y, x in boxes]
+    chunk = len(windows) if window_batch is None else window_batch
+    memory_format = (
+        torch.channels_last
+        if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+        else torch.contiguous_format
+    )
+    total: torch.Tensor | None = None
+    for start in range(0, len(windows), chunk):
+        part = windows[start : start + chunk]
+        crops = torch.stack([images[b, :, y : y + crop_h, x : x + crop_w] for b, y, x in part])
+        logits = model(crops.contiguous(memory_format=memory_format))  # [len(part), C, h, w]
+        if total is None:
+            total = logits.new_zeros((batch, logits.shape[1], height, width))
+        for (b, y, x), window in zip(part, logits, strict=True):
+            total[b, :, y : y + crop_h, x : x + crop_w] += window
+    assert total is not None
+    count = total.new_zeros((height, width))  # the same windows cover every image
+    for y, x in boxes:
+        count[y : y + crop_h, x : x + crop_w] += 1
+    return total / count
 
 
 class Inference:
@@ -98,6 +117,8 @@ class Inference:
         flip: also run on the horizontally mirrored image of each scale.
         crop_size: sliding-window size ``[h, w]`` at each scale; ``None`` runs whole images.
         stride: window step ``[h, w]``; defaults to ``crop_size`` (no overlap).
+        window_batch: sliding windows per forward pass (see :func:`slide_logits`);
+            ``None`` runs all windows of a batch (and its mirror) at once.
     """
 
     def __init__(
@@ -106,6 +127,7 @@ class Inference:
         flip: bool = False,
         crop_size: Sequence[int] | None = None,
         stride: Sequence[int] | None = None,
+        window_batch: int | None = None,
     ) -> None:
         if not scales or min(scales) <= 0:
             raise ValueError(f"inference scales must be positive numbers, got {scales!r}")
@@ -115,18 +137,21 @@ class Inference:
         self.flip = flip
         self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
         self.stride = self.crop_size if stride is None else _pair(stride, "stride")
+        if window_batch is not None and window_batch < 1:
+            raise ValueError(f"inference window_batch must be >= 1 or null, got {window_batch!r}")
+        self.window_batch = window_batch
 
     def __repr__(self) -> str:
         return (
             f"Inference(scales={self.scales}, flip={self.flip}, crop_size={self.crop_size}, "
-            f"stride={self.stride})"
+            f"stride={self.stride}, window_batch={self.window_batch})"
         )
 
     def logits(self, model: Model, images: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C, H, W]`` of one view, whole or sliding."""
         if self.crop_size is None:
             return model(images)
-        return slide_logits(model, images, self.crop_size, self.stride)
+        return slide_logits(model, images, self.crop_size, self.stride, self.window_batch)
 
     def __call__(self, model: Model, images: torch.Tensor) -> torch.Tensor:
         """Log of the view-averaged class probabilities.
@@ -146,11 +171,13 @@ class Inference:
             if scale != 1.0:
                 new_size = [max(1, round(side * scale)) for side in size]
                 scaled = F.interpolate(images, size=new_size, mode="bilinear", align_corners=False)
-            for flipped in (False, True) if self.flip else (False,):
-                view = scaled.flip(-1) if flipped else scaled
-                logits = self.logits(model, view)
-                if flipped:
-                    logits = logits.flip(-1)
+            if self.flip:  # image and mirror in one pass, then the mirror's logits flipped back
+                both = self.logits(model, torch.cat([scaled, scaled.flip(-1)]))
+                plain, mirrored = both.chunk(2)
+                scale_logits = [plain, mirrored.flip(-1)]
+            else:
+                scale_logits = [self.logits(model, scaled)]
+            for logits in scale_logits:
                 if scale != 1.0:
                     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
                 log_probs = F.log_softmax(logits.float(), dim=1)

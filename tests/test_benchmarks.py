@@ -109,6 +109,24 @@ def test_labels_from_logits_equal_argmax(dtype):
     assert torch.equal(labels_from_logits(logits).long(), logits.argmax(dim=1))
 
 
+@pytest.mark.parametrize("block", [1, 5, 99, 1 << 15])
+def test_labels_from_logits_do_not_depend_on_the_block_size(block):
+    rng = np.random.default_rng(6)
+    logits = torch.from_numpy(rng.normal(size=(2, 19, 9, 11)).astype(np.float32))
+    logits[1, :, 4, 7] = torch.nan  # one block (or the only one) falls back to argmax
+    want = logits.argmax(dim=1)
+    assert torch.equal(labels_from_logits(logits, block=block).long(), want)
+    channels_last = logits.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(labels_from_logits(channels_last, block=block).long(), want)
+    flat = logits.flatten(2)  # [B, C, N] logits work as well
+    assert torch.equal(labels_from_logits(flat, block=block).long(), want.flatten(1))
+
+
+def test_labels_from_logits_with_many_classes_use_argmax():
+    logits = torch.randn(1, 300, 3, 4, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(labels_from_logits(logits), logits.argmax(dim=1))
+
+
 def test_labels_from_logits_take_the_first_maximum_on_ties():
     # integer scores in {0, 1, 2} over 6 channels: most pixels have tied maxima
     logits = torch.from_numpy(np.random.default_rng(4).integers(0, 3, size=(3, 6, 8, 8)))

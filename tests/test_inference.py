@@ -46,8 +46,15 @@ def test_multiscale_one_scale_without_flip_equals_plain():
 
 @torch.no_grad()
 def test_multiscale_flip_averages_probabilities_of_every_view():
-    model, images = tiny_model(), torch.randn(1, 3, 16, 24)
-    got = Inference(scales=[1.0, 0.5], flip=True)(model, images).exp()
+    model, images = tiny_model(), torch.randn(2, 3, 16, 24)
+    calls = []
+
+    def counting_model(x):
+        calls.append(x.shape[0])
+        return model(x)
+
+    got = Inference(scales=[1.0, 0.5], flip=True)(counting_model, images).exp()
+    assert calls == [4, 4]  # per scale, one pass: 2 images + their 2 mirrors
     views = []
     for scale in (1.0, 0.5):
         small = F.interpolate(images, scale_factor=scale, mode="bilinear") if scale != 1 else images
@@ -56,7 +63,7 @@ def test_multiscale_flip_averages_probabilities_of_every_view():
             logits = F.interpolate(logits, size=(16, 24), mode="bilinear")
             views.append(logits.softmax(1))
     torch.testing.assert_close(got, torch.stack(views).mean(0), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got.sum(1), torch.ones(1, 16, 24))
+    torch.testing.assert_close(got.sum(1), torch.ones(2, 16, 24))
 
 
 @torch.no_grad()
@@ -67,8 +74,9 @@ def test_slide_on_image_larger_than_crop_gives_full_size_output():
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize(("window_batch", "expected_calls"), [(None, [24]), (5, [5] * 4 + [4])])
 @torch.no_grad()
-def test_batched_slide_equals_per_window_loop():
+def test_batched_slide_equals_per_window_loop(window_batch, expected_calls):
     model, images = tiny_model(), torch.randn(2, 3, 23, 31)
     crop, stride = (10, 12), (7, 8)
     calls = []
@@ -77,7 +85,7 @@ def test_batched_slide_equals_per_window_loop():
         calls.append(x.shape[0])
         return model(x)
 
-    got = slide_logits(counting_model, images, crop, stride)
+    got = slide_logits(counting_model, images, crop, stride, window_batch=window_batch)
     # reference: one window at a time, accumulated by hand
     expected = torch.zeros(2, 4, 23, 31)
     count = torch.zeros(1, 1, 23, 31)
@@ -88,7 +96,25 @@ def test_batched_slide_equals_per_window_loop():
             count[:, :, y : y + 10, x : x + 12] += 1
     assert count.min() >= 1
     torch.testing.assert_close(got, expected / count, rtol=1e-5, atol=1e-5)
-    assert calls == [12, 12]  # all 12 windows of an image in one batch, one call per image
+    # 12 windows per image, 2 images: all 24 in one pass, or in chunks across the images
+    assert calls == expected_calls
+
+
+@torch.no_grad()
+def test_slide_keeps_channels_last_windows():
+    model, images = tiny_model(), torch.randn(2, 3, 23, 31)
+    seen = []
+
+    def recording_model(x):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last))
+        return model(x)
+
+    expected = slide_logits(model, images, (10, 12), (7, 8))
+    got = slide_logits(
+        recording_model, images.contiguous(memory_format=torch.channels_last), (10, 12), (7, 8)
+    )
+    assert seen == [True]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_settings_are_rejected():
@@ -98,3 +124,5 @@ def test_bad_settings_are_rejected():
         Inference(stride=[4, 4])
     with pytest.raises(ValueError, match="crop_size"):
         Inference(crop_size=[0, 4])
+    with pytest.raises(ValueError, match="window_batch"):
+        Inference(crop_size=[4, 4], window_batch=0)
