@@ -17,20 +17,23 @@ import torch
 
 from benchmarks.common import machine
 
-NAMES = ("confmat", "train_step", "slide", "loader")
+NAMES = ("confmat", "train_step", "fast_paths", "slide", "loader")
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 
 def render(sections: Sequence[str], command: str, seconds: float) -> str:
     """The whole BENCHMARKS.md text."""
     gpu = (
-        "A GPU is present but these benchmarks time the CPU paths only."
+        "A GPU is present: the training-throughput section runs on it; the other sections "
+        "time the CPU paths."
         if torch.cuda.is_available()
         else "No GPU was available for this run, so there is no GPU table: the GPU targets "
-        "of issue 6 (memory throughput, no host sync in `update`, AMP/compile/channels_last "
-        "img/s, peak memory) are not measured here. The GPU code path of the confusion "
-        "matrix is sync-free by construction (no `bincount`, no boolean-mask indexing, no "
-        "`.item()`) and its test (`tests/test_benchmarks.py`) skips without CUDA."
+        "of issue 6 (memory throughput and no host sync in `update`, 16-mixed and "
+        "cudnn.benchmark img/s, GPU speed of the switches, peak training memory) are not "
+        "measured here; `benchmarks/fast_paths.py` times them when a GPU is present. The "
+        "GPU code path of the confusion matrix is sync-free by construction (no "
+        "`bincount`, no boolean-mask indexing, no `.item()`) and its test "
+        "(`tests/test_benchmarks.py`) skips without CUDA."
     )
     header = [
         "# Benchmarks",

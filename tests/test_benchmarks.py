@@ -159,7 +159,7 @@ def test_gpu_update_does_not_synchronise():
     np.testing.assert_array_equal(metric.confmat.cpu().numpy(), want)
 
 
-QUICK_SCRIPTS = ["confmat", "train_step", "slide", "loader"]
+QUICK_SCRIPTS = ["confmat", "train_step", "fast_paths", "slide", "loader"]
 
 
 @pytest.mark.slow
