@@ -44,7 +44,10 @@ def _clamp_labels(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) ->
     """Labels as ``dtype`` with every value outside ``[0, C)`` moved to ``-1`` or ``C``.
 
     The clamp runs in the input's own type (no int64 upcast) and is skipped where the type
-    cannot hold an out-of-range value, so uint8 labels cost one narrow pass.
+    cannot hold an out-of-range value, so uint8 labels cost one narrow pass. On the CPU, wide
+    labels whose values all fit ``dtype`` (one read to check) are narrowed first and clamped
+    in place, which saves writing a full-width clamped copy; elsewhere that check would be a
+    host synchronisation, so other devices clamp first.
     """
     if labels.dtype == torch.bool:
         labels = labels.to(torch.uint8)
@@ -53,9 +56,14 @@ def _clamp_labels(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) ->
     info = torch.iinfo(labels.dtype)
     low = -1 if info.min < 0 else None
     high = num_classes if info.max > num_classes else None
-    if low is not None or high is not None:
-        labels = labels.clamp(low, high)
-    return labels.to(dtype)
+    if low is None and high is None:
+        return labels.to(dtype)
+    narrow = torch.iinfo(dtype)
+    if labels.device.type == "cpu" and info.bits > narrow.bits and labels.numel() > 0:
+        smallest, largest = labels.aminmax()
+        if smallest >= narrow.min and largest <= narrow.max:
+            return labels.to(dtype).clamp_(low, high)
+    return labels.clamp(low, high).to(dtype)
 
 
 def _scatter_histogram(index: torch.Tensor, num_bins: int) -> torch.Tensor:

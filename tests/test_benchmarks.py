@@ -47,10 +47,11 @@ DTYPE_CASES = [
     (torch.int16, [-1, 255, 32767]),
     (torch.int32, [-100, 255, 65536 + 3]),  # 65539 must not wrap to class 3 in int16
     (torch.int64, [-100, 255, 2**40 + 1]),
+    (torch.int64, [-100, -1, 255, 32767]),  # fits int16: narrowed first on the CPU
 ]
 
 
-@pytest.mark.parametrize(("dtype", "extra"), DTYPE_CASES, ids=[str(d) for d, _ in DTYPE_CASES])
+@pytest.mark.parametrize(("dtype", "extra"), DTYPE_CASES, ids=[f"{d}{e}" for d, e in DTYPE_CASES])
 @pytest.mark.parametrize("ignore_index", [255, None, 0, -100])
 def test_confusion_matrix_matches_numpy_for_every_dtype(dtype, extra, ignore_index):
     rng = np.random.default_rng(0)
