@@ -5,12 +5,14 @@
   that cover the image (the last window of a row or column is shifted back to end at the
   border); the logits of each pixel are averaged over the windows that contain it. The
   windows of all images in the batch run through the model together, ``window_batch`` at a
-  time (all at once by default), and are summed on the device. A crop at least as large as
-  the image is one window, i.e. whole inference. As in mmsegmentation's ``slide_inference``.
+  time (by default as many as make about one megapixel), and are summed on the device. A
+  crop at least as large as the image is one window, i.e. whole inference. As in
+  mmsegmentation's ``slide_inference``.
 * **multi-scale + flip** (``scales``, ``flip``): the image is resized by each scale (and
   mirrored when ``flip``), run whole or sliding, the logits are resized back to the input
   size, and the softmax probabilities of all views are averaged (DeepLab, PSPNet practice).
-  The mirrored view runs in the same forward pass as the unmirrored one.
+  The mirrored view runs in the same forward pass as the unmirrored one (for whole images,
+  while both together stay within ``WINDOW_PIXELS``).
 
 :class:`Inference` bundles the choice (one config = one constructor call,
 ``conf/inference/*.yaml``); its output is the log of the averaged probabilities, so losses
@@ -53,6 +55,12 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
     return [min(i * stride, size - crop) for i in range(count)]
 
 
+# Default pixels per forward pass of sliding windows. Measured on a 2-core CPU (BENCHMARKS.md):
+# 8 windows of 512x1024 in one pass ran slower than one at a time (the activations no longer
+# fit any cache), while many small windows gain several-fold from one pass.
+WINDOW_PIXELS = 1 << 20
+
+
 def slide_logits(
     model: Model,
     images: torch.Tensor,
@@ -68,7 +76,8 @@ def slide_logits(
         crop_size: window ``(h, w)`` (or one int); clipped to the image size.
         stride: step between windows ``(h, w)``; smaller than the crop gives overlap.
         window_batch: windows per forward pass, taken across the images of the batch;
-            ``None`` runs all ``B x windows`` in one pass (lower it when memory is short).
+            ``None`` fits as many as hold about ``WINDOW_PIXELS`` (1 megapixel) together,
+            at least one.
 
     Returns:
         logits ``[B, C, H, W]`` on the images' device, where the sums and the count map
@@ -87,7 +96,7 @@ def slide_logits(
         for x in window_starts(width, crop_w, stride_w)
     ]
     windows = [(b, y, x) for b in range(batch) for y, x in boxes]
-    chunk = len(windows) if window_batch is None else window_batch
+    chunk = window_batch or max(1, WINDOW_PIXELS // (crop_h * crop_w))
     memory_format = (
         torch.channels_last
         if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
@@ -117,8 +126,8 @@ class Inference:
         flip: also run on the horizontally mirrored image of each scale.
         crop_size: sliding-window size ``[h, w]`` at each scale; ``None`` runs whole images.
         stride: window step ``[h, w]``; defaults to ``crop_size`` (no overlap).
-        window_batch: sliding windows per forward pass (see :func:`slide_logits`);
-            ``None`` runs all windows of a batch (and its mirror) at once.
+        window_batch: sliding windows per forward pass, across images and mirrors (see
+            :func:`slide_logits`); ``None`` takes about one megapixel per pass.
     """
 
     def __init__(
@@ -171,12 +180,15 @@ class Inference:
             if scale != 1.0:
                 new_size = [max(1, round(side * scale)) for side in size]
                 scaled = F.interpolate(images, size=new_size, mode="bilinear", align_corners=False)
-            if self.flip:  # image and mirror in one pass, then the mirror's logits flipped back
-                both = self.logits(model, torch.cat([scaled, scaled.flip(-1)]))
-                plain, mirrored = both.chunk(2)
-                scale_logits = [plain, mirrored.flip(-1)]
-            else:
+            if not self.flip:
                 scale_logits = [self.logits(model, scaled)]
+            elif self.crop_size is not None or 2 * scaled[:, 0].numel() <= WINDOW_PIXELS:
+                # image and mirror in one pass (sliding windows are chunked by slide_logits)
+                plain, mirrored = self.logits(model, torch.cat([scaled, scaled.flip(-1)])).chunk(2)
+                scale_logits = [plain, mirrored.flip(-1)]
+            else:  # large whole images: one pass each, as a batched pass would not fit caches
+                plain = self.logits(model, scaled)
+                scale_logits = [plain, self.logits(model, scaled.flip(-1)).flip(-1)]
             for logits in scale_logits:
                 if scale != 1.0:
                     logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segkit import inference
 from segkit.inference import Inference, slide_logits, window_starts
 
 
@@ -98,6 +99,38 @@ def test_batched_slide_equals_per_window_loop(window_batch, expected_calls):
     torch.testing.assert_close(got, expected / count, rtol=1e-5, atol=1e-5)
     # 12 windows per image, 2 images: all 24 in one pass, or in chunks across the images
     assert calls == expected_calls
+
+
+@torch.no_grad()
+def test_default_window_batch_follows_the_pixel_budget(monkeypatch):
+    model, images = tiny_model(), torch.randn(2, 3, 23, 31)
+    expected = slide_logits(model, images, (10, 12), (7, 8), window_batch=1)
+    monkeypatch.setattr(inference, "WINDOW_PIXELS", 250)  # 2 windows of 10x12 per pass
+    calls = []
+
+    def counting_model(x):
+        calls.append(x.shape[0])
+        return model(x)
+
+    got = slide_logits(counting_model, images, (10, 12), (7, 8))
+    assert calls == [2] * 12
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_flip_on_large_whole_images_runs_one_pass_per_view(monkeypatch):
+    model, images = tiny_model(), torch.randn(2, 3, 16, 24)
+    one_pass = Inference(flip=True)(model, images)
+    monkeypatch.setattr(inference, "WINDOW_PIXELS", 1000)  # < 2 x 2 x 16 x 24 pixels
+    calls = []
+
+    def counting_model(x):
+        calls.append(x.shape[0])
+        return model(x)
+
+    got = Inference(flip=True)(counting_model, images)
+    assert calls == [2, 2]  # the images, then their mirrors
+    torch.testing.assert_close(got, one_pass, rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()
