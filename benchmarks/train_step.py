@@ -138,7 +138,7 @@ def run(quick: bool = False) -> str:
     if quick:
         cases, steps, rounds = [("Unet", 2, 64)], 4, 1
     else:
-        cases, steps, rounds = [("Unet", 4, 128), ("DeepLabV3Plus", 4, 128)], 6, 2
+        cases, steps, rounds = [("Unet", 4, 128), ("DeepLabV3Plus", 4, 128)], 6, 4
     rows = [measure(arch, batch, size, steps, rounds) for arch, batch, size in cases]
     rows.append(measure("probe", 2, 32, 12 if quick else 40, rounds))
     header = [
