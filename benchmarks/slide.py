@@ -111,7 +111,7 @@ def run(quick: bool = False) -> str:
             f"U-Net (resnet18, {NUM_CLASSES} classes, random weights), `torch.inference_mode`. "
             "The loop runs one window of one image per forward pass; `slide_logits` runs the "
             "windows of both images together, by default as many per pass as make about "
-            f"{WINDOW_PIXELS / 2**20:g} megapixel (`inference.window_batch=null`), or all "
+            f"{WINDOW_PIXELS / 2**20:g} megapixels (`inference.window_batch=null`), or all "
             f"{batch * windows} in one pass. The channels_last rows use the same weights "
             "and images in NHWC layout. Median of "
             f"{repeats} interleaved repetitions after one warm-up round; outputs checked equal "

@@ -5,7 +5,7 @@
   that cover the image (the last window of a row or column is shifted back to end at the
   border); the logits of each pixel are averaged over the windows that contain it. The
   windows of all images in the batch run through the model together, ``window_batch`` at a
-  time (by default as many as make about one megapixel), and are summed on the device. A
+  time (by default as many as make about half a megapixel), and are summed on the device. A
   crop at least as large as the image is one window, i.e. whole inference. As in
   mmsegmentation's ``slide_inference``.
 * **multi-scale + flip** (``scales``, ``flip``): the image is resized by each scale (and
@@ -56,9 +56,10 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
 
 
 # Default pixels per forward pass of sliding windows. Measured on a 2-core CPU (BENCHMARKS.md):
-# 8 windows of 512x1024 in one pass ran slower than one at a time (the activations no longer
-# fit any cache), while many small windows gain several-fold from one pass.
-WINDOW_PIXELS = 1 << 20
+# windows of 512x1024 ran 10% slower two per pass and 22% slower eight per pass than one at a
+# time (the activations no longer fit the caches), while many small windows (32x64) in one
+# pass ran about 4x faster than a loop. Half a megapixel keeps such large windows one per pass.
+WINDOW_PIXELS = 1 << 19
 
 
 def slide_logits(
@@ -76,7 +77,7 @@ def slide_logits(
         crop_size: window ``(h, w)`` (or one int); clipped to the image size.
         stride: step between windows ``(h, w)``; smaller than the crop gives overlap.
         window_batch: windows per forward pass, taken across the images of the batch;
-            ``None`` fits as many as hold about ``WINDOW_PIXELS`` (1 megapixel) together,
+            ``None`` fits as many as hold about ``WINDOW_PIXELS`` (half a megapixel) together,
             at least one.
 
     Returns:
@@ -127,7 +128,7 @@ class Inference:
         crop_size: sliding-window size ``[h, w]`` at each scale; ``None`` runs whole images.
         stride: window step ``[h, w]``; defaults to ``crop_size`` (no overlap).
         window_batch: sliding windows per forward pass, across images and mirrors (see
-            :func:`slide_logits`); ``None`` takes about one megapixel per pass.
+            :func:`slide_logits`); ``None`` takes about half a megapixel per pass.
     """
 
     def __init__(
