@@ -2,11 +2,11 @@
 
 python -m benchmarks.fast_paths [--quick]
 
-Models are built from their shipped configs (``conf/model/<name>.yaml``, 19 classes): U-Net
+Models are built from their shipped configs (composed as train.py does, 19 classes): U-Net
 ResNet-34 (``model=smp``), DeepLabV3 ResNet-50 (output stride 16), PSPNet ResNet-50 (output
 stride 8, auxiliary head) and LR-ASPP MobileNetV3-Large. One step is what the task's
-``training_step`` computes - forward, cross-entropy (+ 0.4 x the auxiliary loss), backward,
-AdamW step - in a bare loop (the Lightning overhead is measured separately in the
+``training_step`` computes - forward, cross-entropy (+ ``task.aux_weight`` x the auxiliary
+loss), backward, AdamW step - in a bare loop (the Lightning overhead is measured separately in the
 training-step section). The switches are those a run sets in its config:
 
 * ``trainer.precision=bf16-mixed`` / ``16-mixed``: ``torch.autocast`` around forward and
@@ -24,38 +24,26 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
 from segkit.speed import compile_supported
+from segkit.summary import compose
 from segkit.tasks.semantic import split_outputs
 
 NUM_CLASSES = 19
-AUX_WEIGHT = 0.4  # conf/task/semantic.yaml
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 TITLE = "Training throughput with speed switches: ratios against fp32 eager"
 
-# name in the table -> (config file, overrides of its keys)
+# name in the table -> Hydra overrides of train.py's config
 MODELS = {
-    "U-Net ResNet-34": ("smp", {"arch": "Unet", "encoder_name": "resnet34"}),
-    "DeepLabV3 ResNet-50": ("deeplabv3", {}),
-    "PSPNet ResNet-50": ("pspnet", {}),
-    "LR-ASPP MobileNetV3-L": ("lraspp", {}),
+    "U-Net ResNet-34": ["model=smp", "model.arch=Unet", "model.encoder_name=resnet34"],
+    "DeepLabV3 ResNet-50": ["model=deeplabv3"],
+    "PSPNet ResNet-50": ["model=pspnet"],
+    "LR-ASPP MobileNetV3-L": ["model=lraspp"],
 }
-
-
-def build(config: str, overrides: dict[str, object]) -> torch.nn.Module:
-    """The model of ``conf/model/<config>.yaml`` with ``NUM_CLASSES`` classes, random weights."""
-    cfg = OmegaConf.load(CONF / f"{config}.yaml")
-    cfg.num_classes = NUM_CLASSES  # replaces the ${data.num_classes} interpolation
-    for key, value in overrides.items():
-        cfg[key] = value
-    return instantiate(cfg)
 
 
 class Switch:
@@ -108,7 +96,11 @@ def switches(device: torch.device, with_compile: bool) -> list[Switch]:
 
 
 def trainer_step(
-    model: torch.nn.Module, switch: Switch, images: torch.Tensor, masks: torch.Tensor
+    model: torch.nn.Module,
+    switch: Switch,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    aux_weight: float,
 ) -> Callable[[], torch.Tensor]:
     """A zero-argument training step of ``model`` under ``switch``; returns the loss."""
     device = images.device
@@ -125,7 +117,7 @@ def trainer_step(
             loss = F.cross_entropy(logits.float(), masks, ignore_index=255)
             if aux is not None:
                 aux = F.interpolate(aux.float(), size=masks.shape[-2:], mode="bilinear")
-                loss = loss + AUX_WEIGHT * F.cross_entropy(aux, masks, ignore_index=255)
+                loss = loss + aux_weight * F.cross_entropy(aux, masks, ignore_index=255)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -146,14 +138,17 @@ def measure(
     with_compile: bool,
 ) -> list[list[str]]:
     """Rows ``[model, switch, ms/step, img/s, speed-up, peak MiB]`` of one model."""
-    config, overrides = MODELS[label]
+    cfg = compose([f"data.num_classes={NUM_CLASSES}", *MODELS[label]])
     torch.manual_seed(0)
-    base = build(config, overrides).to(device).train()
+    base = instantiate(cfg.model).to(device).train()
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, *size, generator=generator).to(device)
     masks = torch.randint(0, NUM_CLASSES, (batch, *size), generator=generator).to(device)
     chosen = switches(device, with_compile)
-    steps = {s.name: trainer_step(copy.deepcopy(base), s, images, masks) for s in chosen}
+    steps = {
+        s.name: trainer_step(copy.deepcopy(base), s, images, masks, cfg.task.aux_weight)
+        for s in chosen
+    }
     # first step of every switch from the same weights: the losses must agree
     losses, peak_mib = {}, {}
     parameter_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
@@ -212,7 +207,7 @@ def run(quick: bool = False) -> str:
         [
             f"## {TITLE} ({where})",
             f"What is timed: one training step on a batch of {batch}x3x{size[0]}x{size[1]} "
-            f"({NUM_CLASSES} classes) - forward, cross-entropy (+ {AUX_WEIGHT} x auxiliary "
+            f"({NUM_CLASSES} classes) - forward, cross-entropy (+ `task.aux_weight` x auxiliary "
             "loss), backward, AdamW - of each model built from its shipped config, under each "
             "switch. Every switch starts from the same weights, and its first-step loss is "
             "checked against fp32 eager (5% for autocast, 1% for compile, whose dropout "

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
-from segkit.inference import WINDOW_PIXELS, slide_logits, window_starts
+from segkit.inference import WINDOW_PIXELS, slide_logits, window_starts, windows_per_pass
 from segkit.models.smp import smp_model
 
 NUM_CLASSES = 19
@@ -80,7 +80,7 @@ def run(quick: bool = False) -> str:
     windows = len(window_starts(size[0], crop[0], stride[0])) * len(
         window_starts(size[1], crop[1], stride[1])
     )
-    default_batch = min(batch * windows, max(1, WINDOW_PIXELS // (crop[0] * crop[1])))
+    default_batch = min(batch * windows, windows_per_pass(crop, None))
     reference = "per-window loop (reference)"
     default = f"segkit slide_logits, default ({default_batch} windows per pass)"
     methods = {

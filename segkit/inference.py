@@ -62,6 +62,22 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
 WINDOW_PIXELS = 1 << 19
 
 
+def _check_window_batch(window_batch: int | None) -> int | None:
+    if window_batch is not None and window_batch < 1:
+        raise ValueError(f"inference.window_batch must be >= 1 or null, got {window_batch!r}")
+    return window_batch
+
+
+def windows_per_pass(crop_size: Sequence[int], window_batch: int | None) -> int:
+    """``window_batch``, or for ``None`` as many windows as hold ``WINDOW_PIXELS`` (at least 1).
+
+    Raises a ValueError naming ``inference.window_batch`` for a value below 1.
+    """
+    if _check_window_batch(window_batch) is None:
+        return max(1, WINDOW_PIXELS // (crop_size[0] * crop_size[1]))
+    return window_batch
+
+
 def slide_logits(
     model: Model,
     images: torch.Tensor,
@@ -87,8 +103,6 @@ def slide_logits(
     """
     crop_h, crop_w = _pair(crop_size, "crop_size")
     stride_h, stride_w = _pair(stride, "stride")
-    if window_batch is not None and window_batch < 1:
-        raise ValueError(f"window_batch must be a positive int or null, got {window_batch!r}")
     batch, _, height, width = images.shape
     crop_h, crop_w = min(crop_h, height), min(crop_w, width)
     boxes = [
@@ -97,7 +111,7 @@ def slide_logits(
         for x in window_starts(width, crop_w, stride_w)
     ]
     windows = [(b, y, x) for b in range(batch) for y, x in boxes]
-    chunk = window_batch or max(1, WINDOW_PIXELS // (crop_h * crop_w))
+    chunk = windows_per_pass((crop_h, crop_w), window_batch)
     memory_format = (
         torch.channels_last
         if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
@@ -147,9 +161,7 @@ class Inference:
         self.flip = flip
         self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
         self.stride = self.crop_size if stride is None else _pair(stride, "stride")
-        if window_batch is not None and window_batch < 1:
-            raise ValueError(f"inference window_batch must be >= 1 or null, got {window_batch!r}")
-        self.window_batch = window_batch
+        self.window_batch = _check_window_batch(window_batch)  # fails at start-up, not in val
 
     def __repr__(self) -> str:
         return (
