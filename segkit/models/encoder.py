@@ -47,7 +47,7 @@ def build_encoder(
     if output_stride not in (8, 16, 32):
         raise ValueError(f"model.output_stride must be 8, 16 or 32, got {output_stride}")
     offline = encoder_weights in VARIANTS
-    with encoder_weights_errors(encoder_name, encoder_weights):
+    with encoder_weights_errors(encoder_name, None if offline else encoder_weights):
         encoder = smp.encoders.get_encoder(
             encoder_name,
             in_channels=in_channels,

@@ -43,7 +43,7 @@ def smp_model(
         the smp model wrapped in :class:`PadToMultiple`.
     """
     offline = encoder_weights in VARIANTS
-    with encoder_weights_errors(encoder_name, encoder_weights):
+    with encoder_weights_errors(encoder_name, None if offline else encoder_weights):
         model = smp.create_model(
             arch,
             encoder_name=encoder_name,

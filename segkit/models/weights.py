@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -76,10 +79,48 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.
     return model
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub (where smp and timm keep their weights) cannot be reached.
+
+    ``huggingface_hub`` retries a failed request for about 25 s before giving up, so an
+    offline run would stall before its error; one TCP connection to the Hub's host answers
+    at once. ``None`` (go ahead) also when ``HF_HUB_OFFLINE=1`` is set (the library then reads
+    only its local cache and fails by itself at once) or when a proxy is configured (a
+    direct connection says nothing about the proxy's).
+    """
+    import huggingface_hub
+
+    if huggingface_hub.is_offline_mode() or any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return f"cannot connect to {host}:{port} ({error})"
+    return None
+
+
 @contextmanager
 def encoder_weights_errors(encoder_name: str, encoder_weights: str | None) -> Iterator[None]:
-    """Turn a failure to fetch ``encoder_weights`` into a :class:`WeightsError` that says how
-    to run offline. Errors when no weights were asked for pass through unchanged."""
+    """Fail at once with a :class:`WeightsError` that says how to run offline when
+    ``encoder_weights`` (an smp/timm weights name, fetched from the Hugging Face Hub) cannot
+    be had: the Hub is unreachable, or fetching or reading them fails. With
+    ``encoder_weights=None`` errors pass through unchanged."""
+    advice = (
+        "set model.encoder_weights=null to train from scratch, or "
+        "model.weights_path=/path/to/state_dict.pth to load local weights"
+    )
+    if encoder_weights is not None and (reason := hub_unreachable()) is not None:
+        raise WeightsError(
+            f"cannot get encoder_weights={encoder_weights!r} for {encoder_name}: the Hugging "
+            f"Face Hub is unreachable, {reason}. This machine may be offline: {advice}. If "
+            "the weights are already in your Hugging Face cache, run with HF_HUB_OFFLINE=1."
+        )
     try:
         yield
     except (OSError, RuntimeError, ValueError) as error:
@@ -87,6 +128,5 @@ def encoder_weights_errors(encoder_name: str, encoder_weights: str | None) -> It
             raise
         raise WeightsError(
             f"cannot get encoder_weights={encoder_weights!r} for {encoder_name} ({error}). "
-            "This machine may be offline: set model.encoder_weights=null to train from "
-            "scratch, or model.weights_path=/path/to/state_dict.pth to load local weights."
+            f"This machine may be offline: {advice}."
         ) from error

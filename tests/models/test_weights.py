@@ -1,0 +1,54 @@
+"""Weights that were asked for and cannot be had fail at once, before any download attempt."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from segkit.models import weights
+from segkit.models.deeplab import DeepLabV3
+from segkit.models.smp import smp_model
+from segkit.models.weights import WeightsError
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """No network: every TCP connection fails; the addresses tried are recorded."""
+    tried: list[tuple[str, int]] = []
+
+    def refuse(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        tried.append(address)
+        raise OSError("Network is unreachable")
+
+    for variable in weights.PROXY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return tried
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: smp_model("Unet", num_classes=3, encoder_weights="imagenet"),
+        lambda: DeepLabV3(num_classes=3, encoder_name="resnet18", encoder_weights="imagenet"),
+    ],
+    ids=["smp_model", "smp_encoder"],
+)
+def test_hub_weights_offline_fail_at_once_with_the_fix(offline, build):
+    start = time.perf_counter()
+    with pytest.raises(WeightsError, match="encoder_weights=null") as error:
+        build()
+    # huggingface_hub's own retries take ~25 s; the probe answers without any of them
+    assert time.perf_counter() - start < 5
+    assert offline == [("huggingface.co", 443)]
+    assert "HF_HUB_OFFLINE=1" in str(error.value)
+
+
+def test_no_probe_without_weights_or_with_a_proxy(offline, monkeypatch):
+    smp_model("Unet", num_classes=3, encoder_weights=None)
+    assert offline == []
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert weights.hub_unreachable() is None
+    assert offline == []
