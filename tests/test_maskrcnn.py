@@ -165,11 +165,13 @@ GROUND_TRUTH = [
     [(1, box_mask(2, 8, 2, 8)), (2, box_mask(9, 15, 8, 15)), (2, box_mask(0, 4, 10, 16))],
     [(1, box_mask(0, 6, 0, 10))],
 ]
+# crowd regions (iscrowd=1): a detection inside one is neither a hit nor a false positive
+CROWD = [[(1, box_mask(10, 16, 0, 6))], []]
 PREDICTIONS = [
     [
         (1, box_mask(3, 8, 2, 8), 0.9),  # IoU 30/36
         (2, box_mask(9, 15, 8, 15), 0.8),  # exact
-        (1, box_mask(10, 16, 0, 5), 0.95),  # false positive, highest score
+        (1, box_mask(10, 16, 0, 5), 0.95),  # inside the crowd region: ignored, highest score
         (2, box_mask(0, 3, 12, 16), 0.4),  # IoU 12/24
     ],
     [(1, box_mask(0, 6, 3, 10), 0.6), (2, box_mask(8, 12, 8, 12), 0.3)],  # IoU 42/60, FP
@@ -199,28 +201,36 @@ class FixedDetections(torch.nn.Module):
         return outputs
 
 
+def objects(pairs: list[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
+    masks = np.stack([m for _, m in pairs]) if pairs else np.zeros((0, SIZE, SIZE), np.uint8)
+    return {
+        "boxes": torch.from_numpy(masks_to_boxes(masks)).reshape(-1, 4),
+        "labels": torch.tensor([label for label, _ in pairs], dtype=torch.int64),
+        "masks": torch.from_numpy(masks),
+    }
+
+
 def samples() -> list[dict]:
     out = []
-    for index, objects in enumerate(GROUND_TRUTH):
-        masks = np.stack([m for _, m in objects])
-        labels = torch.tensor([label for label, _ in objects])
+    for index, (pairs, crowd) in enumerate(zip(GROUND_TRUTH, CROWD, strict=True)):
+        target = objects(pairs)
+        semantic = (target["masks"] * target["labels"][:, None, None]).max(0).values
+        for _, region in crowd:
+            semantic[torch.from_numpy(region).bool()] = 255
         out.append(
             {
                 "image": torch.full((3, SIZE, SIZE), float(index)),
-                "target": {
-                    "boxes": torch.from_numpy(masks_to_boxes(masks)),
-                    "labels": labels,
-                    "masks": torch.from_numpy(masks),
-                },
-                "mask": (torch.from_numpy(masks) * labels[:, None, None]).max(0).values,
+                "target": target,
+                "crowd": objects(crowd),
+                "mask": semantic,
                 "name": str(index),
             }
         )
     return out
 
 
-def cocoeval_reference(iou_type: str) -> tuple[np.ndarray, dict[int, float]]:
-    """COCOeval stats and per-category AP for GROUND_TRUTH vs PREDICTIONS."""
+def cocoeval_reference(iou_type: str, crowd: bool = True) -> tuple[np.ndarray, dict[int, float]]:
+    """COCOeval stats and per-category AP for GROUND_TRUTH (+ CROWD) vs PREDICTIONS."""
 
     def rle(mask: np.ndarray) -> dict:
         encoded = mask_utils.encode(np.asfortranarray(mask))
@@ -231,9 +241,11 @@ def cocoeval_reference(iou_type: str) -> tuple[np.ndarray, dict[int, float]]:
         return [x0, y0, x1 - x0, y1 - y0]
 
     images, annotations, detections = [], [], []
-    for image_id, (objects, predicted) in enumerate(zip(GROUND_TRUTH, PREDICTIONS, strict=True)):
+    for image_id, predicted in enumerate(PREDICTIONS):
         images.append({"id": image_id, "height": SIZE, "width": SIZE})
-        for label, mask in objects:
+        flagged = [(*pair, 0) for pair in GROUND_TRUTH[image_id]]
+        flagged += [(*pair, 1) for pair in CROWD[image_id]] if crowd else []
+        for label, mask, iscrowd in flagged:
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -242,7 +254,7 @@ def cocoeval_reference(iou_type: str) -> tuple[np.ndarray, dict[int, float]]:
                     "segmentation": rle(mask),
                     "area": float(mask.sum()),
                     "bbox": xywh(mask),
-                    "iscrowd": 0,
+                    "iscrowd": iscrowd,
                 }
             )
         for label, mask, score in predicted:
@@ -287,12 +299,14 @@ def test_task_ap_matches_cocoeval(tmp_path):
     for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
         stats, per_class = cocoeval_reference(iou_type)
         assert 0 < stats[0] < 1  # a case with real misses and false positives
+        # and one where the crowd region matters: without it, its detection is a false positive
+        assert cocoeval_reference(iou_type, crowd=False)[0][0] < stats[0] - 0.01
         assert got[f"{prefix}_AP"] == pytest.approx(stats[0], abs=1e-6)
         assert got[f"{prefix}_AP50"] == pytest.approx(stats[1], abs=1e-6)
         assert got[f"{prefix}_AP75"] == pytest.approx(stats[2], abs=1e-6)
         assert got[f"{prefix}_AP_per_class"]["a"] == pytest.approx(per_class[1], abs=1e-6)
         assert got[f"{prefix}_AP_per_class"]["b"] == pytest.approx(per_class[2], abs=1e-6)
-    # semantic view, hand-pasted: only detections scoring >= 0.5 count
+    # semantic view, hand-pasted: only detections scoring >= 0.5 count; crowd pixels (255) not
     confmat = task.confusion_matrices["val"]
     predicted = [
         np.maximum(box_mask(3, 8, 2, 8), 2 * box_mask(9, 15, 8, 15)) + box_mask(10, 16, 0, 5),

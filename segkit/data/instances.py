@@ -9,16 +9,19 @@ Two datasets, one sample format, one collate and a data module:
 * :class:`CocoInstances`: COCO-format ``root/annotations/instances_<split>.json`` with images
   in ``root/<split>/``; polygons, uncompressed and compressed RLE are decoded with
   pycocotools. Category ids (any, e.g. COCO's 1..90 with gaps) map to labels ``1..K`` in
-  increasing id order. Crowd annotations (``iscrowd=1``) are not trained on or scored as
-  objects; their pixels are ``ignore_index`` in the semantic mask.
+  increasing id order. Crowd annotations (``iscrowd=1``) are not trained on: they go to the
+  sample's ``crowd`` entry, which the AP evaluation passes to COCOeval as crowd regions
+  (a detection matching one is neither a true nor a false positive, COCO's rule), and their
+  pixels are ``ignore_index`` in the semantic mask.
 
 Each sample is ``{"image": float32 [3, H, W] normalised with mean/std, "target": {"boxes":
 float32 [N, 4] xyxy pixel edges, "labels": int64 [N] in 1..C-1, "masks": uint8 [N, H, W]},
-"mask": int64 [H, W] class map (for the semantic view of the scores), "name": str}``; an image
-without objects has ``N = 0``. The albumentations ``transform`` is called with ``image``,
-``mask`` and ``masks`` (the instance masks), so geometric transforms keep them aligned; boxes
-are then the tight boxes of the transformed masks, and an instance left without pixels (e.g.
-cropped away) is dropped.
+"crowd": the crowd regions in the same format (``M = 0`` outside COCO), "mask": int64 [H, W]
+class map (for the semantic view of the scores), "name": str}``; an image without objects has
+``N = 0``. The albumentations ``transform`` is called with ``image``, ``mask`` and ``masks``
+(the instance and crowd masks), so geometric transforms keep them aligned; boxes are then the
+tight boxes of the transformed masks, and an instance left without pixels (e.g. cropped away)
+is dropped.
 
 Batches are lists, since images may differ in size and hold different numbers of objects:
 :func:`collate_instances` and :class:`InstanceDataModule`.
@@ -60,6 +63,17 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+def _objects(masks: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
+    """``{"boxes", "labels", "masks"}`` of the masks that still have pixels."""
+    keep = masks.any(axis=(1, 2))
+    masks, labels = masks[keep], labels[keep]
+    return {
+        "boxes": torch.from_numpy(masks_to_boxes(masks)).reshape(-1, 4),
+        "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
+        "masks": torch.from_numpy(np.ascontiguousarray(masks)),
+    }
+
+
 def make_sample(
     image: np.ndarray,
     semantic: np.ndarray,
@@ -69,6 +83,7 @@ def make_sample(
     transform: Callable[..., dict[str, Any]] | None,
     mean: np.ndarray,
     std: np.ndarray,
+    iscrowd: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Transform, drop emptied instances, derive boxes, normalise (see the module docstring).
 
@@ -80,6 +95,8 @@ def make_sample(
         name: image stem.
         transform: albumentations transform or ``None``.
         mean, std: per-channel normalisation on the 0-255 scale.
+        iscrowd: ``[N]`` bool, the masks that are crowd regions (go to ``"crowd"``);
+            ``None``: none are.
     """
     if transform is not None:
         if len(masks):
@@ -89,16 +106,13 @@ def make_sample(
             out = transform(image=image, mask=semantic)
             masks = np.zeros((0, *out["mask"].shape[:2]), np.uint8)
         image, semantic = out["image"], out["mask"]
-    keep = masks.any(axis=(1, 2))
-    masks, labels = masks[keep], np.asarray(labels)[keep]
+    labels = np.asarray(labels)
+    crowd = np.zeros(len(masks), bool) if iscrowd is None else np.asarray(iscrowd, bool)
     image = (np.asarray(image, dtype=np.float32) - mean) / std
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-        "target": {
-            "boxes": torch.from_numpy(masks_to_boxes(masks)).reshape(-1, 4),
-            "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
-            "masks": torch.from_numpy(np.ascontiguousarray(masks)),
-        },
+        "target": _objects(masks[~crowd], labels[~crowd]),
+        "crowd": _objects(masks[crowd], labels[crowd]),
         "mask": torch.from_numpy(np.asarray(semantic, dtype=np.int64)),
         "name": name,
     }
@@ -245,17 +259,19 @@ class CocoInstances(Dataset):
                 f"{info['width']}x{info['height']}; the annotations do not belong to this file."
             )
         semantic = np.zeros((height, width), np.uint8)
-        masks, labels, crowd = [], [], np.zeros((height, width), bool)
+        masks, labels, iscrowd = [], [], []
         for annotation in self.annotations[info["id"]]:
             region = self.decode(annotation, height, width)
-            if annotation.get("iscrowd", 0):
-                crowd |= region.astype(bool)
-                continue
             label = self.label_of[annotation["category_id"]]
-            semantic[region.astype(bool)] = label  # later annotations on top
+            crowd = bool(annotation.get("iscrowd", 0))
+            if not crowd:
+                semantic[region.astype(bool)] = label  # later annotations on top
             masks.append(region)
             labels.append(label)
-        semantic[crowd] = self.ignore_index
+            iscrowd.append(crowd)
+        for region, crowd in zip(masks, iscrowd, strict=True):
+            if crowd:  # ignored, even where an object annotation overlaps it
+                semantic[region.astype(bool)] = self.ignore_index
         stacked = np.stack(masks) if masks else np.zeros((0, height, width), np.uint8)
         name = Path(info["file_name"]).stem
         return make_sample(
@@ -267,6 +283,7 @@ class CocoInstances(Dataset):
             self.transform,
             self.mean,
             self.std,
+            np.asarray(iscrowd, bool),
         )
 
 

@@ -8,7 +8,8 @@ mode it returns per-image detections.
 Scores of each val/test epoch:
 
 * COCO AP from torchmetrics ``MeanAveragePrecision(iou_type=("bbox", "segm"))`` (pycocotools
-  backend): ``<split>/{box,mask}_{AP,AP50,AP75,APs,APm,APl}`` and per class
+  backend; a batch's ``crowd`` regions are passed as ``iscrowd`` ground truth):
+  ``<split>/{box,mask}_{AP,AP50,AP75,APs,APm,APl}`` and per class
   ``<split>/{box,mask}_AP/<class>``. The last epoch's values are kept in
   ``extra_scores[split]`` (``None`` where COCOeval reports -1: nothing to score), which
   :func:`segkit.runner.evaluate` adds to ``metrics.json``.
@@ -115,6 +116,23 @@ def draw_instances(
     return picture
 
 
+def ap_target(
+    objects: dict[str, torch.Tensor], crowd: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """One image's ground truth for ``MeanAveragePrecision``: the objects, then the crowd
+    regions (if any) flagged ``iscrowd=1``, which COCOeval matches to detections without
+    counting them as hits or misses. Each input holds ``boxes [N, 4]``, ``labels [N]``,
+    ``masks [N, H, W]``."""
+    parts = [objects] if crowd is None else [objects, crowd]
+    flags = [torch.full_like(p["labels"], i) for i, p in enumerate(parts)]
+    return {
+        "boxes": torch.cat([p["boxes"] for p in parts]),
+        "labels": torch.cat([p["labels"] for p in parts]),
+        "masks": torch.cat([p["masks"] for p in parts]).bool(),
+        "iscrowd": torch.cat(flags),
+    }
+
+
 def _number(value: torch.Tensor) -> float | None:
     """COCOeval's -1 (nothing to score, e.g. no large objects) as ``None`` (JSON null)."""
     value = float(value)
@@ -199,9 +217,10 @@ class InstanceSegmentationTask(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
         outputs = self(batch["image"])
+        crowds = batch.get("crowd") or [None] * len(batch["target"])
         targets = [
-            {"boxes": t["boxes"], "labels": t["labels"], "masks": t["masks"].bool()}
-            for t in batch["target"]
+            ap_target(objects, crowd)
+            for objects, crowd in zip(batch["target"], crowds, strict=True)
         ]
         self.average_precision[split].update(outputs, targets)
         for output, mask in zip(outputs, batch["mask"], strict=True):

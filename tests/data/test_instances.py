@@ -126,7 +126,7 @@ def write_coco(root: Path) -> Path:
             # polygon: the rectangle x 1-5, y 1-4 covers pixel columns 1-4, rows 1-3
             {"id": 1, "image_id": 1, "category_id": 7, "iscrowd": 0,
              "segmentation": [[1, 1, 5, 1, 5, 4, 1, 4]]},
-            # compressed RLE of the diagonal (0,0)..(5,5), flagged crowd: ignored
+            # compressed RLE of the diagonal (0,0)..(5,5), flagged crowd: not an object
             {"id": 2, "image_id": 1, "category_id": 3, "iscrowd": 1,
              "segmentation": {"counts": compressed["counts"].decode(), "size": [6, 8]}},
             # uncompressed RLE, column-major runs: 5 zeros, 2 ones, 5 zeros on 4x3
@@ -158,10 +158,15 @@ def test_coco_polygon_rle_crowd_and_empty_image(tmp_path):
     expected = rectangle * 2
     expected[np.eye(6, 8, dtype=bool)] = 255
     assert np.array_equal(one["mask"].numpy(), expected)
+    # the crowd region is kept apart, for COCOeval's crowd rule
+    assert one["crowd"]["labels"].tolist() == [1]
+    assert one["crowd"]["boxes"].tolist() == [[0, 0, 6, 6]]
+    assert np.array_equal(one["crowd"]["masks"][0].numpy(), np.eye(6, 8, dtype=np.uint8))
 
     two = dataset[1]["target"]
     assert two["labels"].tolist() == [1] and two["boxes"].tolist() == [[1, 1, 2, 3]]
     assert two["masks"][0].nonzero().tolist() == [[1, 1], [2, 1]]
+    assert dataset[1]["crowd"]["masks"].shape == (0, 4, 3)
 
     none = dataset[2]
     assert none["target"]["masks"].shape == (0, 5, 5) and none["mask"].sum() == 0
