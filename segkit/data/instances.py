@@ -259,20 +259,19 @@ class CocoInstances(Dataset):
                 f"{info['width']}x{info['height']}; the annotations do not belong to this file."
             )
         semantic = np.zeros((height, width), np.uint8)
-        masks, labels, iscrowd = [], [], []
+        masks, labels, flags = [], [], []
         for annotation in self.annotations[info["id"]]:
             region = self.decode(annotation, height, width)
             label = self.label_of[annotation["category_id"]]
-            crowd = bool(annotation.get("iscrowd", 0))
-            if not crowd:
+            flags.append(bool(annotation.get("iscrowd", 0)))
+            if not flags[-1]:
                 semantic[region.astype(bool)] = label  # later annotations on top
             masks.append(region)
             labels.append(label)
-            iscrowd.append(crowd)
-        for region, crowd in zip(masks, iscrowd, strict=True):
-            if crowd:  # ignored, even where an object annotation overlaps it
-                semantic[region.astype(bool)] = self.ignore_index
         stacked = np.stack(masks) if masks else np.zeros((0, height, width), np.uint8)
+        iscrowd = np.asarray(flags, bool)
+        # ignored, even where an object annotation overlaps a crowd region
+        semantic[stacked[iscrowd].any(axis=0)] = self.ignore_index
         name = Path(info["file_name"]).stem
         return make_sample(
             image,
@@ -283,7 +282,7 @@ class CocoInstances(Dataset):
             self.transform,
             self.mean,
             self.std,
-            np.asarray(iscrowd, bool),
+            iscrowd,
         )
 
 
