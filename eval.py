@@ -28,8 +28,11 @@ def stored_overrides(cfg: DictConfig) -> dict:
     return {key: cfg[key] for key in ("data", "task") if cfg.get(key)}
 
 
-def evaluate_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmentationTask) -> dict:
-    """Confusion-matrix scores of ``task`` on ``cfg.split``; writes the report files."""
+def evaluate_task(
+    cfg: DictConfig, stored: DictConfig, task: L.LightningModule, epoch: int | None
+) -> dict:
+    """Confusion-matrix scores (and COCO AP for instance tasks) of ``task``, which already
+    holds the checkpoint's weights, on ``cfg.split``; writes the report files."""
     if cfg.split not in ("val", "test"):
         raise ValueError(
             f"split={cfg.split} must be val or test; to score another split name set "
@@ -44,23 +47,24 @@ def evaluate_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegment
         enable_checkpointing=False,
         default_root_dir=cfg.paths.output_dir,
     )
-    return evaluate(trainer, task, datamodule, cfg.split, cfg.ckpt_path, cfg.paths.output_dir)
+    loaded = (cfg.ckpt_path, epoch)
+    return evaluate(trainer, task, datamodule, cfg.split, None, cfg.paths.output_dir, loaded)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    checkpoint = load_checkpoint(cfg.ckpt_path)  # the one read of the file
     stored, task = task_from_checkpoint(checkpoint, stored_overrides(cfg))
     inference = OmegaConf.select(stored, "task.inference")
     print(f"evaluating {cfg.ckpt_path} on split {cfg.split}, inference: {inference or 'whole'}")
-    # One function per task type; instance segmentation plugs in here.
-    if isinstance(task, SemanticSegmentationTask):
-        metrics = evaluate_semantic(cfg, stored, task)
-        return metrics.get("mIoU")
-    if isinstance(task, InstanceSegmentationTask):  # same report, plus COCO AP in metrics.json
-        metrics = evaluate_semantic(cfg, stored, task)
-        return metrics.get("mask_AP")
-    raise TypeError(f"eval.py cannot score a {type(task).__name__} checkpoint yet.")
+    if not isinstance(task, SemanticSegmentationTask | InstanceSegmentationTask):
+        raise TypeError(f"eval.py cannot score a {type(task).__name__} checkpoint yet.")
+    epoch = checkpoint.get("epoch")
+    del checkpoint  # the task holds the weights; free the second copy before scoring
+    metrics = evaluate_task(cfg, stored, task, epoch)
+    # instance tasks: the same report, plus COCO AP in metrics.json
+    key = "mask_AP" if isinstance(task, InstanceSegmentationTask) else "mIoU"
+    return metrics.get(key)
 
 
 if __name__ == "__main__":

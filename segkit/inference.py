@@ -232,24 +232,46 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+# Model config keys that fetch weights at build time (the last two: Mask R-CNN configs
+# written before the one weights contract).
+WEIGHT_SOURCE_KEYS = ("weights_path", "encoder_weights", "weights", "weights_backbone")
+
+
+def without_weight_sources(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose ``model`` reads no weights: every key of
+    :data:`WEIGHT_SOURCE_KEYS` that it has set to null."""
+    cfg = cfg.copy()
+    for key in WEIGHT_SOURCE_KEYS:
+        if OmegaConf.select(cfg, f"model.{key}") is not None:
+            cfg.model[key] = None
+    return cfg
+
+
 def task_from_checkpoint(
     checkpoint: dict[str, Any], overrides: DictConfig | dict[str, Any] | None = None
 ) -> tuple[DictConfig, L.LightningModule]:
     """Rebuild the task stored in ``checkpoint`` and load its weights.
+
+    The model is built with every weight source of its training run cleared
+    (:data:`WEIGHT_SOURCE_KEYS` set to null): the checkpoint holds every weight, so eval and
+    predict never need the training-time ``weights_path`` file, the offline encoder package
+    or the Hub. The state dict is then loaded strictly, once.
 
     Args:
         checkpoint: from :func:`load_checkpoint`.
         overrides: config merged over the stored one (e.g. ``{"task": {"inference": ...}}``).
 
     Returns:
-        ``(config, task)``: the merged config and the task in eval mode on the CPU.
+        ``(config, task)``: the merged config and the task in eval mode on the CPU. The
+        config keeps the stored weight sources (it describes the run); only the build
+        ignores them.
     """
     from segkit.runner import build_task  # runner imports Lightning trainer bits; keep lazy
 
     cfg = OmegaConf.create(checkpoint["config"])
     if overrides:
         cfg = OmegaConf.merge(cfg, overrides)
-    task = build_task(cfg)
+    task = build_task(without_weight_sources(cfg))
     task.load_state_dict(checkpoint["state_dict"])
     task.eval()
     return cfg, task

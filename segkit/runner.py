@@ -252,11 +252,17 @@ def evaluate(
     stage: str,
     ckpt_path: str | Path | None,
     output_dir: str | Path,
+    loaded: tuple[str | Path, int | None] | None = None,
 ) -> dict[str, Any]:
     """Score ``ckpt_path`` (or the current weights) on the ``val`` or ``test`` split.
 
     Writes the report files into ``output_dir`` and prints the per-class table (rank 0 only).
     A task's ``extra_scores[stage]`` dict, if it has one, is added to ``metrics.json``.
+
+    Args:
+        loaded: ``(path, epoch)`` of a checkpoint whose weights ``task`` already holds
+            (eval.py): it is recorded in ``metrics.json`` without being read again; give
+            ``ckpt_path=None`` with it.
 
     Returns:
         the ``metrics.json`` content, or ``{}`` on other ranks.
@@ -265,9 +271,10 @@ def evaluate(
     run(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     if not trainer.is_global_zero:
         return {}
+    source, epoch = loaded if loaded else (ckpt_path, checkpoint_epoch(ckpt_path))
     extra = {
-        "checkpoint": str(ckpt_path) if ckpt_path else None,
-        "epoch": checkpoint_epoch(ckpt_path),
+        "checkpoint": str(source) if source else None,
+        "epoch": epoch,
         # scores a task keeps beside its confusion matrix (instance task: COCO AP)
         **getattr(task, "extra_scores", {}).get(stage, {}),
     }

@@ -7,10 +7,9 @@ Each factory takes ``(optimizer, total_steps, ...)``; the task passes ``total_st
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
@@ -99,22 +98,19 @@ def multistep_lr(
     return LambdaLR(optimizer, factor)
 
 
-def optimizers_for_lightning(
-    optimizer: Callable[..., Optimizer],
+def lightning_schedule(
+    optimizer: Optimizer,
     scheduler: Callable[..., LRScheduler] | None,
-    parameters: Iterable[torch.nn.Parameter],
     total_steps: int,
 ) -> Any:
-    """What a LightningModule's ``configure_optimizers`` returns for segkit's config partials.
+    """What a LightningModule's ``configure_optimizers`` returns for a built optimiser.
 
     Args:
-        optimizer: partial ``optimizer(params=...)``.
+        optimizer: the optimiser (its groups' ``lr`` already final: schedules scale them).
         scheduler: partial ``scheduler(optimizer, total_steps=...)`` or ``None`` (constant lr).
-        parameters: the parameters to optimise.
         total_steps: optimiser steps of the whole run (``trainer.estimated_stepping_batches``).
     """
-    built = optimizer(params=parameters)
     if scheduler is None:
-        return built
-    schedule = scheduler(built, total_steps=total_steps)
-    return {"optimizer": built, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimizer
+    schedule = scheduler(optimizer, total_steps=total_steps)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

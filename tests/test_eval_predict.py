@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pytest
 import torch
@@ -23,8 +24,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """Run dir of a tiny shapes run (2 epochs, scored on val at the end)."""
-    return run_train(tmp_path_factory.mktemp("train"), *TINY, "test=false")
+    """Run dir of a tiny shapes run (2 epochs, scored on val at the end) that started from a
+    ``model.weights_path`` file, deleted once training is done: eval and predict below must
+    rebuild the model from the checkpoint alone."""
+    folder = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    start = folder / "start.pth"
+    with hydra.initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = hydra.compose("train", ["data.num_classes=5"])
+    torch.save(hydra.utils.instantiate(cfg.model).state_dict(), start)
+    run = run_train(folder, *TINY, "test=false", f"model.weights_path={start}")
+    start.unlink()
+    return run
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:

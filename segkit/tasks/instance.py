@@ -33,8 +33,9 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
+from segkit.finetune import build_optimizer, parameter_groups
 from segkit.metrics import ConfusionMatrix, scores
-from segkit.schedulers import optimizers_for_lightning
+from segkit.schedulers import lightning_schedule
 from segkit.tasks.semantic import HEADLINE_KEYS
 
 AP_KEYS = {  # torchmetrics name -> segkit name
@@ -155,6 +156,10 @@ class InstanceSegmentationTask(L.LightningModule):
         mask_threshold: mask probability above which a pixel belongs to a detection.
         loss: unused (Mask R-CNN computes its own losses); accepted because
             :func:`segkit.runner.build_task` hands every task the ``loss`` group.
+        backbone_lr_mult: learning rate of ``model.backbone`` (ResNet + FPN) = lr * this.
+        head_lr_mult: learning rate of the RPN and RoI heads = lr * this.
+        no_decay_norm_bias: weight decay 0 on norm-layer weights and biases
+            (:func:`segkit.finetune.parameter_groups`).
     """
 
     def __init__(
@@ -168,8 +173,14 @@ class InstanceSegmentationTask(L.LightningModule):
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
         loss: Callable[..., torch.Tensor] | None = None,
+        backbone_lr_mult: float = 1.0,
+        head_lr_mult: float = 1.0,
+        no_decay_norm_bias: bool = True,
     ) -> None:
         super().__init__()
+        self.backbone_lr_mult = backbone_lr_mult
+        self.head_lr_mult = head_lr_mult
+        self.no_decay_norm_bias = no_decay_norm_bias
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
         self.model = model
@@ -270,9 +281,13 @@ class InstanceSegmentationTask(L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> Any:
-        return optimizers_for_lightning(
-            self.optimizer_factory,
+        groups = parameter_groups(
+            self.model, self.backbone_lr_mult, self.head_lr_mult, self.no_decay_norm_bias
+        )
+        for group in groups:  # layers frozen by trainable_layers stay out of the optimiser
+            group["params"] = [p for p in group["params"] if p.requires_grad]
+        return lightning_schedule(
+            build_optimizer(self.optimizer_factory, [g for g in groups if g["params"]]),
             self.scheduler_factory,
-            [p for p in self.parameters() if p.requires_grad],
             total_steps=int(self.trainer.estimated_stepping_batches),
         )

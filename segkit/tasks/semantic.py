@@ -9,6 +9,12 @@ Logged names: ``train/loss_step`` (every ``log_every_n_steps``), ``train/loss_ep
 ``val/IoU/<class>`` (and the same under ``test/``). The confusion matrix of the last
 finished val/test epoch is kept in ``confusion_matrices[split]`` (int64 ``[C, C]`` on the
 CPU, rows = ground truth) for reports.
+
+Fine-tuning (:mod:`segkit.finetune`): parameter groups with ``backbone_lr_mult``/
+``head_lr_mult`` and no weight decay on norm/bias parameters, ``freeze_backbone_epochs``,
+``freeze_bn`` and ``ema_decay``. With EMA, validation, test, ``forward`` (eval.py,
+predict.py) and the ``val/*`` scores that choose the best checkpoint all use the averaged
+weights; training steps use the raw ones.
 """
 
 from __future__ import annotations
@@ -21,8 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segkit.finetune import (
+    WeightEMA,
+    apply_eval_modes,
+    backbone_of,
+    build_optimizer,
+    freeze_batch_norm,
+    parameter_groups,
+    set_backbone_frozen,
+)
 from segkit.metrics import ConfusionMatrix, scores
-from segkit.schedulers import optimizers_for_lightning
+from segkit.schedulers import lightning_schedule
 
 HEADLINE_KEYS = ("PA", "MPA", "mIoU", "FWIoU", "mDice")
 
@@ -55,6 +70,20 @@ class SemanticSegmentationTask(L.LightningModule):
         inference: val/test inference, ``inference(model, images [B,3,H,W]) -> [B,C,H,W]``
             scores (:class:`segkit.inference.Inference`: sliding window, multi-scale, flip);
             ``None`` runs the model once on the whole image.
+        backbone_lr_mult: learning rate of ``model.backbone`` = optimizer lr * this.
+        head_lr_mult: learning rate of every other parameter = optimizer lr * this.
+        no_decay_norm_bias: weight decay 0 on norm-layer weights and biases.
+        freeze_backbone_epochs: keep ``model.backbone`` frozen (no gradient, eval mode) for
+            the first N epochs, then train it.
+        freeze_bn: keep the backbone's BatchNorm layers fixed for the whole run (statistics
+            and affine parameters), as fine-tuning at small batch sizes does.
+        ema_decay: ``None``, or the decay in (0, 1) of an exponential moving average of the
+            weights, updated after every optimiser step, stored in checkpoints and used for
+            validation, test and inference.
+
+    Raises:
+        ValueError: at construction, for a backbone control on a model without a backbone,
+            a negative ``freeze_backbone_epochs`` or an ``ema_decay`` outside (0, 1).
     """
 
     def __init__(
@@ -68,9 +97,25 @@ class SemanticSegmentationTask(L.LightningModule):
         ignore_index: int = 255,
         aux_weight: float = 0.4,
         inference: Callable[[Callable, torch.Tensor], torch.Tensor] | None = None,
+        backbone_lr_mult: float = 1.0,
+        head_lr_mult: float = 1.0,
+        no_decay_norm_bias: bool = True,
+        freeze_backbone_epochs: int = 0,
+        freeze_bn: bool = False,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
+        check_finetune_options(model, backbone_lr_mult, freeze_backbone_epochs, freeze_bn)
         self.model = model
+        self.backbone_lr_mult = backbone_lr_mult
+        self.head_lr_mult = head_lr_mult
+        self.no_decay_norm_bias = no_decay_norm_bias
+        self.freeze_backbone_epochs = freeze_backbone_epochs
+        if freeze_bn:
+            freeze_batch_norm(model)
+            apply_eval_modes(model)
+        # After freeze_batch_norm, so the copy's flags match; never trained by the optimiser.
+        self.ema_model = None if ema_decay is None else WeightEMA(model, ema_decay)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -86,12 +131,19 @@ class SemanticSegmentationTask(L.LightningModule):
         self._epoch_loss_sum = torch.zeros(())  # running train loss of the epoch
         self._epoch_steps = 0
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C, H, W]`` at the input size (auxiliary outputs dropped)."""
-        return self._logits(images)[0]
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that validation, test and inference use: the EMA when enabled."""
+        return self.model if self.ema_model is None else self.ema_model.module
 
-    def _logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits, aux = split_outputs(self.model(images))
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C, H, W]`` of :attr:`eval_model` (auxiliary outputs dropped)."""
+        return self._logits(images, self.eval_model)[0]
+
+    def _logits(
+        self, images: torch.Tensor, model: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, aux = split_outputs((model or self.model)(images))
         if logits.shape[-2:] != images.shape[-2:]:
             raise ValueError(
                 f"model returned logits of size {tuple(logits.shape[-2:])} for an input of "
@@ -119,9 +171,28 @@ class SemanticSegmentationTask(L.LightningModule):
                 self.log("train/aux_loss", aux_loss, batch_size=len(logits))
         return loss
 
+    def train(self, mode: bool = True) -> SemanticSegmentationTask:
+        super().train(mode)
+        if mode:  # frozen parts keep their running statistics (Lightning calls train())
+            apply_eval_modes(self.model)
+        return self
+
+    def on_fit_start(self) -> None:
+        if self.freeze_backbone_epochs:
+            check_strategy_allows_freezing(self.trainer)
+
     def on_train_epoch_start(self) -> None:
         self._epoch_loss_sum = torch.zeros((), device=self.device)
         self._epoch_steps = 0
+        if self.freeze_backbone_epochs:
+            set_backbone_frozen(self.model, self.current_epoch < self.freeze_backbone_epochs)
+        apply_eval_modes(self.model)  # Lightning restores modes per module; keep frozen ones
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # after the optimiser step of this batch (one step per accumulate_grad_batches)
+        stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        if self.ema_model is not None and stepped:
+            self.ema_model.update_parameters(self.model)
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_steps:
@@ -130,7 +201,7 @@ class SemanticSegmentationTask(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
         if self.inference is None:
-            logits, _ = self._logits(batch["image"])
+            logits, _ = self._logits(batch["image"], self.eval_model)
         else:
             logits = self.inference(self.forward, batch["image"])
         loss = self.loss(logits, batch["mask"])
@@ -163,9 +234,52 @@ class SemanticSegmentationTask(L.LightningModule):
         self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> Any:
-        return optimizers_for_lightning(
-            self.optimizer_factory,
+        groups = parameter_groups(
+            self.model, self.backbone_lr_mult, self.head_lr_mult, self.no_decay_norm_bias
+        )
+        optimizer = build_optimizer(self.optimizer_factory, groups)
+        return lightning_schedule(
+            optimizer,
             self.scheduler_factory,
-            self.parameters(),
             total_steps=int(self.trainer.estimated_stepping_batches),
+        )
+
+
+def check_finetune_options(
+    model: nn.Module, backbone_lr_mult: float, freeze_backbone_epochs: int, freeze_bn: bool
+) -> None:
+    """Refuse backbone controls on a model without a backbone, and negative epochs."""
+    if freeze_backbone_epochs < 0:
+        raise ValueError(
+            f"task.freeze_backbone_epochs={freeze_backbone_epochs} must be >= 0 (0: never frozen)"
+        )
+    asked = {
+        "task.freeze_backbone_epochs": freeze_backbone_epochs > 0,
+        "task.freeze_bn": freeze_bn,
+        "task.backbone_lr_mult": backbone_lr_mult != 1.0,
+    }
+    if backbone_of(model) is None and any(asked.values()):
+        keys = ", ".join(key for key, on in asked.items() if on)
+        raise ValueError(
+            f"{keys} needs a model with a pretrained backbone, and {type(model).__name__} has "
+            "none (model.backbone is None: every parameter is head). Remove the option, or "
+            "pick a model with an encoder (e.g. model=unet_r18, deeplabv3, pspnet)."
+        )
+
+
+def check_strategy_allows_freezing(trainer: L.Trainer) -> None:
+    """DDP must tolerate parameters without gradients while the backbone is frozen.
+
+    segkit freezes after the model is wrapped, so the reducer still expects gradients for
+    the backbone; only ``find_unused_parameters=True`` lets DDP skip them.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get(
+        "find_unused_parameters", False
+    ):
+        raise ValueError(
+            "task.freeze_backbone_epochs under DDP needs find_unused_parameters: run with "
+            "trainer.strategy=ddp_find_unused_parameters_true."
         )
