@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
-    task = build_task(cfg)
+    task = build_task(cfg, datamodule)  # also computes named loss.class_weights
     trainer = build_trainer(cfg)
     output_dir = Path(cfg.paths.output_dir)
     start = resume_checkpoint(cfg, task)  # ckpt_path=<file>|last, or resume=auto

@@ -13,6 +13,10 @@ pixel count of each class (and of the ignore value), and lists:
   the reverse), 1-based masks that need ``reduce_zero_label``;
 * warnings: classes with no pixel in a split.
 
+It also prints the training split's class weights, both ``loss.class_weights`` choices
+(``median_frequency``, ``inverse_frequency``; see :mod:`segkit.class_weights`), from the
+same counts that train.py uses to resolve them.
+
 train.py runs the cheap part (a few samples per split, ``startup_check`` of the dataset)
 when it builds the datasets, and stops on a problem.
 """
@@ -42,13 +46,20 @@ MAX_FILES_LISTED = 5
 
 @dataclass
 class SplitStats:
-    """What one split holds: images, pixels per class, and which values sit where."""
+    """What one split holds: images, pixels per class, and which values sit where.
+
+    ``pixels[c]`` counts the pixels of class ``c``, ``images_with[c]`` the images holding
+    it, and ``image_pixels[c]`` the labelled pixels (classes ``0..C-1``, not ignored) of
+    those images: the denominator of median-frequency balancing
+    (:mod:`segkit.class_weights`). All are int64 ``[C]``.
+    """
 
     name: str
     num_classes: int
     images: int = 0
     pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C]
     images_with: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C]
+    image_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C]
     ignored: int = 0
     bad_values: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     raw_values: set[int] = field(default_factory=set)
@@ -57,6 +68,7 @@ class SplitStats:
     def __post_init__(self) -> None:
         self.pixels = np.zeros(self.num_classes, np.int64)
         self.images_with = np.zeros(self.num_classes, np.int64)
+        self.image_pixels = np.zeros(self.num_classes, np.int64)
 
 
 @dataclass
@@ -69,31 +81,40 @@ class Report:
     warnings: list[str] = field(default_factory=list)
 
 
-def _build(factory: Any, split: str) -> Any:
+def build_split(factory: Any, split: str) -> Any:
+    """``factory(split=split, transform=None)`` without the dataset's start-up sample check."""
     try:
         return factory(split=split, transform=None, startup_check=0)
     except TypeError:  # a dataset class without the start-up check
         return factory(split=split, transform=None)
 
 
-def scan_split(dataset: Any, stats: SplitStats, ignore_index: int, report: Report) -> None:
-    """Read every sample of ``dataset`` into ``stats``; problems go to ``report``."""
+def scan_split(
+    dataset: Any, stats: SplitStats, ignore_index: int, report: Report, decode_images: bool = True
+) -> None:
+    """Read every sample of ``dataset`` into ``stats``; problems go to ``report``.
+
+    ``dataset`` is a :class:`~segkit.data.folder.FolderDataset` (or subclass): its masks are
+    counted as the dataset maps them (label map, labelIds -> trainIds), with no transform.
+    ``decode_images=False`` reads only the images' headers (for their size), which is enough
+    to count labels and skips finding truncated image files.
+    """
     for index in range(len(dataset)):
-        raw, mask, problems = dataset.inspect(index)
+        raw, mask, problems = dataset.inspect(index, decode_image=decode_images)
         report.problems += problems
         stats.images += 1
         if mask is None:
             continue
         mask_path = str(dataset.samples[index][2])
         values, counts = np.unique(mask, return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-            if 0 <= value < stats.num_classes:
-                stats.pixels[value] += count
-                stats.images_with[value] += 1
-            elif value == ignore_index:
-                stats.ignored += count
-            else:
-                stats.bad_values[value].append(mask_path)
+        labelled = (values >= 0) & (values < stats.num_classes)
+        present = values[labelled]
+        stats.pixels[present] += counts[labelled]
+        stats.images_with[present] += 1
+        stats.image_pixels[present] += counts[labelled].sum()  # this image's labelled pixels
+        stats.ignored += int(counts[values == ignore_index].sum())
+        for value in values[~labelled & (values != ignore_index)].tolist():
+            stats.bad_values[value].append(mask_path)
         raw_values = np.unique(raw).tolist()
         stats.raw_values.update(raw_values)
         if mask_path.endswith("_labelIds.png") and 255 in raw_values:
@@ -131,7 +152,7 @@ def check_splits(datamodule: Any, splits: Sequence[str] | None = None) -> Report
     for name in names:
         stats = SplitStats(name, datamodule.num_classes)
         try:
-            dataset = _build(datamodule.dataset, name)
+            dataset = build_split(datamodule.dataset, name)
         except DataError as error:
             report.problems.append(f"split {name!r}: {error}")
             continue
@@ -150,8 +171,35 @@ def check_splits(datamodule: Any, splits: Sequence[str] | None = None) -> Report
     return report
 
 
-def print_report(report: Report, class_names: Sequence[str], console: Console) -> None:
-    """Per-split class table, then hints, warnings and problems."""
+def print_class_weights(stats: SplitStats, class_names: Sequence[str], console: Console) -> None:
+    """Both computed weight vectors of one split, per class and as YAML lists."""
+    # imported here, not at the top: segkit.class_weights imports this module
+    from segkit.class_weights import CHOICES, weights_from_stats
+
+    if not stats.pixels.any():
+        print(f"\nno class weights: split {stats.name!r} has no labelled pixel")
+        return
+    vectors = {choice: weights_from_stats(choice, stats) for choice in CHOICES}
+    table = Table(title=f"class weights of split {stats.name!r} (loss.class_weights=...)")
+    table.add_column("class")
+    for choice in CHOICES:
+        table.add_column(choice, justify="right")
+    for index, class_name in enumerate(class_names):
+        table.add_row(class_name, *(f"{vectors[c][index]:.4f}" for c in CHOICES))
+    table.caption = "weight 0: class absent from the split"
+    console.print(table)
+    for choice, weights in vectors.items():  # plain print: one line to paste into a config
+        listed = ", ".join(f"{w:.4f}" for w in weights)
+        print(f"{choice} ({stats.name!r}): [{listed}]")
+
+
+def print_report(
+    report: Report,
+    class_names: Sequence[str],
+    console: Console,
+    weights_split: str | None = None,
+) -> None:
+    """Per-split class table, class weights of ``weights_split``, hints, warnings, problems."""
     for name, stats in report.splits.items():
         total = max(int(stats.pixels.sum()), 1)
         table = Table(title=f"split {name!r}: {stats.images} images")
@@ -163,6 +211,8 @@ def print_report(report: Report, class_names: Sequence[str], console: Console) -
             table.add_row(class_name, str(pixels), share, str(int(stats.images_with[index])))
         table.caption = f"ignored pixels: {stats.ignored}"
         console.print(table)
+    if weights_split in report.splits:
+        print_class_weights(report.splits[weights_split], class_names, console)
     # plain print: long file names must stay on one line for grep
     for title, lines in (
         ("hints", report.hints),
@@ -189,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     report = check_splits(datamodule)
-    print_report(report, datamodule.class_names, Console(width=120))
+    console = Console(width=120)
+    print_report(report, datamodule.class_names, console, datamodule.splits["train"])
     return 1 if report.problems else 0
 
 

@@ -23,12 +23,28 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _weight_buffer(class_weights: Sequence[float] | None) -> torch.Tensor | None:
+    """``[C]`` float tensor of the weights, or ``None``; a name here was never resolved."""
+    if isinstance(class_weights, str):
+        raise ValueError(
+            f"class_weights={class_weights!r} is a name, not a list: it is computed from the "
+            "training split's labels by segkit.class_weights.resolve_class_weights, which "
+            "train.py runs before building the loss. Build the loss from the resolved config, "
+            "or pass a list of floats."
+        )
+    if class_weights is None:
+        return None
+    return torch.tensor([float(w) for w in class_weights])  # ints too: cross_entropy wants float
+
+
 class CrossEntropyLoss(nn.Module):
     """Pixel-wise cross-entropy.
 
     Args:
         ignore_index: target value excluded from the loss.
-        class_weights: optional per-class weights ``[C]`` (e.g. median-frequency weights).
+        class_weights: optional per-class weights ``[C]``; the config names
+            ``median_frequency``/``inverse_frequency`` are resolved to lists beforehand
+            (:mod:`segkit.class_weights`).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
     """
 
@@ -41,8 +57,7 @@ class CrossEntropyLoss(nn.Module):
         super().__init__()
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
-        weight = None if class_weights is None else torch.tensor(list(class_weights))
-        self.register_buffer("class_weights", weight, persistent=False)
+        self.register_buffer("class_weights", _weight_buffer(class_weights), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         per_pixel = F.cross_entropy(
@@ -99,8 +114,7 @@ class FocalLoss(nn.Module):
         super().__init__()
         self.ignore_index = ignore_index
         self.gamma = gamma
-        weight = None if class_weights is None else torch.tensor(list(class_weights))
-        self.register_buffer("class_weights", weight, persistent=False)
+        self.register_buffer("class_weights", _weight_buffer(class_weights), persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = target != self.ignore_index

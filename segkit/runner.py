@@ -24,11 +24,22 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from segkit.callbacks import AtomicCheckpointIO, ConfigInCheckpoint
+from segkit.class_weights import resolve_class_weights
 from segkit.report import print_report, write_report
 
 
-def build_task(cfg: DictConfig) -> L.LightningModule:
-    """Instantiate ``cfg.task`` with the model, loss, optimizer and scheduler groups."""
+def build_task(
+    cfg: DictConfig, datamodule: L.LightningDataModule | None = None
+) -> L.LightningModule:
+    """Instantiate ``cfg.task`` with the model, loss, optimizer and scheduler groups.
+
+    With ``datamodule``, named ``loss.class_weights`` (``median_frequency``, ...) are first
+    computed from its training split and written into ``cfg.loss`` as numbers
+    (:func:`segkit.class_weights.resolve_class_weights`), so the config stored in the
+    checkpoints holds them and rebuilding the task never needs the training data.
+    """
+    if datamodule is not None:
+        resolve_class_weights(cfg.loss, datamodule, Path(cfg.paths.data_dir) / "cache")
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return hydra.utils.instantiate(
         cfg.task,
