@@ -272,6 +272,16 @@ def task_from_checkpoint(
     if overrides:
         cfg = OmegaConf.merge(cfg, overrides)
     task = build_task(without_weight_sources(cfg))
-    task.load_state_dict(checkpoint["state_dict"])
+    # Strict, except BatchNorm step counters: a backbone trained with frozen BatchNorm
+    # (Mask R-CNN on ImageNet weights) is rebuilt with plain BatchNorm, whose eval-mode output
+    # is the same and which alone has num_batches_tracked.
+    result = task.load_state_dict(checkpoint["state_dict"], strict=False)
+    wrong = [
+        k
+        for k in (*result.missing_keys, *result.unexpected_keys)
+        if not k.endswith("num_batches_tracked")
+    ]
+    if wrong:
+        raise KeyError(f"the checkpoint's state dict does not fit its own config: {wrong[:5]}")
     task.eval()
     return cfg, task

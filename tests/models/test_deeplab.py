@@ -9,15 +9,16 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models.segmentation import deeplabv3_resnet50
+from torchvision.models.segmentation.deeplabv3 import ASPP
 
-from segkit.models.deeplab import ASPP, DeepLabV3, DeepLabV3Plus, rates_for
+from segkit.models.deeplab import DeepLabV3, DeepLabV3Plus, rates_for
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def aspp_rates(model: nn.Module) -> list[int]:
     aspp = next(m for m in model.modules() if isinstance(m, ASPP))
-    return [b[0].dilation[0] for b in aspp.branches[1:-1]]
+    return [b[0].dilation[0] for b in aspp.convs[1:-1]]
 
 
 @pytest.mark.parametrize("config", ["deeplabv3", "deeplabv3plus"])
@@ -59,7 +60,7 @@ def test_forward_backward_any_size(cls):
     x = torch.randn(2, 3, 25, 39)  # not a multiple of 16
     output = model.train()(x)
     assert output["out"].shape == (2, 3, 25, 39)
-    assert output["aux"].shape[:2] == (2, 3)
+    assert output["aux"].shape == (2, 3, 25, 39)  # upsampled to the input size too
     (output["out"].sum() + output["aux"].sum()).backward()
     assert all(p.grad is not None for p in model.head.parameters())
     with torch.no_grad():
@@ -77,3 +78,25 @@ def test_v3plus_decoder_uses_stride_4_features():
         model(torch.randn(1, 3, 64, 96))
     assert seen["low"] == (1, 48, 16, 24)  # 48 channels at 1/4 (paper Table 1)
     assert seen["logits"] == (1, 3, 16, 24)
+
+
+def test_aspp_is_torchvisions_with_the_tf_reference_dropout():
+    # same modules as torchvision's deeplabv3_resnet50 head; dropout 0.1 instead of 0.5
+    with torch.device("meta"):
+        ours = DeepLabV3(num_classes=21)
+        reference = deeplabv3_resnet50(num_classes=21, weights=None, weights_backbone=None)
+    shapes = [tuple(p.shape) for p in ours.head.parameters()]
+    assert shapes == [tuple(p.shape) for p in reference.classifier.parameters()]
+    dropouts = [m.p for m in ours.head.modules() if isinstance(m, nn.Dropout)]
+    assert dropouts == [0.1]
+
+
+def test_group_norm_replaces_every_head_batch_norm():
+    with torch.device("meta"):
+        model = DeepLabV3Plus(num_classes=3, encoder_name="resnet18", aux_head=True,
+                              norm="group", norm_groups=16)  # fmt: skip
+    for part in (model.head, model.aux):
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in part.modules())
+    groups = [m for m in model.head.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(groups) == 5 + 1 + 1 + 2  # ASPP branches + projection, low, refine x2
+    assert all(m.num_groups == 16 for m in groups)

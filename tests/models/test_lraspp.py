@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.models import mobilenet_v3_large
 from torchvision.models.segmentation import lraspp_mobilenet_v3_large
 
 from segkit.models.lraspp import LRASPP
@@ -25,8 +26,7 @@ def test_parameter_count_matches_torchvision_reference():
 def test_low_branch_at_stride_8_high_branch_at_16():
     model = LRASPP(num_classes=3).eval()
     with torch.no_grad():
-        low = model.low(torch.randn(1, 3, 64, 96))
-        high = model.high(low)
+        low, high = model.features(torch.randn(1, 3, 64, 96))
     assert low.shape == (1, 40, 8, 12)  # 64/8, 96/8
     assert high.shape == (1, 960, 4, 6)  # 64/16, 96/16 (last stage dilated, not strided)
 
@@ -38,22 +38,39 @@ def test_forward_backward_any_size_batch_of_one_trains():
     logits = model(x)
     assert logits.shape == (1, 3, 97, 131)
     logits.sum().backward()
-    assert model.low[0][0].weight.grad is not None
+    assert model.encoder[0][0].weight.grad is not None
     with torch.no_grad():
         assert model.eval()(x).shape == (1, 3, 97, 131)
 
 
-def test_pretrained_without_local_weights_fails_at_once(monkeypatch, tmp_path):
+def test_imagenet_weights_without_the_cached_file_fail_at_once(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # an empty torch hub cache
-    with pytest.raises(WeightsError, match="model.pretrained=false"):
-        LRASPP(num_classes=3, pretrained=True)
+    with pytest.raises(WeightsError, match="needs mobilenet_v3_large-.*encoder_weights=null"):
+        LRASPP(num_classes=3, encoder_weights="IMAGENET1K_V1")
+    with pytest.raises(WeightsError, match="IMAGENET1K_V1.*or null"):
+        LRASPP(num_classes=3, encoder_weights="efficientnet-lite0")  # not a MobileNetV3 name
+
+
+def test_imagenet_weights_from_a_file_and_other_input_channels(tmp_path):
+    torch.manual_seed(0)
+    reference = mobilenet_v3_large(weights=None, dilated=True)  # a torchvision state dict
+    path = tmp_path / "mobilenet_v3_large.pth"
+    torch.save(reference.state_dict(), path)
+    model = LRASPP(num_classes=3, in_channels=4, encoder_weights=str(path))
+    assert torch.equal(model.encoder[16][0].weight, reference.features[16][0].weight)
+    rgb = reference.features[0][0].weight
+    # timm's adapt_input_conv: RGB repeated to 4 channels, scaled by 3/4
+    expected = torch.cat([rgb, rgb[:, :1]], dim=1) * 0.75
+    assert torch.equal(model.encoder[0][0].weight, expected)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 4, 40, 50)).shape == (1, 3, 40, 50)
 
 
 def test_backbone_batchnorm_running_stats_follow_the_data():
     # With torchvision's momentum 0.01 one batch moves the running mean by 1% of the batch
     # mean; segkit's default 0.1 moves it by 10%.
     model = LRASPP(num_classes=3).train()
-    first_bn = next(m for m in model.low.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    first_bn = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     with torch.no_grad():
         before = first_bn.running_mean.clone()

@@ -22,8 +22,7 @@ def test_train_mode_returns_out_and_aux_at_any_size(model):
     output = model(x)
     assert set(output) == {"out", "aux"}
     assert output["out"].shape == (2, 4, 33, 47)
-    # aux head on stage 3, which stays at stride 8 in the dilated encoder: ceil(33/8)=5
-    assert output["aux"].shape == (2, 4, 5, 6)
+    assert output["aux"].shape == (2, 4, 33, 47)  # upsampled from stride 8 like the logits
     (output["out"].mean() + output["aux"].mean()).backward()
     assert model.encoder.conv1.weight.grad is not None
     model.zero_grad()

@@ -61,7 +61,8 @@ def test_decoder_unpools_at_the_encoders_pooling_indices(model_class, deepest_wi
         return (seen["before"],)
 
     pools[-1].register_forward_pre_hook(feed_distinct_values)
-    model.decoder[0].register_forward_pre_hook(lambda m, args: seen.update(unpooled=args[0]))
+    decoder = model.decoder if model_class is SegNet else model.up
+    decoder[0].register_forward_pre_hook(lambda m, args: seen.update(unpooled=args[0]))
     with torch.no_grad():
         model(torch.randn(1, 3, 64, 64))
     before = seen["before"].numpy()
@@ -71,6 +72,6 @@ def test_decoder_unpools_at_the_encoders_pooling_indices(model_class, deepest_wi
     assert (expected != 0).mean() == pytest.approx(0.25, abs=0.01)  # one value per window
 
 
-def test_pretrained_needs_a_local_file():
-    with pytest.raises(WeightsError, match=r"weights_path=.*pretrained=false"):
-        SegNet(num_classes=11, pretrained=True)
+def test_imagenet_weights_need_a_local_file(tmp_path):
+    with pytest.raises(WeightsError, match=r"vgg16_bn.pth does not exist"):
+        SegNet(num_classes=11, encoder_weights=str(tmp_path / "vgg16_bn.pth"))

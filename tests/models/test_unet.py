@@ -37,7 +37,7 @@ def test_parameter_count_matches_the_paper_architecture():
 
 def test_batch_norm_option_adds_bn_after_every_3x3_conv():
     with torch.device("meta"):
-        model = UNet(num_classes=2, batch_norm=True)
+        model = UNet(num_classes=2, norm="batch")
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(convs) == len(norms) == 18
