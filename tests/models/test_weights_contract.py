@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gc
 import re
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -27,7 +26,6 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from segkit.models import weights
 from segkit.models.smp import smp_model
 from segkit.models.weights import WeightsError, align_keys, load_weights, read_state_dict
 from segkit.runner import build_task
@@ -265,21 +263,6 @@ def test_another_architecture_names_the_file_keys_and_weights_strict(tmp_path):
     message = build_error(WeightsError, "unet_r18", f"model.weights_path={path}")
     pattern = r"unet.pth does not fit SMPModel.*missing keys.*unexpected keys.*weights_strict"
     assert re.search(pattern, message), message
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """No network: every TCP connection fails; the addresses tried are recorded."""
-    tried: list[tuple[str, int]] = []
-
-    def refuse(address: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
-        tried.append(address)
-        raise OSError("Network is unreachable")
-
-    for variable in weights.PROXY_VARIABLES:
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return tried
 
 
 @pytest.mark.parametrize("name", ["unet_r18", "deeplabv3", "fcn8s"])
