@@ -29,4 +29,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) outputs logs data/shapes
+	rm -rf $(VENV) outputs logs data/shapes data/shapes_instances data/cache

@@ -9,20 +9,33 @@ pixel count of each class (and of the ignore value), and lists:
 * problems (exit status 1): unreadable or truncated files, masks with extra channels,
   image/mask size mismatches, values outside the class set (with the files holding them),
   binary 0/255 masks, empty splits, duplicate samples, missing files;
+* problems of the splits as a whole (:mod:`segkit.data.checks`, the same checks train.py
+  runs at start-up): a training split without a labelled pixel or with a single class
+  (binary 0/255 masks), the validation split equal to the training split, batches that
+  would stack images of different sizes;
 * hints about label conventions: Cityscapes labelIds where trainIds are expected (and
   the reverse), 1-based masks that need ``reduce_zero_label``;
-* warnings: classes with no pixel in a split.
+* warnings: classes with no pixel in a split, images with an EXIF Orientation tag (read as
+  displayed), 16-bit or transparent images, files skipped for their extension, splits that
+  share images, a test split equal to the validation split, a crop many times larger than
+  the images.
+
+Datasets without per-sample label files (``data=coco``) are scanned sample by sample, as
+training reads them.
 
 It also prints the training split's class weights, both ``loss.class_weights`` choices
 (``median_frequency``, ``inverse_frequency``; see :mod:`segkit.class_weights`), from the
 same counts that train.py uses to resolve them.
 
-train.py runs the cheap part (a few samples per split, ``startup_check`` of the dataset)
-when it builds the datasets, and stops on a problem.
+train.py runs the cheap part at start-up and stops on a problem: a few samples per split
+(``startup_check`` of the dataset), the training split's label counts (every mask, cached)
+and the checks of :mod:`segkit.data.checks`; only this command decodes every image and reads
+every validation and test mask.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections import defaultdict
@@ -33,10 +46,12 @@ from typing import Any
 
 import hydra
 import numpy as np
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from segkit.data import checks
 from segkit.data.folder import DataError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +79,9 @@ class SplitStats:
     bad_values: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     raw_values: set[int] = field(default_factory=set)
     label_ids_with_255: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # per-file facts (EXIF orientation, ...)
+    # palette masks: the colour each index had in the first file holding it, and that file
+    palette: dict[int, tuple[tuple[int, int, int], str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pixels = np.zeros(self.num_classes, np.int64)
@@ -84,9 +102,28 @@ class Report:
 def build_split(factory: Any, split: str) -> Any:
     """``factory(split=split, transform=None)`` without the dataset's start-up sample check."""
     try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if "startup_check" in parameters:
         return factory(split=split, transform=None, startup_check=0)
-    except TypeError:  # a dataset class without the start-up check
-        return factory(split=split, transform=None)
+    return factory(split=split, transform=None)
+
+
+def _count(stats: SplitStats, mask: np.ndarray, ignore_index: int, name: str) -> None:
+    values, counts = np.unique(mask, return_counts=True)
+    labelled = (values >= 0) & (values < stats.num_classes)
+    present = values[labelled]
+    stats.pixels[present] += counts[labelled]
+    stats.images_with[present] += 1
+    stats.image_pixels[present] += counts[labelled].sum()  # this image's labelled pixels
+    stats.ignored += int(counts[values == ignore_index].sum())
+    for value in values[~labelled & (values != ignore_index)].tolist():
+        stats.bad_values[value].append(name)
+
+
+def _hex(colour: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{v:02x}" for v in colour)
 
 
 def scan_split(
@@ -97,26 +134,43 @@ def scan_split(
     ``dataset`` is a :class:`~segkit.data.folder.FolderDataset` (or subclass): its masks are
     counted as the dataset maps them (label map, labelIds -> trainIds), with no transform.
     ``decode_images=False`` reads only the images' headers (for their size), which is enough
-    to count labels and skips finding truncated image files.
+    to count labels and skips finding truncated image files. Any other dataset (COCO) is
+    read sample by sample (``dataset[i]["mask"]``).
     """
+    if not hasattr(dataset, "inspect"):
+        for index in range(len(dataset)):
+            stats.images += 1
+            try:
+                sample = dataset[index]
+            except DataError as error:
+                report.problems.append(str(error))
+                continue
+            mask = np.asarray(sample["mask"])
+            _count(stats, mask, ignore_index, str(sample.get("name", index)))
+            stats.raw_values.update(np.unique(mask).tolist())
+        return
     for index in range(len(dataset)):
-        raw, mask, problems = dataset.inspect(index, decode_image=decode_images)
-        report.problems += problems
+        found = dataset.inspect(index, decode_image=decode_images)
+        report.problems += found.problems
+        stats.notes += found.notes
         stats.images += 1
-        if mask is None:
+        if found.mask is None:
             continue
         mask_path = str(dataset.samples[index][2])
-        values, counts = np.unique(mask, return_counts=True)
-        labelled = (values >= 0) & (values < stats.num_classes)
-        present = values[labelled]
-        stats.pixels[present] += counts[labelled]
-        stats.images_with[present] += 1
-        stats.image_pixels[present] += counts[labelled].sum()  # this image's labelled pixels
-        stats.ignored += int(counts[values == ignore_index].sum())
-        for value in values[~labelled & (values != ignore_index)].tolist():
-            stats.bad_values[value].append(mask_path)
-        raw_values = np.unique(raw).tolist()
+        _count(stats, found.mask, ignore_index, mask_path)
+        raw_values = np.unique(found.raw).tolist()
         stats.raw_values.update(raw_values)
+        for value, colour in (found.palette or {}).items():
+            first = stats.palette.setdefault(value, (colour, mask_path))
+            if first[0] != colour:
+                stats.notes.append(
+                    f"palette masks {first[1]} and {mask_path} give index {value} different "
+                    f"colours ({_hex(first[0])}, {_hex(colour)}): segkit reads the indices, "
+                    "never the colours. If the masks were saved with a palette per file (an "
+                    "image editor's indexed mode), their indices are no class ids: convert the "
+                    "colours to class indices"
+                )
+                stats.palette[value] = (colour, mask_path)  # report each change once
         if mask_path.endswith("_labelIds.png") and 255 in raw_values:
             stats.label_ids_with_255.append(mask_path)
 
@@ -145,10 +199,26 @@ def label_hints(stats: SplitStats, ignore_index: int) -> list[str]:
     return hints
 
 
+NOTE_KINDS = ("EXIF Orientation", "16-bit", "transparency", "palette masks")
+
+
+def _listed(lines: Sequence[str], title: str) -> list[str]:
+    """``lines`` as warnings, the first few of each kind, plus a count of the rest."""
+    shown = []
+    for kind in (*NOTE_KINDS, ""):
+        same = [line for line in lines if kind in line]
+        lines = [line for line in lines if kind not in line]
+        shown += [f"{title}: {line}" for line in same[:MAX_FILES_LISTED]]
+        if len(same) > MAX_FILES_LISTED:
+            shown.append(f"{title}: ... and {len(same) - MAX_FILES_LISTED} more like these")
+    return shown
+
+
 def check_splits(datamodule: Any, splits: Sequence[str] | None = None) -> Report:
     """Build each split of ``datamodule`` and scan every file (see the module docstring)."""
     report = Report()
     names = list(dict.fromkeys(splits or datamodule.splits.values()))
+    datasets: dict[str, Any] = {}
     for name in names:
         stats = SplitStats(name, datamodule.num_classes)
         try:
@@ -156,6 +226,7 @@ def check_splits(datamodule: Any, splits: Sequence[str] | None = None) -> Report
         except DataError as error:
             report.problems.append(f"split {name!r}: {error}")
             continue
+        datasets[name] = dataset
         report.splits[name] = stats
         scan_split(dataset, stats, datamodule.ignore_index, report)
         for value, files in sorted(stats.bad_values.items()):
@@ -166,9 +237,60 @@ def check_splits(datamodule: Any, splits: Sequence[str] | None = None) -> Report
             )
         report.hints += label_hints(stats, datamodule.ignore_index)
         missing = [c for c, n in zip(datamodule.class_names, stats.pixels, strict=True) if n == 0]
-        if missing:
+        if missing and stats.pixels.any():
             report.warnings.append(f"split {name!r}: no pixel of classes {missing}")
+        elif stats.images and not stats.pixels.any() and name != datamodule.splits["train"]:
+            report.warnings.append(
+                f"split {name!r}: no labelled pixel (every pixel ignored): its scores are undefined"
+            )
+        report.warnings += _listed(stats.notes, f"split {name!r}")
+        skipped = [str(p) for p in getattr(dataset, "skipped_files", [])]
+        if skipped:
+            report.warnings.append(
+                f"split {name!r}: {len(skipped)} files skipped for their extension (not an "
+                f"image or lossless mask format), e.g. {skipped[:MAX_FILES_LISTED]}"
+            )
+    report.problems += _split_findings(datamodule, datasets, report)
     return report
+
+
+def _split_findings(datamodule: Any, datasets: dict[str, Any], report: Report) -> list[str]:
+    """The start-up checks of :mod:`segkit.data.checks` on the scanned splits."""
+    splits = datamodule.splits
+    problems = checks.split_name_problems(splits)
+    train = datasets.get(splits["train"])
+    if splits["train"] in report.splits:
+        found, warned = checks.label_findings(
+            report.splits[splits["train"]],
+            datamodule.class_names,
+            datamodule.ignore_index,
+            train,
+        )
+        problems += found
+        report.warnings += [w for w in warned if "have no pixel" not in w]  # listed above
+    if type(datamodule).collate is None:
+        for stage, name in splits.items():
+            if name in datasets:
+                problems += checks.batch_size_problem(
+                    datasets[name],
+                    datamodule.batch_size if stage == "train" else datamodule.eval_batch_size,
+                    datamodule.train_transform if stage == "train" else datamodule.eval_transform,
+                    "data.batch_size" if stage == "train" else "data.eval_batch_size",
+                    f"data.{stage}_split={name!r}",
+                )
+    pairs = (("train", "val"), ("train", "test"), ("val", "test"))
+    for first, second in pairs:
+        a, b = splits[first], splits[second]
+        if a != b and a in datasets and b in datasets:
+            report.warnings += checks.overlap_warning(
+                datasets[a], datasets[b], f"data.{first}_split={a!r}", f"data.{second}_split={b!r}"
+            )
+    report.warnings += checks.test_split_findings(datamodule)
+    if train is not None and datamodule.train_transform is not None:
+        report.warnings += checks.crop_warning(
+            datamodule.train_transform, checks.sizes(train), "data.train_transform"
+        )
+    return problems
 
 
 def print_class_weights(stats: SplitStats, class_names: Sequence[str], console: Console) -> None:
@@ -236,7 +358,12 @@ def compose(overrides: Sequence[str]) -> DictConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the check with Hydra overrides ``argv``; returns 1 when a problem was found."""
     cfg = compose(sys.argv[1:] if argv is None else argv)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    try:
+        datamodule = hydra.utils.instantiate(cfg.data)
+    except InstantiationException as error:  # a data.* setting that cannot be right
+        cause = error.__cause__
+        print(f"\n1 problems:\n- {cause if isinstance(cause, ValueError) else error}")
+        return 1
     datamodule.prepare_data()
     report = check_splits(datamodule)
     console = Console(width=120)

@@ -86,3 +86,95 @@ def test_one_based_masks_suggest_reduce_zero_label(tmp_path, capsys):
     assert code == 1 and "reduce_zero_label=true" in out
     code, out = run(capsys, root, 3, "data.dataset.reduce_zero_label=true")
     assert code == 0
+
+
+def write_coco(root, split, masks):
+    """``root/<split>/<name>.png`` and a COCO json whose objects are uncompressed RLE
+    (column-major runs) of the given binary masks, all category 1 ("cat")."""
+    import json
+
+    (root / split).mkdir(parents=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    images, annotations = [], []
+    for index, (name, mask) in enumerate(masks.items(), start=1):
+        height, width = mask.shape
+        Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(root / split / f"{name}.png")
+        images.append({"id": index, "file_name": f"{name}.png", "height": height, "width": width})
+        flat = mask.flatten(order="F").tolist()
+        counts, value, run = [], 0, 0
+        for pixel in flat:
+            if pixel != value:
+                counts.append(run)
+                value, run = pixel, 0
+            run += 1
+        counts.append(run)
+        annotations.append(
+            {
+                "id": index,
+                "image_id": index,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": {"counts": counts, "size": [height, width]},
+                "area": int(mask.sum()),
+                "bbox": [0, 0, width, height],
+            }
+        )
+    categories = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+
+
+def test_coco_dataset_is_scanned(tmp_path, capsys):
+    full, left = np.ones((4, 4), np.uint8), np.zeros((4, 4), np.uint8)
+    left[:, :2] = 1  # the first two columns: 8 pixels
+    write_coco(tmp_path, "a", {"full": full, "left": left})
+    write_coco(tmp_path, "b", {"v": left})
+    code = main(
+        [
+            "data=coco",
+            f"data.dataset.root={tmp_path}",
+            "data.num_classes=3",
+            "data.class_names=[background,cat,dog]",
+            "data.train_split=a",
+            "data.val_split=b",
+            "data.test_split=b",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    train = out.split("split 'a': 2 images")[1].split("split 'b'")[0]
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in train.splitlines()]
+    rows = {row[0]: row[1] for row in cells if len(row) == 4}  # class, pixels, share, images
+    assert rows["background"] == "8" and rows["cat"] == "24" and rows["dog"] == "0"
+    assert "split 'a': no pixel of classes ['dog']" in out
+    assert "data.test_split equals data.val_split ('b')" in out
+
+
+def test_binary_masks_crops_and_skipped_files_are_reported(tmp_path, capsys):
+    root = write_folder_dataset(tmp_path / "data", num_images=4, num_classes=2)
+    for i in range(4):  # 0/255 masks with a 2x2 foreground: under the per-mask heuristic
+        binary = np.zeros((24, 32), np.uint8)
+        binary[4:6, 4:6] = 255
+        Image.fromarray(binary).save(root / "masks" / f"img{i}.png")
+    (root / "images" / "notes.txt").write_text("not an image")
+    code, out = run(capsys, root, 2)
+    assert code == 1
+    problems = out.split("problems:")[1]
+    assert "look like binary 0/255 masks" in problems and "label_map={255:1}" in problems
+    warnings = out.split("warnings:")[1].split("problems:")[0]
+    assert "files skipped for their extension" in warnings and "notes.txt" in warnings
+    assert "(RandomCrop) makes 512x512 samples but the training images are about 32x24" in warnings
+    code, out = run(capsys, root, 2, "data.dataset.label_map={255:1}")
+    assert code == 0 and "no problems found" in out
+
+
+def test_palette_masks_whose_colours_disagree_are_reported(tmp_path, capsys):
+    root = write_folder_dataset(tmp_path / "data", num_images=4, num_classes=2)
+    for i, colours in enumerate([[0, 0, 0, 255, 0, 0], [0, 0, 0, 0, 0, 255]]):
+        # an editor's per-file palette: index 1 is red in img0, blue in img1
+        mask = Image.fromarray(np.asarray(Image.open(root / "masks" / f"img{i}.png")), mode="P")
+        mask.putpalette(colours + [0] * 762)
+        mask.save(root / "masks" / f"img{i}.png")
+    code, out = run(capsys, root, 2)
+    assert code == 0  # indices in range: a warning, not a problem
+    assert "img0.png and " in out and "give index 1 different colours (#ff0000, #0000ff)" in out

@@ -416,7 +416,7 @@ def test_train_maskrcnn_learns_and_reports(tmp_path):
     assert json.loads((out / "metrics.json").read_text()) == metrics
     images = tmp_path / "photos"
     images.mkdir()
-    source = sorted((tmp_path / "data" / "shapes" / "images").glob("*.png"))[:2]
+    source = sorted((tmp_path / "data" / "shapes_instances").glob("*/images/*.png"))[:2]
     for image in source:
         (images / image.name).write_bytes(image.read_bytes())
     preds = tmp_path / "preds"

@@ -1,15 +1,30 @@
-"""One LightningDataModule for every semantic segmentation dataset.
+"""One LightningDataModule for every segmentation dataset, semantic and instance.
 
 The dataset class is a config choice: ``dataset`` is a partial (``_partial_: true``) that is
 called as ``dataset(split=..., transform=...)`` for each split, so any dataset class with
 those two arguments plugs in (``FolderDataset``, Cityscapes, VOC, ...). Class names, the
 ignore value and the normalisation live here once and the rest of the config interpolates
-them (``${data.num_classes}``).
+them (``${data.num_classes}``). Instance data differs only in how a batch is put together
+(:attr:`SegmentationDataModule.collate`, set by
+:class:`~segkit.data.instances.InstanceDataModule`); every loader is built by one method.
+
+Settings and data that cannot be right stop before anything is trained, with the key or file
+and the fix; data that works but looks wrong gives a :class:`~segkit.data.folder.DataWarning`
+(:mod:`segkit.data.checks`, shared with ``python -m segkit.check_data``):
+
+* construction: ``ignore_index`` equal to a class, ``mean``/``std`` on the 0-255 scale, a
+  required dataset argument left unset (``data.dataset.root``);
+* ``setup("fit")``: the validation split equal to the training split, the training split's
+  labels (every mask counted once, cached under ``cache_dir``: no labelled pixel, a single
+  class, binary 0/255 masks whose foreground would be ignored; classes that never appear
+  warn), images of different sizes batched without a crop, a crop many times larger than the
+  images (warning), images shared by the training and validation splits (warning);
+* ``setup("test")``: a test split equal to the validation (or training) split (warning).
 
 Under DDP, validation and test loaders use :class:`UnpaddedDistributedSampler`: every image
-is seen by exactly one process, so the summed confusion matrix (and every score) is the
-same for any number of processes. Lightning's default ``DistributedSampler`` would pad the
-last shard with repeated images, counting their pixels twice.
+is seen by exactly one process, so the summed confusion matrix (and every score, COCO AP
+included) is the same for any number of processes. Lightning's default
+``DistributedSampler`` would pad the last shard with repeated images, counting them twice.
 
 Random augmentation is reproducible: albumentations transforms keep their own generator,
 which ``seed_everything`` does not reach, so each loader seeds its transform from torch's
@@ -20,14 +35,19 @@ gives bit-identical runs on CPU.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from segkit.data import checks
+from segkit.data.folder import DataError, DataWarning
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -80,7 +100,8 @@ class SegmentationDataModule(L.LightningDataModule):
         dataset: callable ``(split, transform) -> Dataset`` (a Hydra partial).
         num_classes: number of classes ``C``.
         class_names: ``C`` names, in class-index order.
-        ignore_index: label value excluded from losses and metrics.
+        ignore_index: label value excluded from losses and metrics; not a class
+            (outside ``0..C-1``).
         train_transform: albumentations transform for training (augmentation).
         eval_transform: albumentations transform for val/test (usually none or a resize).
         mean: normalisation mean on the 0-1 scale (the dataset config passes it on).
@@ -92,7 +113,12 @@ class SegmentationDataModule(L.LightningDataModule):
         batch_size: training batch size per process.
         eval_batch_size: val/test batch size (defaults to ``batch_size``).
         num_workers, pin_memory, persistent_workers: as in ``DataLoader``.
+        check_labels: count every label of the training split in ``setup("fit")`` and stop
+            on labels a model cannot learn from (see the module docstring).
+        cache_dir: folder for the cached label counts (``None``: counted on every start).
     """
+
+    collate: ClassVar[Callable[[list[Any]], Any] | None] = None  # DataLoader default
 
     def __init__(
         self,
@@ -106,25 +132,19 @@ class SegmentationDataModule(L.LightningDataModule):
         std: Sequence[float] = (0.229, 0.224, 0.225),
         palette: Sequence[Sequence[int]] | None = None,
         prepare: Callable[[], Any] | None = None,
-        train_split: str = "train",
-        val_split: str = "val",
-        test_split: str = "test",
+        train_split: str | None = "train",
+        val_split: str | None = "val",
+        test_split: str | None = "test",
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        check_labels: bool = True,
+        cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        if len(class_names) != num_classes:
-            raise ValueError(
-                f"data.class_names has {len(class_names)} names but data.num_classes is "
-                f"{num_classes}; give one name per class."
-            )
-        if palette is not None and len(palette) != num_classes:
-            raise ValueError(
-                f"data.palette has {len(palette)} colours but data.num_classes is {num_classes}."
-            )
+        checks.check_config(dataset, num_classes, class_names, ignore_index, mean, std, palette)
         self.dataset = dataset
         self.num_classes = num_classes
         self.class_names = list(class_names)
@@ -140,32 +160,70 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.check_labels = check_labels
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.datasets: dict[str, Dataset] = {}
+        self._prepared = False
 
     def prepare_data(self) -> None:
-        if self.prepare is not None:
+        if self.prepare is not None and not self._prepared:
             self.prepare()
+        self._prepared = True  # once per process, however many callers ask
 
     def build_dataset(self, stage: str) -> Dataset:
-        """The dataset of ``stage`` (``train``, ``val`` or ``test``), built once."""
+        """The dataset of ``stage`` (``train``, ``val`` or ``test``), built once.
+
+        Raises:
+            DataError: the dataset's own error, prefixed with the split key
+                (``data.train_split='train': ...``).
+        """
         if stage not in self.datasets:
             transform = self.train_transform if stage == "train" else self.eval_transform
-            self.datasets[stage] = self.dataset(split=self.splits[stage], transform=transform)
+            split = self.splits[stage]
+            try:
+                self.datasets[stage] = self.dataset(split=split, transform=transform)
+            except DataError as error:
+                raise DataError(f"data.{stage}_split={split!r}: {error}") from error
         return self.datasets[stage]
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
-        for split in wanted.get(stage or "", ("train", "val", "test")):
+        splits = wanted.get(stage or "", ("train", "val", "test"))
+        if "train" in splits:
+            checks.raise_problems(checks.split_name_problems(self.splits))
+        for split in splits:
             self.build_dataset(split)
+        problems, found = checks.loader_findings(self, splits)
+        if "train" in splits:
+            if self.check_labels:
+                label_problems, label_warnings = checks.training_label_findings(self)
+                problems += label_problems
+                found += label_warnings
+            found += checks.crop_findings(self)
+        if "test" in splits:
+            found += checks.test_split_findings(self)
+        checks.raise_problems(problems)
+        if self.trainer is None or self.trainer.global_rank == 0:
+            for message in found:
+                warnings.warn(message, DataWarning, stacklevel=2)
+
+    def _world(self) -> tuple[int, int]:
+        """``(number of processes, this rank)`` of the running trainer (or process group)."""
+        if self.trainer is not None:
+            return int(self.trainer.world_size), int(self.trainer.global_rank)
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return 1, 0
 
     def _loader(self, stage: str) -> DataLoader:
+        """The one loader of every stage and data kind: sampler, seeding, collate."""
         train = stage == "train"
         dataset = self.build_dataset(stage)
+        world, rank = self._world()
         sampler = None
-        if not train and dist.is_available() and dist.is_initialized():
-            sampler = UnpaddedDistributedSampler(dataset)  # each pixel counted once
+        if not train and world > 1:  # each image scored by one process, once
+            sampler = UnpaddedDistributedSampler(dataset, num_replicas=world, rank=rank)
         transform = self.train_transform if train else self.eval_transform
-        rank = self.trainer.global_rank if self.trainer is not None else 0
         draw = int(torch.randint(2**31 - 1, ()).item())  # fixed by seed_everything
         _seed_transform(transform, (draw + _RANK_STRIDE * rank) % 2**32)
         worker_init = (
@@ -181,6 +239,7 @@ class SegmentationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             worker_init_fn=worker_init,
+            collate_fn=type(self).collate,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -2,15 +2,34 @@
 
 Layout::
 
-    root/images/<stem>.png|jpg|jpeg   RGB (or grey, converted to RGB)
-    root/masks/<stem>.png             single-channel PNG (mode L or P), value = class index
-    root/splits/<split>.txt           optional: one stem per line
+    root/images/<stem>.<ext>    .png .jpg .jpeg .bmp .tif .tiff .webp (any case)
+    root/masks/<stem>.<ext>     lossless, single-channel: .png (or .bmp .tif .tiff, lossless
+                                .webp); pixel value = class index
+    root/splits/<split>.txt     one stem (or file name) per line, for each split a run uses
 
-With ``split=None`` (or when ``root/splits/`` does not exist and ``split`` is not given)
-every image is used. Mask values must be in ``[0, num_classes)`` or equal ``ignore_index``
-after the optional ``label_map`` / ``reduce_zero_label``; anything else stops with an error
-naming the file. Building the dataset checks a few samples at once (``startup_check``), so a
-run never starts on broken files; ``python -m segkit.check_data`` checks them all.
+``split=None`` uses every image; a named split needs its list, and a missing list stops
+with the command that writes them (``python -m segkit.data.folder <root> --val 0.2``). Mask
+values must be in ``[0, num_classes)`` or equal ``ignore_index`` after the optional
+``label_map`` / ``reduce_zero_label``; anything else stops with an error naming the file.
+Building the dataset checks a few samples at once (``startup_check``), so a run never starts
+on broken files; ``python -m segkit.check_data`` checks them all.
+
+Every file is read the way an image viewer shows it, the same way in training, check_data and
+predict.py (:func:`read_image`, :func:`read_mask`):
+
+* EXIF Orientation is applied (``PIL.ImageOps.exif_transpose``) to images *and* masks, so a
+  phone photo and the mask drawn over its displayed picture line up. (TIFF files: Pillow
+  applies their orientation tag itself while loading.)
+* Images become uint8 RGB: grey, palette, CMYK and 1-bit images are converted; an alpha
+  channel is dropped (the stored colour of transparent pixels is kept); 16-bit images are
+  scaled to 8 bits by ``value >> 8``, as Pillow does for 16-bit RGB PNGs; float images stop
+  (their scale is unknown).
+* Masks keep their stored values: mode ``L``, ``P`` (the palette *indices*, never the
+  colours), ``1`` (1-bit: classes 0/1), ``I;16`` and ``I`` (16/32-bit indices). Colour or
+  alpha masks, float masks and lossy files (JPEG, lossy WebP, JPEG-compressed TIFF) stop
+  with the fix: a lossy mask has changed label values along every edge.
+* Hidden files (``.DS_Store``, macOS ``._img.png``) are skipped; a stem with two files in one
+  folder (``img.png`` and ``img.jpg``) stops, since a stem must name one image.
 
 Each sample is ``{"image": float32 [3, H, W] normalised with mean/std (0-1 pixel scale),
 "mask": int64 [H, W], "name": stem}``. The albumentations ``transform`` sees the uint8 image
@@ -19,49 +38,199 @@ and the mask, so geometric transforms keep them aligned; normalisation happens a
 
 from __future__ import annotations
 
+import argparse
+import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".webp")  # lossless-capable formats
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ORIENTATION = int(ExifTags.Base.Orientation)  # EXIF tag 274
+MASK_MODES = ("L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
 class DataError(ValueError):
     """A dataset file or folder is missing or holds values that cannot be right."""
 
 
+class DataWarning(UserWarning):
+    """Data that works but looks wrong (shown at start-up, listed by check_data)."""
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation (1-8) that reading ``image`` applies; 1 = as stored.
+
+    Read from the header only. A PNG's EXIF chunk after the pixel data would need a full
+    decode and is ignored; TIFF orientation Pillow applies itself while loading (and already
+    reports the displayed size), so it counts as 1 here.
+    """
+    if image.format == "TIFF" or (image.format == "PNG" and "exif" not in image.info):
+        return 1
+    try:
+        value = int(image.getexif().get(ORIENTATION, 1) or 1)
+    except (TypeError, ValueError, SyntaxError, OSError):  # a damaged EXIF block
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def oriented(image: Image.Image) -> Image.Image:
+    """``image`` as displayed: the EXIF orientation applied (pixels permuted, never blended)."""
+    if exif_orientation(image) == 1:
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def _is_lossy(image: Image.Image, path: Path) -> bool:
+    if image.format == "JPEG" or path.suffix.lower() in LOSSY_SUFFIXES:
+        return True
+    if image.format == "TIFF":
+        return str(image.info.get("compression", "")).lower() in ("jpeg", "tiff_jpeg")
+    if image.format == "WEBP":
+        return _webp_is_lossy(path)
+    return False
+
+
+def _webp_is_lossy(path: Path) -> bool:
+    """A WebP file's first image chunk: ``VP8 `` is lossy, ``VP8L`` lossless (RIFF layout)."""
+    data = path.read_bytes()
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk, size = (
+            data[offset : offset + 4],
+            int.from_bytes(data[offset + 4 : offset + 8], "little"),
+        )
+        if chunk == b"VP8L":
+            return False
+        if chunk == b"VP8 ":
+            return True
+        offset += 8 + size + (size & 1)
+    return True  # no image chunk found: do not trust it as a label file
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file as uint8 RGB ``[H, W, 3]``, with a clear error if unreadable."""
+    """Read an image file as displayed: uint8 RGB ``[H, W, 3]`` (see the module docstring).
+
+    Raises:
+        DataError: the file cannot be read, or holds float pixels.
+    """
     try:
         with Image.open(path) as image:
+            image = oriented(image)
+            if image.mode == "F":
+                raise DataError(
+                    f"image {path} holds floating-point pixels (mode 'F'), whose scale segkit "
+                    "cannot know. Save it as an 8-bit (or 16-bit) PNG."
+                )
+            if image.mode in SIXTEEN_BIT_MODES:
+                values = np.asarray(image).astype(np.int64)
+                if values.min() < 0 or values.max() > 65535:
+                    raise DataError(
+                        f"image {path} holds 32-bit values outside 0..65535; save it as an "
+                        "8-bit or 16-bit PNG."
+                    )
+                grey = (values >> 8).astype(np.uint8)  # the top byte, as Pillow reads 16-bit RGB
+                return np.repeat(grey[..., None], 3, axis=-1)
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # the palette's transparency needs RGBA first
             return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except READ_ERRORS as error:
+        if isinstance(error, DataError):
+            raise
         raise DataError(
             f"cannot read image {path}: {error}. Replace or remove the file."
         ) from error
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image as :func:`read_image` returns it, from the header only."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if exif_orientation(image) in (5, 6, 7, 8):  # a quarter turn swaps the sides
+                width, height = height, width
+    except READ_ERRORS as error:
+        raise DataError(
+            f"cannot read image {path}: {error}. Replace or remove the file."
+        ) from error
+    return height, width
+
+
 def read_mask(path: Path) -> np.ndarray:
-    """Read a single-channel class-index PNG as ``[H, W]`` (uint8 or int32)."""
+    """Read a single-channel class-index mask as displayed, ``[H, W]`` (uint8/uint16/int32).
+
+    Raises:
+        DataError: unreadable, lossy, colour/alpha or float masks (see the module docstring).
+    """
     try:
         with Image.open(path) as mask:
-            if mask.mode not in ("L", "P", "I", "I;16"):
+            if _is_lossy(mask, path):
+                raise DataError(
+                    f"mask {path} is stored lossy ({mask.format}): lossy compression changes "
+                    "the label values along every edge. Masks must be lossless PNG: export "
+                    "them again as PNG from the annotation source (converting this file would "
+                    "keep the damaged edges)."
+                )
+            if mask.mode not in MASK_MODES:
                 raise DataError(
                     f"mask {path} has mode {mask.mode!r} ({len(mask.getbands())} channels); "
-                    "masks must be single-channel class-index PNGs (mode L or P). Convert colour "
-                    "masks to class indices first."
+                    "masks must be single-channel class-index PNGs (mode L or P), value = "
+                    "class index. Convert colour masks to class indices first."
                 )
+            mask = oriented(mask)
             array = np.asarray(mask)  # mode P gives the palette indices, not colours
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+    except READ_ERRORS as error:
+        if isinstance(error, DataError):
+            raise
         raise DataError(f"cannot read mask {path}: {error}. Replace or remove the file.") from error
+    if array.dtype == bool:  # 1-bit masks: classes 0 and 1
+        return array.astype(np.uint8)
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2:
+        return array.astype(np.uint16)  # native byte order for I;16B
+    if array.dtype.kind == "i" and array.size and array.min() < 0:
+        raise DataError(
+            f"mask {path} holds negative values (min {array.min()}); class indices are >= 0."
+        )
     return array
+
+
+def image_files(
+    folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES
+) -> tuple[dict[str, Path], list[Path]]:
+    """The files of ``folder`` by stem, and the (non-hidden) files skipped for their suffix.
+
+    Suffixes match in any case (``IMG.JPG``); hidden files are ignored.
+
+    Raises:
+        DataError: two files share a stem (``img.png`` and ``img.jpg``).
+    """
+    files: dict[str, Path] = {}
+    skipped, clashes = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        if path.suffix.lower() not in suffixes:
+            skipped.append(path)
+            continue
+        if path.stem in files:
+            clashes.append(f"{files[path.stem].name} and {path.name}")
+        files[path.stem] = path
+    if clashes:
+        raise DataError(
+            f"{folder} holds {len(clashes)} files with the same stem, e.g. {clashes[:3]}: a "
+            "stem must name one file. Remove or rename the duplicates."
+        )
+    return files, skipped
 
 
 def mask_problems(
@@ -86,11 +255,13 @@ def mask_problems(
         )
     # A 0/255 binary mask passes the check above when 255 is the ignore value, and would
     # silently train on background only. Real void regions are thin borders, not half an image.
+    # (Binary masks with less foreground are caught on the whole training split, see
+    # segkit.data.checks.label_findings.)
     if ignore_index == 255 and values.tolist() == [0, 255] and (mask == 255).mean() > 0.1:
         problems.append(
             f"mask {path} holds only 0 and 255 with {(mask == 255).mean():.0%} of pixels 255: "
             "this looks like a binary 0/255 mask, whose foreground would be ignored. Store the "
-            "foreground as 1 (class index), or map 255 to 1 with a label map."
+            "foreground as 1 (class index), or map 255 to 1: data.dataset.label_map={255:1}."
         )
     return problems
 
@@ -124,6 +295,87 @@ def label_lut(
         lut = np.where(lut == ignore_index, ignore_index, lut - 1)
         lut[zero] = ignore_index
     return lut
+
+
+def split_command(root: Path | str) -> str:
+    """The shell command that writes ``root/splits/{train,val}.txt`` (:func:`write_splits`)."""
+    return f"python -m segkit.data.folder {root} --val 0.2"
+
+
+def write_splits(
+    root: Path | str, val: float = 0.2, test: float = 0.0, seed: int = 0
+) -> dict[str, list[str]]:
+    """Write ``root/splits/{train,val[,test]}.txt`` from the stems of ``root/images``.
+
+    The stems are shuffled with ``seed`` and cut by the fractions ``val`` and ``test`` (each
+    non-empty split gets at least one image). Existing lists are never overwritten.
+
+    Returns:
+        ``{split name: stems}`` as written.
+
+    Raises:
+        DataError: ``images/`` is missing or empty, a list exists already, or the fractions
+            leave no training image.
+    """
+    root = Path(root).expanduser()
+    if not (root / "images").is_dir():
+        raise DataError(f"{root / 'images'} does not exist; give the dataset root.")
+    stems = sorted(image_files(root / "images")[0])
+    counts = {
+        name: max(1, round(fraction * len(stems))) if fraction > 0 else 0
+        for name, fraction in (("val", val), ("test", test))
+    }
+    if not stems or sum(counts.values()) >= len(stems):
+        raise DataError(
+            f"{root / 'images'} holds {len(stems)} images: too few for val={val}, test={test} "
+            "and at least one training image."
+        )
+    random.Random(seed).shuffle(stems)
+    splits = {"val": stems[: counts["val"]]}
+    splits["test"] = stems[counts["val"] : counts["val"] + counts["test"]]
+    splits["train"] = stems[counts["val"] + counts["test"] :]
+    splits = {name: sorted(listed) for name, listed in splits.items() if listed}
+    folder = root / "splits"
+    existing = [str(folder / f"{name}.txt") for name in splits if (folder / f"{name}.txt").exists()]
+    if existing:
+        raise DataError(f"{existing} exist already; remove them to write new split lists.")
+    folder.mkdir(exist_ok=True)
+    for name, listed in splits.items():
+        (folder / f"{name}.txt").write_text("\n".join(listed) + "\n")
+    return splits
+
+
+class Inspection(NamedTuple):
+    """What :meth:`FolderDataset.inspect` found in one sample.
+
+    ``raw`` and ``mask`` (stored values and class indices, ``[H, W]``) are ``None`` when the
+    label file cannot be read; ``problems`` are definite errors, ``notes`` facts worth a line
+    in check_data (EXIF orientation applied, 16-bit image scaled, alpha dropped), both as
+    messages naming the files. ``palette`` maps each index of a palette (mode ``P``) mask to
+    its RGB colour, so check_data can find masks whose palettes disagree.
+    """
+
+    raw: np.ndarray | None
+    mask: np.ndarray | None
+    problems: list[str]
+    notes: list[str]
+    palette: dict[int, tuple[int, int, int]] | None = None
+
+
+def mask_palette(path: Path, indices: np.ndarray) -> dict[int, tuple[int, int, int]] | None:
+    """``{index: RGB}`` of the ``indices`` in a palette (mode ``P``) file, else ``None``."""
+    try:
+        with Image.open(path) as mask:
+            if mask.mode != "P":
+                return None
+            flat = mask.getpalette() or []
+    except READ_ERRORS:
+        return None
+    colours = {}
+    for index in indices.tolist():
+        rgb = flat[3 * index : 3 * index + 3]
+        colours[int(index)] = tuple(rgb) if len(rgb) == 3 else (0, 0, 0)
+    return colours
 
 
 class FolderDataset(Dataset):
@@ -172,6 +424,7 @@ class FolderDataset(Dataset):
         self.std = np.asarray(std, dtype=np.float32) * 255.0
         self.reduce_zero_label = reduce_zero_label
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        self.skipped_files: list[Path] = []  # files ignored for their suffix (check_data)
         self.samples = self.find_samples()
         self._check_unique_names()
         if startup_check > 0:
@@ -182,57 +435,73 @@ class FolderDataset(Dataset):
         image_dir, mask_dir = self.root / "images", self.root / "masks"
         for folder in (self.root, image_dir, mask_dir):
             if not folder.is_dir():
+                hint = ""
+                if self.root.is_dir() and image_files(self.root)[0]:
+                    hint = f" {self.root} itself holds images: give its parent folder."
                 raise DataError(
-                    f"data folder {folder} does not exist. Set the dataset root (e.g. "
-                    "data.root=/path/to/dataset) to a folder holding images/ and masks/."
+                    f"data folder {folder} does not exist. Set data.dataset.root=/path/to/"
+                    f"dataset, a folder holding images/ and masks/.{hint}"
                 )
-        images: dict[str, Path] = {}
-        clashes = []
-        for path in sorted(image_dir.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            if path.stem in images:
-                clashes.append(f"{images[path.stem].name} and {path.name}")
-            images[path.stem] = path
-        if clashes:
-            raise DataError(
-                f"{image_dir} holds {len(clashes)} images with the same stem, e.g. "
-                f"{clashes[:3]}: a stem must name one image. Remove or rename the duplicates."
-            )
+        images, skipped = image_files(image_dir)
+        masks, skipped_masks = image_files(mask_dir, MASK_SUFFIXES + LOSSY_SUFFIXES)
+        self.skipped_files = skipped + skipped_masks
         if self.split is None:
             stems = sorted(images)
         else:
-            split_file = self.root / "splits" / f"{self.split}.txt"
-            if not split_file.is_file():
-                raise DataError(
-                    f"split list {split_file} does not exist. Create it (one image stem per "
-                    "line) or set the split to null to use every image."
-                )
-            stems = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
-            if not stems:
-                raise DataError(
-                    f"split list {split_file} is empty: add one image stem per line, or "
-                    "choose another split."
-                )
-            missing = [stem for stem in stems if stem not in images]
-            if missing:
-                raise DataError(
-                    f"{split_file} names {len(missing)} images not in {image_dir}, e.g. "
-                    f"{missing[:3]}. Fix the list or add the images."
-                )
+            stems = self._read_split_list(images, image_dir)
         if not stems:
             raise DataError(
-                f"no images (*.png, *.jpg) found for split {self.split!r} in {image_dir}."
+                f"no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)}) found for split "
+                f"{self.split!r} in {image_dir}."
             )
-        samples = [(stem, images[stem], mask_dir / f"{stem}.png") for stem in stems]
-        missing = [image for _, image, mask in samples if not mask.is_file()]
+        missing = [images[stem] for stem in stems if stem not in masks]
         if missing:
             raise DataError(
                 f"{len(missing)} images have no mask in {mask_dir}, e.g. image {missing[0]} "
                 f"has no mask {mask_dir / (missing[0].stem + '.png')}. Add the masks or remove "
                 "the images (or leave them out of the split list)."
             )
-        return samples
+        lossy = [masks[stem] for stem in stems if masks[stem].suffix.lower() in LOSSY_SUFFIXES]
+        if lossy:
+            raise DataError(
+                f"{len(lossy)} mask(s) are JPEG files, e.g. {lossy[0]}: JPEG is lossy and "
+                "changes the label values along every edge. Masks must be lossless PNG: export "
+                "them again as PNG from the annotation source (converting the JPEGs would keep "
+                "the damaged edges)."
+            )
+        return [(stem, images[stem], masks[stem]) for stem in stems]
+
+    def _read_split_list(self, images: Mapping[str, Path], image_dir: Path) -> list[str]:
+        split_file = self.root / "splits" / f"{self.split}.txt"
+        if not split_file.is_file():
+            raise DataError(
+                f"split list {split_file} does not exist. Each split a run uses "
+                "(data.train_split, data.val_split, data.test_split) needs "
+                f"splits/<split>.txt with one image stem per line; "
+                f"{split_command(self.root)} writes train.txt and val.txt. Or set that split "
+                "to null to use every image."
+            )
+        stems = []
+        for line in split_file.read_text().splitlines():
+            entry = line.strip()
+            if not entry:
+                continue
+            name = Path(entry).name  # "images/a.png" and "a.png" name the stem "a"
+            if name not in images and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                name = Path(name).stem
+            stems.append(name)
+        if not stems:
+            raise DataError(
+                f"split list {split_file} is empty: add one image stem per line, or "
+                "choose another split."
+            )
+        missing = [stem for stem in stems if stem not in images]
+        if missing:
+            raise DataError(
+                f"{split_file} names {len(missing)} images not in {image_dir}, e.g. "
+                f"{missing[:3]}. Fix the list or add the images."
+            )
+        return stems
 
     def _check_unique_names(self) -> None:
         seen: dict[str, Path] = {}
@@ -246,7 +515,7 @@ class FolderDataset(Dataset):
             seen[name] = image
 
     def read_raw_mask(self, path: Path) -> np.ndarray:
-        """The label file's values as stored, ``[H, W]``."""
+        """The label file's values as stored (EXIF orientation applied), ``[H, W]``."""
         return read_mask(path)
 
     def map_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
@@ -255,9 +524,29 @@ class FolderDataset(Dataset):
         lut = label_lut(self.label_map, self.reduce_zero_label, self.ignore_index, size)
         return raw if lut is None else lut[raw]
 
-    def inspect(
-        self, index: int, decode_image: bool = True
-    ) -> tuple[np.ndarray | None, np.ndarray | None, list[str]]:
+    def _size_mismatch(
+        self, image_path: Path, image_hw: tuple[int, int], mask_path: Path, mask_hw: tuple
+    ) -> str:
+        message = (
+            f"image {image_path} is {image_hw[1]}x{image_hw[0]} but its mask {mask_path} is "
+            f"{mask_hw[1]}x{mask_hw[0]} (WxH); they must match."
+        )
+        try:
+            with Image.open(image_path) as image:
+                orientation = exif_orientation(image)
+        except READ_ERRORS:
+            return message
+        if orientation in (5, 6, 7, 8) and tuple(mask_hw) == tuple(image_hw[::-1]):
+            message += (
+                f" The image carries EXIF Orientation {orientation}, which segkit applies (as "
+                "every viewer does), while the mask has the stored, unrotated size: it was "
+                "drawn on the stored picture. Rotate the masks to the displayed picture, or "
+                "strip the images' tag (exiftool -Orientation=1 -n <file>) if the stored "
+                "picture is the right one."
+            )
+        return message
+
+    def inspect(self, index: int, decode_image: bool = True) -> Inspection:
         """Read and check one sample without raising.
 
         Args:
@@ -266,39 +555,51 @@ class FolderDataset(Dataset):
                 only its header for the size.
 
         Returns:
-            ``(raw mask, class-index mask, problems)``; the masks are ``None`` when the
-            label file cannot be read, ``problems`` lists messages naming the files.
+            An :class:`Inspection`: the stored and class-index masks, problems and notes.
         """
         _, image_path, mask_path = self.samples[index]
         problems: list[str] = []
-        image_size = None
+        notes: list[str] = []
+        image_hw = None
         try:
+            with Image.open(image_path) as header:
+                orientation, mode = exif_orientation(header), header.mode
+                transparent = "A" in mode or "transparency" in header.info
+            if orientation != 1:
+                notes.append(
+                    f"image {image_path} carries EXIF Orientation {orientation}: read as "
+                    "displayed (rotated/flipped); its mask must match the displayed picture"
+                )
             if decode_image:
-                image_size = read_image(image_path).shape[:2]
+                image_hw = read_image(image_path).shape[:2]
+                if mode in SIXTEEN_BIT_MODES:
+                    notes.append(f"image {image_path} is 16-bit (mode {mode}): read as value >> 8")
+                if transparent:
+                    notes.append(
+                        f"image {image_path} has transparency (mode {mode}): alpha dropped, "
+                        "transparent pixels keep their stored colour"
+                    )
             else:
-                with Image.open(image_path) as image:
-                    image_size = (image.height, image.width)
-        except (DataError, UnidentifiedImageError, OSError) as error:
-            problems.append(
-                str(error) if isinstance(error, DataError) else f"{image_path}: {error}"
-            )
+                image_hw = image_size(image_path)
+        except DataError as error:
+            problems.append(str(error))
+        except READ_ERRORS as error:
+            problems.append(f"cannot read image {image_path}: {error}")
         try:
             raw = self.read_raw_mask(mask_path)
         except DataError as error:
-            return None, None, [*problems, str(error)]
-        if image_size is not None and tuple(image_size) != raw.shape[:2]:
-            problems.append(
-                f"image {image_path} is {image_size[1]}x{image_size[0]} but its mask "
-                f"{mask_path} is {raw.shape[1]}x{raw.shape[0]} (WxH); they must match."
-            )
+            return Inspection(None, None, [*problems, str(error)], notes)
+        if image_hw is not None and tuple(image_hw) != raw.shape[:2]:
+            problems.append(self._size_mismatch(image_path, image_hw, mask_path, raw.shape[:2]))
         mask = self.map_mask(raw, mask_path)
         problems += mask_problems(mask, self.num_classes, self.ignore_index, mask_path)
-        return raw, mask, problems
+        palette = mask_palette(mask_path, np.unique(raw)) if decode_image else None
+        return Inspection(raw, mask, problems, notes, palette)
 
     def check_sample(self, count: int) -> None:
         """Check ``count`` evenly spread samples; raise one :class:`DataError` listing all."""
         indices = np.unique(np.linspace(0, len(self) - 1, min(count, len(self))).round())
-        problems = [p for i in indices.astype(int) for p in self.inspect(int(i))[2]]
+        problems = [p for i in indices.astype(int) for p in self.inspect(int(i)).problems]
         if problems:
             listed = "\n  ".join(problems)
             raise DataError(
@@ -316,10 +617,7 @@ class FolderDataset(Dataset):
         image = read_image(image_path)
         mask = self.map_mask(self.read_raw_mask(mask_path), mask_path)
         if image.shape[:2] != mask.shape:
-            raise DataError(
-                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but its mask "
-                f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH); they must match."
-            )
+            raise DataError(self._size_mismatch(image_path, image.shape[:2], mask_path, mask.shape))
         check_mask_values(mask, self.num_classes, self.ignore_index, mask_path)
         return image, mask, name
 
@@ -334,3 +632,22 @@ class FolderDataset(Dataset):
             "mask": torch.from_numpy(np.asarray(mask, dtype=np.int64)),
             "name": name,
         }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m segkit.data.folder <root> [--val F] [--test F] [--seed N]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m segkit.data.folder",
+        description="Write root/splits/{train,val,test}.txt from the stems in root/images.",
+    )
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--val", type=float, default=0.2, help="fraction for val.txt")
+    parser.add_argument("--test", type=float, default=0.0, help="fraction for test.txt")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    args = parser.parse_args(argv)
+    for name, stems in write_splits(args.root, args.val, args.test, args.seed).items():
+        print(f"wrote {args.root / 'splits' / (name + '.txt')}: {len(stems)} stems")
+
+
+if __name__ == "__main__":
+    main()

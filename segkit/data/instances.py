@@ -24,7 +24,9 @@ tight boxes of the transformed masks, and an instance left without pixels (e.g. 
 is dropped.
 
 Batches are lists, since images may differ in size and hold different numbers of objects:
-:func:`collate_instances` and :class:`InstanceDataModule`.
+:func:`collate_instances`. :class:`InstanceDataModule` is the semantic data module with that
+collate, so instance loaders get the same unpadded evaluation sampler under DDP (each image
+scored once) and the same augmentation seeding.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.folder import (
@@ -45,6 +47,7 @@ from segkit.data.folder import (
     IMAGENET_STD,
     DataError,
     FolderDataset,
+    Inspection,
     read_image,
     read_mask,
 )
@@ -128,6 +131,7 @@ class InstanceFolderDataset(FolderDataset):
         ignore_index: class-mask value excluded from the semantic scores.
         transform: albumentations transform (``image``, ``mask``, ``masks``).
         mean, std: per-channel normalisation on the 0-1 scale.
+        startup_check: as in :class:`FolderDataset` (the instance maps are checked too).
     """
 
     def __init__(
@@ -139,23 +143,29 @@ class InstanceFolderDataset(FolderDataset):
         transform: Callable[..., dict[str, Any]] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        startup_check: int = 8,
     ) -> None:
-        super().__init__(root, num_classes, split, ignore_index, transform, mean, std)
-        if not (self.root / "instances").is_dir():
+        if not (Path(root).expanduser() / "instances").is_dir():
             raise DataError(
-                f"{self.root / 'instances'} does not exist: an instance dataset needs "
-                "instances/<stem>.png (instance id per pixel) next to images/ and masks/."
+                f"{Path(root).expanduser() / 'instances'} does not exist: an instance dataset "
+                "needs instances/<stem>.png (instance id per pixel) next to images/ and masks/."
             )
+        super().__init__(
+            root, num_classes, split, ignore_index, transform, mean, std,
+            startup_check=startup_check,
+        )  # fmt: skip
 
-    def load_instances(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-        """Image ``[H, W, 3]``, class map ``[H, W]``, masks ``[N, H, W]``, labels ``[N]``."""
-        image, semantic, name = self.load(index)
+    def _instances(self, name: str, semantic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Binary masks ``[N, H, W]`` and labels ``[N]`` of ``instances/<name>.png``."""
         path = self.root / "instances" / f"{name}.png"
         if not path.is_file():
             raise DataError(f"image {name} has no instance map {path}; add it.")
         ids = read_mask(path)
         if ids.shape != semantic.shape:
-            raise DataError(f"instance map {path} is {ids.shape[::-1]}, its mask is not (WxH).")
+            raise DataError(
+                f"instance map {path} is {ids.shape[1]}x{ids.shape[0]} but its mask is "
+                f"{semantic.shape[1]}x{semantic.shape[0]} (WxH); they must match."
+            )
         masks, labels = [], []
         for instance in np.unique(ids[ids > 0]):
             region = ids == instance
@@ -168,7 +178,23 @@ class InstanceFolderDataset(FolderDataset):
             masks.append(region)
             labels.append(int(classes[0]))
         stacked = np.stack(masks).astype(np.uint8) if masks else np.zeros((0, *ids.shape), np.uint8)
-        return image, semantic, stacked, np.asarray(labels, np.int64)
+        return stacked, np.asarray(labels, np.int64)
+
+    def inspect(self, index: int, decode_image: bool = True) -> Inspection:
+        """:meth:`FolderDataset.inspect` plus the checks of the sample's instance map."""
+        found = super().inspect(index, decode_image)
+        if found.mask is not None and not found.problems:
+            try:
+                self._instances(self.samples[index][0], found.mask)
+            except DataError as error:
+                found.problems.append(str(error))
+        return found
+
+    def load_instances(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """Image ``[H, W, 3]``, class map ``[H, W]``, masks ``[N, H, W]``, labels ``[N]``."""
+        image, semantic, name = self.load(index)
+        masks, labels = self._instances(name, semantic)
+        return image, semantic, masks, labels
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, semantic, masks, labels = self.load_instances(index)
@@ -254,14 +280,27 @@ class CocoInstances(Dataset):
         image = read_image(path)
         height, width = image.shape[:2]
         if (height, width) != (info["height"], info["width"]):
-            raise DataError(
+            message = (
                 f"image {path} is {width}x{height} but {self.annotation_file} says "
                 f"{info['width']}x{info['height']}; the annotations do not belong to this file."
             )
+            if (width, height) == (info["height"], info["width"]):
+                message += (
+                    " The image carries an EXIF Orientation tag, which segkit applies (as "
+                    "viewers do), while the json gives the stored size: the annotations were "
+                    "made on the stored picture. Strip the tag (exiftool -Orientation=1 -n "
+                    "<file>) or export the annotations on the displayed picture."
+                )
+            raise DataError(message)
         semantic = np.zeros((height, width), np.uint8)
         masks, labels, flags = [], [], []
         for annotation in self.annotations[info["id"]]:
             region = self.decode(annotation, height, width)
+            if annotation["category_id"] not in self.label_of:
+                raise DataError(
+                    f"{self.annotation_file}: annotation {annotation.get('id')} has "
+                    f"category_id {annotation['category_id']}, which is not in 'categories'."
+                )
             label = self.label_of[annotation["category_id"]]
             flags.append(bool(annotation.get("iscrowd", 0)))
             if not flags[-1]:
@@ -294,18 +333,8 @@ def collate_instances(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
 class InstanceDataModule(SegmentationDataModule):
     """:class:`SegmentationDataModule` whose loaders batch with :func:`collate_instances`.
 
-    Same arguments; ``dataset`` must return instance samples (see the module docstring).
+    Same arguments and the same loaders (samplers, seeding); ``dataset`` must return
+    instance samples (see the module docstring).
     """
 
-    def _loader(self, stage: str) -> DataLoader:
-        train = stage == "train"
-        return DataLoader(
-            self.build_dataset(stage),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,  # a batch of 1 breaks BatchNorm in train mode
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=collate_instances,
-        )
+    collate = staticmethod(collate_instances)

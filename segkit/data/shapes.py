@@ -19,7 +19,11 @@ the star); shapes do not overlap (their circumscribed discs are kept apart).
     root/meta.json               the generation arguments; a root with the same meta is reused
 
 Generation is seeded per image (``seed + index``), so the data is the same on every machine
-and for any number of workers.
+and for any number of workers. Each set of arguments has its own folder: ``conf/data/
+shapes.yaml`` names it after them (``data/shapes/n320-64-64_size96_seed0``, and
+``data/shapes_instances/...`` for ``data=shapes_instances``), so runs with other arguments
+never touch the files a concurrent run reads, and :func:`generate_shapes` never deletes a
+folder: one that holds other data stops with the fix.
 """
 
 from __future__ import annotations
@@ -132,10 +136,15 @@ def generate_shapes(
 
     The dataset is built in a temporary folder next to ``root`` and renamed into place, so a
     crash never leaves a half-written dataset behind; a lock file next to ``root`` lets
-    concurrent callers wait for one generation instead of racing.
+    concurrent callers wait for one generation instead of racing. An existing ``root`` is
+    never deleted or changed: another run may be reading it.
 
     Returns:
         ``root`` as a ``Path``.
+
+    Raises:
+        FileExistsError: ``root`` holds something else (other files, or shapes data made with
+            other arguments or by another segkit version).
     """
     root = Path(root).expanduser()
     meta = {
@@ -153,18 +162,39 @@ def generate_shapes(
     # wait on the lock, then find the finished dataset.
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
-            return root
-        if root.exists() and any(root.iterdir()) and not meta_path.is_file():
+        if meta_path.is_file():
+            try:
+                stored = json.loads(meta_path.read_text())
+            except json.JSONDecodeError:
+                stored = {}
+            if stored == meta:
+                return root
+            changed = {
+                key: (stored.get(key), value)
+                for key, value in meta.items()
+                if stored.get(key) != value
+            }
+            raise FileExistsError(
+                f"{root} holds shapes data made with other arguments or by another segkit "
+                f"version (stored vs asked: {changed}); refusing to change it, since another "
+                "run may be reading it. The default data.prepare.root names the folder after "
+                "the arguments; with your own data.prepare.root choose a new folder, or "
+                "delete this one when no run uses it."
+            )
+        if root.exists() and any(root.iterdir()):
             raise FileExistsError(
                 f"{root} exists and is not a shapes dataset (no meta.json); refusing to "
                 "overwrite. Point paths.data_dir elsewhere or remove the folder."
             )
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-        _write_shapes(staging, meta)
-        if root.exists():  # an older shapes dataset with other arguments
-            shutil.rmtree(root)
-        os.replace(staging, root)
+        try:
+            _write_shapes(staging, meta)
+            if root.exists():
+                root.rmdir()  # empty (checked above): os.replace needs it gone
+            os.replace(staging, root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return root
 
 

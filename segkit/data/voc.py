@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from segkit.data.folder import IMAGENET_MEAN, IMAGENET_STD, DataError, FolderDataset
+from segkit.data.folder import IMAGENET_MEAN, IMAGENET_STD, DataError, FolderDataset, oriented
 
 CLASS_NAMES = (
     "background",
@@ -188,7 +188,7 @@ class VOCDataset(FolderDataset):
         try:
             with Image.open(path) as mask:
                 if mask.mode == "RGB":
-                    return decode_colours(np.asarray(mask), path)
+                    return decode_colours(np.asarray(oriented(mask)), path)
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise DataError(f"cannot read mask {path}: {error}. Replace the file.") from error
         return super().read_raw_mask(path)

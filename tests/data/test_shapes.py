@@ -1,6 +1,7 @@
 """The embedded shapes dataset: deterministic, pixel-exact masks, reused when present."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,3 +94,42 @@ def test_concurrent_generation_gives_one_complete_dataset(tmp_path):
     assert all(r == root for r in roots)
     assert len(list((root / "images").glob("*.png"))) == 20
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shapes-")]  # no staging left
+
+
+TINY = ["data.prepare.num_train=4", "data.prepare.num_val=2", "data.prepare.num_test=2"]
+
+
+def test_each_kind_and_set_of_arguments_has_its_own_folder(tmp_path):
+    from hydra.utils import instantiate
+
+    from segkit.check_data import compose
+
+    def prepare(*overrides):
+        cfg = compose([*overrides, *TINY, f"paths.data_dir={tmp_path}"])
+        assert cfg.data.dataset.root == cfg.data.prepare.root  # the dataset reads that folder
+        return Path(cfg.data.prepare.root), instantiate(cfg.data.prepare)
+
+    runs = {
+        "default": prepare("data=shapes", "data.prepare.size=16"),
+        "other size": prepare("data=shapes", "data.prepare.size=24"),
+        "instances": prepare("data=shapes_instances", "data.prepare.size=16"),
+    }
+    assert len({root for root, _ in runs.values()}) == 3
+    first, generate = runs["default"]
+    generate()
+    files = sorted(p.name for p in (first / "images").iterdir())
+    stamp = (first / "images" / files[0]).stat().st_mtime_ns
+    for root, make in list(runs.values())[1:]:  # a concurrent run with other arguments
+        make()
+        assert (root / "meta.json").is_file()
+    assert sorted(p.name for p in (first / "images").iterdir()) == files
+    assert (first / "images" / files[0]).stat().st_mtime_ns == stamp
+
+
+def test_generation_never_deletes_a_folder_with_other_arguments(tmp_path):
+    root = generate_shapes(tmp_path / "shapes", num_train=2, num_val=1, num_test=1, size=16)
+    before = sorted(p.name for p in (root / "images").iterdir())
+    with pytest.raises(FileExistsError, match=r"other arguments.*'size': \(16, 24\)"):
+        generate_shapes(root, num_train=2, num_val=1, num_test=1, size=24)
+    assert sorted(p.name for p in (root / "images").iterdir()) == before
+    assert json.loads((root / "meta.json").read_text())["size"] == 16
