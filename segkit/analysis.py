@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from segkit.data.folder import read_image, read_mask
 from segkit.metrics import scores
 
 SUMMARY_KEYS = ("mIoU", "MPA", "PA", "FWIoU", "mDice")
@@ -282,7 +283,7 @@ def per_image_iou(
         if not mask_file.is_file():
             raise FileNotFoundError(f"{mask_file}: no mask for prediction {pred_file}")
         pred = np.asarray(Image.open(pred_file), dtype=np.int64)
-        mask = np.asarray(Image.open(mask_file), dtype=np.int64)
+        mask = read_mask(mask_file).astype(np.int64)  # as training reads it (EXIF, 1-bit, 16-bit)
         if pred.shape != mask.shape:
             raise ValueError(
                 f"{pred_file}: size {pred.shape} differs from {mask_file} {mask.shape}"
@@ -316,13 +317,14 @@ def plot_worst_images(run: Run, count: int = 4, mask_dir: str | Path | None = No
     for row, (stem, values) in zip(axes, worst.iterrows(), strict=True):
         image_file = next((root / "images").glob(f"{stem}.*"), None)
         panels = [
-            (Image.open(image_file) if image_file else None, f"{stem}"),
-            (Image.open(mask_dir / f"{stem}.png"), "mask"),
+            (read_image(image_file) if image_file else None, f"{stem}"),
+            (read_mask(mask_dir / f"{stem}.png"), "mask"),
             (Image.open(run.path / "predictions" / f"{stem}.png"), f"mIoU {100 * values.mIoU:.1f}"),
         ]
         for ax, (picture, title) in zip(row, panels, strict=True):
-            if picture is not None and picture.mode == "RGB":
-                ax.imshow(np.asarray(picture))
+            picture = None if picture is None else np.asarray(picture)
+            if picture is not None and picture.ndim == 3:  # RGB image
+                ax.imshow(picture)
             elif picture is not None:  # label map; ignored pixels (255) get the last colour
                 labels = np.minimum(np.asarray(picture), num_classes)
                 ax.imshow(labels, cmap="tab20", vmin=0, vmax=num_classes, interpolation="nearest")

@@ -87,7 +87,8 @@ class CityscapesDataset(FolderDataset):
         split: ``train``, ``val`` or ``test``.
         num_classes: 19.
         ignore_index: what non-evaluated labelIds become.
-        transform, mean, std, startup_check: as in :class:`FolderDataset`.
+        transform, mean, std, startup_check, decoded_cache, cache_dir: as in
+            :class:`FolderDataset`.
     """
 
     def __init__(
@@ -100,6 +101,8 @@ class CityscapesDataset(FolderDataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         startup_check: int = 8,
+        decoded_cache: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
         if num_classes != len(CLASS_NAMES):
             raise ValueError(f"Cityscapes has {len(CLASS_NAMES)} classes, got {num_classes}")
@@ -113,6 +116,8 @@ class CityscapesDataset(FolderDataset):
             mean=mean,
             std=std,
             startup_check=startup_check,
+            decoded_cache=decoded_cache,
+            cache_dir=cache_dir,
         )
 
     def find_samples(self) -> list[tuple[str, Path, Path]]:

@@ -21,6 +21,11 @@ and the fix; data that works but looks wrong gives a :class:`~segkit.data.folder
   images (warning), images shared by the training and validation splits (warning);
 * ``setup("test")``: a test split equal to the validation (or training) split (warning).
 
+After the checks, ``setup`` builds or opens each split's decoded cache where the dataset has
+one switched on (``data.dataset.decoded_cache``, :meth:`FolderDataset.open_decoded_cache
+<segkit.data.folder.FolderDataset.open_decoded_cache>`), so the one-time build happens at
+start-up and loader workers inherit an opened cache.
+
 Under DDP, validation and test loaders use :class:`UnpaddedDistributedSampler`: every image
 is seen by exactly one process, so the summed confusion matrix (and every score, COCO AP
 included) is the same for any number of processes. Lightning's default
@@ -47,7 +52,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segkit.data import checks
-from segkit.data.folder import DataError, DataWarning
+from segkit.data.folder import DataError, DataWarning, FolderDataset
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -206,6 +211,24 @@ class SegmentationDataModule(L.LightningDataModule):
         if self.trainer is None or self.trainer.global_rank == 0:
             for message in found:
                 warnings.warn(message, DataWarning, stacklevel=2)
+        for split in splits:
+            self._open_decoded_cache(split)
+
+    def _open_decoded_cache(self, stage: str) -> None:
+        """Build or open the decoded cache of ``stage``'s dataset if it has one switched on.
+
+        Done in ``setup``, after the checks, so a build runs once at start-up in the main
+        process (DDP ranks queue on its lock) rather than in a loader worker.
+
+        Raises:
+            DataError: the build's error, prefixed with the split key.
+        """
+        dataset = self.datasets[stage]
+        if isinstance(dataset, FolderDataset) and dataset.decoded_cache:
+            try:
+                dataset.open_decoded_cache()
+            except DataError as error:
+                raise DataError(f"data.{stage}_split={self.splits[stage]!r}: {error}") from error
 
     def _world(self) -> tuple[int, int]:
         """``(number of processes, this rank)`` of the running trainer (or process group)."""

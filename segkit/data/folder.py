@@ -34,20 +34,33 @@ predict.py (:func:`read_image`, :func:`read_mask`):
 Each sample is ``{"image": float32 [3, H, W] normalised with mean/std (0-1 pixel scale),
 "mask": int64 [H, W], "name": stem}``. The albumentations ``transform`` sees the uint8 image
 and the mask, so geometric transforms keep them aligned; normalisation happens after it.
+
+``decoded_cache=True`` reads samples from a decoded copy of the split instead of the files
+(:mod:`segkit.data.decoded_cache`): built once under ``cache_dir`` from the files as read
+above (label mapping applied, every sample checked), rebuilt when any source file's path,
+size or modification time or a reading setting changes, and giving the same image and mask
+arrays as the files, before the same transform.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
 import random
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import PIL
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+from segkit.data.decoded_cache import DecodedCache, build_lock
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".webp")  # lossless-capable formats
@@ -58,6 +71,12 @@ ORIENTATION = int(ExifTags.Base.Orientation)  # EXIF tag 274
 MASK_MODES = ("L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+# Bump when read_image, read_mask or map_mask change what they return, so decoded caches
+# built by older code are not read.
+DECODE_VERSION = 1
+SPACE_MARGIN = 1 << 30  # bytes a decoded-cache build leaves free on its disk
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -400,6 +419,11 @@ class FolderDataset(Dataset):
         startup_check: number of samples (evenly spread) read and checked when the dataset
             is built, so a run stops at once on broken files; 0 skips the check.
             ``python -m segkit.check_data`` checks every file.
+        decoded_cache: read samples from a decoded copy of the split under ``cache_dir``
+            (built on first use, see :meth:`open_decoded_cache`) instead of decoding files.
+        cache_dir: folder for decoded caches (``<cache_dir>/decoded/``), needed when
+            ``decoded_cache`` is on (the configs give ``${paths.data_dir}/cache``, so the
+            data folder itself is never written to).
     """
 
     def __init__(
@@ -414,7 +438,15 @@ class FolderDataset(Dataset):
         reduce_zero_label: bool = False,
         label_map: Mapping[int, int] | None = None,
         startup_check: int = 8,
+        decoded_cache: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
+        if decoded_cache and cache_dir is None:
+            raise ValueError(
+                "decoded_cache=True needs a cache_dir for the decoded files: set "
+                "data.dataset.cache_dir (the shipped configs use ${data.cache_dir}), or "
+                "data.dataset.decoded_cache=false."
+            )
         self.root = Path(root).expanduser()
         self.num_classes = num_classes
         self.split = split
@@ -425,6 +457,9 @@ class FolderDataset(Dataset):
         self.reduce_zero_label = reduce_zero_label
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         self.skipped_files: list[Path] = []  # files ignored for their suffix (check_data)
+        self.decoded_cache = decoded_cache
+        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
+        self._decoded: DecodedCache | None = None  # opened on first use
         self.samples = self.find_samples()
         self._check_unique_names()
         if startup_check > 0:
@@ -612,7 +647,97 @@ class FolderDataset(Dataset):
         return len(self.samples)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """Read and check one sample: uint8 RGB ``[H, W, 3]``, mask ``[H, W]``, stem."""
+        """One sample: uint8 RGB ``[H, W, 3]``, class-index mask ``[H, W]``, stem.
+
+        From the decoded cache when ``decoded_cache`` is on (the same arrays as
+        :meth:`decode`, checked when the cache was built), else decoded from the files.
+        """
+        if self.decoded_cache:
+            image, mask = (self._decoded or self.open_decoded_cache()).read(index)
+            return image, mask, self.samples[index][0]
+        return self.decode(index)
+
+    def decoded_cache_key(self) -> dict[str, Any]:
+        """Everything the decoded arrays depend on; a cache is reused only for an equal key.
+
+        The source files (path, size, modification time of every image and label file, as
+        one digest), the dataset class and split, the reading code (:data:`DECODE_VERSION`,
+        Pillow's version: EXIF and mode handling) and the label settings (``label_map``,
+        ``reduce_zero_label``, ``ignore_index``, and ``num_classes``, which the build's value
+        check uses). A subclass whose reading depends on more settings adds them.
+        """
+        files = []
+        for name, image_path, mask_path in self.samples:
+            entry: list[Any] = [name]
+            for path in (image_path, mask_path):
+                status = Path(path).stat()
+                entry += [str(Path(path).resolve()), status.st_size, status.st_mtime_ns]
+            files.append(entry)
+        dataset_class = type(self)
+        return {
+            "decode_version": DECODE_VERSION,
+            "pillow": PIL.__version__,
+            "dataset": f"{dataset_class.__module__}.{dataset_class.__qualname__}",
+            "split": self.split,
+            "num_classes": int(self.num_classes),
+            "ignore_index": int(self.ignore_index),
+            "label_map": sorted(self.label_map.items()),
+            "reduce_zero_label": bool(self.reduce_zero_label),
+            "samples": len(files),
+            "files_sha1": hashlib.sha1(json.dumps(files).encode()).hexdigest(),
+        }
+
+    def open_decoded_cache(self) -> DecodedCache:
+        """This split's decoded cache, built first if no cache matches the current files.
+
+        Called by :meth:`load` on first use; the data module calls it in ``setup`` so a build
+        happens at start-up in the main process (DDP ranks: one builds, the others wait for
+        it). A build decodes and checks every sample (:meth:`decode`) into
+        ``<cache_dir>/decoded/<Dataset>-<split>-<key digest>/``. Caches of older file
+        versions stay (another run may read them); delete ``<cache_dir>/decoded`` to free
+        the space.
+
+        Raises:
+            DataError: a sample cannot be read or checked, or the disk lacks the space.
+        """
+        if self._decoded is not None:
+            return self._decoded
+        if self.cache_dir is None:
+            raise ValueError("open_decoded_cache needs cache_dir")
+        key = self.decoded_cache_key()
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        folder = (
+            self.cache_dir / "decoded" / f"{type(self).__name__}-{self.split or 'all'}-{digest}"
+        )
+        cache = DecodedCache.open(folder, key)
+        if cache is None:
+            with build_lock(folder) as locked:
+                cache = DecodedCache.open(folder, key)  # built while this process waited
+                if cache is None:
+                    self._check_cache_space(folder.parent)
+                    log.info(
+                        "decoding %d samples of %s split %r into the decoded cache %s (once)",
+                        len(self), type(self).__name__, self.split, folder,
+                    )  # fmt: skip
+                    samples = (self.decode(i)[:2] for i in range(len(self)))
+                    cache = DecodedCache.build(folder, key, samples, remove_stale=locked)
+        self._decoded = cache
+        return cache
+
+    def _check_cache_space(self, folder: Path) -> None:
+        """Stop before a decoded-cache build would fill the disk (sizes from the headers)."""
+        needed = sum(4 * h * w for h, w in (image_size(p) for _, p, _ in self.samples))
+        free = shutil.disk_usage(folder).free
+        if needed + SPACE_MARGIN > free:
+            raise DataError(
+                f"the decoded cache of split {self.split!r} needs about {needed / 1e9:.1f} GB "
+                f"but {folder} has {free / 1e9:.1f} GB free. Free space, point "
+                "data.dataset.cache_dir elsewhere, or set data.dataset.decoded_cache=false."
+            )
+
+    def decode(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Read and check one sample from its files: uint8 RGB ``[H, W, 3]``, mask ``[H, W]``
+        (the stored values after ``label_map`` / ``reduce_zero_label``), stem."""
         name, image_path, mask_path = self.samples[index]
         image = read_image(image_path)
         mask = self.map_mask(self.read_raw_mask(mask_path), mask_path)

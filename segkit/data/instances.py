@@ -132,6 +132,8 @@ class InstanceFolderDataset(FolderDataset):
         transform: albumentations transform (``image``, ``mask``, ``masks``).
         mean, std: per-channel normalisation on the 0-1 scale.
         startup_check: as in :class:`FolderDataset` (the instance maps are checked too).
+        decoded_cache, cache_dir: as in :class:`FolderDataset` (image and class mask only;
+            the instance maps are read from their files).
     """
 
     def __init__(
@@ -144,6 +146,8 @@ class InstanceFolderDataset(FolderDataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         startup_check: int = 8,
+        decoded_cache: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
         if not (Path(root).expanduser() / "instances").is_dir():
             raise DataError(
@@ -152,7 +156,7 @@ class InstanceFolderDataset(FolderDataset):
             )
         super().__init__(
             root, num_classes, split, ignore_index, transform, mean, std,
-            startup_check=startup_check,
+            startup_check=startup_check, decoded_cache=decoded_cache, cache_dir=cache_dir,
         )  # fmt: skip
 
     def _instances(self, name: str, semantic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -110,7 +110,8 @@ class VOCDataset(FolderDataset):
         sbd_root: SBD ``benchmark_RELEASE/dataset`` folder, or ``None``.
         num_classes: 21.
         ignore_index: 255, VOC's void value.
-        transform, mean, std, startup_check: as in :class:`FolderDataset`.
+        transform, mean, std, startup_check, decoded_cache, cache_dir: as in
+            :class:`FolderDataset`.
     """
 
     def __init__(
@@ -124,6 +125,8 @@ class VOCDataset(FolderDataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         startup_check: int = 8,
+        decoded_cache: bool = False,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.sbd_root = None if sbd_root is None else Path(sbd_root).expanduser()
         super().__init__(
@@ -136,6 +139,8 @@ class VOCDataset(FolderDataset):
             std=std,
             label_map={VOID: ignore_index},
             startup_check=startup_check,
+            decoded_cache=decoded_cache,
+            cache_dir=cache_dir,
         )
 
     def _read_list(self, path: Path) -> list[str]:
