@@ -4,28 +4,100 @@ Rebuilds the data module and the task from the config stored in the checkpoint (
 :class:`segkit.callbacks.ConfigInCheckpoint`), scores the weights on a split and writes
 ``metrics.json``, ``confusion_matrix.npy`` and ``per_class.csv`` into the run folder
 (``logs/eval/runs/<time>``), exactly as train.py does, plus the per-class console table.
+
+``data.*``/``task.*`` given here are merged over the stored config; ``data=<group>`` merges
+that whole data config. Class counts and names that differ from the checkpoint's stop the
+run (:func:`segkit.runner.checkpoint_overrides`). ``split=test`` scores a real test split:
+when the stored ``data.test_split`` is only the validation split standing in for a missing
+one (CamVid's shared copy, Cityscapes), the root's own ``test`` split is scored if it has
+one, and the run stops saying so if it has none (:func:`choose_test_split`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 os.environ.setdefault("SEGKIT_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from segkit.data.folder import DataError  # noqa: E402
 from segkit.inference import load_checkpoint, task_from_checkpoint  # noqa: E402
-from segkit.runner import evaluate  # noqa: E402
+from segkit.runner import checkpoint_overrides, evaluate, print_results  # noqa: E402
 from segkit.tasks.instance import InstanceSegmentationTask  # noqa: E402
 from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
 
+# data keys conf/eval.yaml declares as null, so they can be set without '+'
+PLACEHOLDERS = ("dataset.root", "val_split", "test_split")
+
 
 def stored_overrides(cfg: DictConfig) -> dict:
-    """The ``data`` and ``task`` keys given on the command line, to merge over the stored ones."""
-    return {key: cfg[key] for key in ("data", "task") if cfg.get(key)}
+    """The ``data`` and ``task`` keys given on the command line, to merge over the stored ones
+    (plain containers, interpolations resolved here); unset :data:`PLACEHOLDERS` are left
+    out, so the stored values stay."""
+    given = {
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        for key in ("data", "task")
+        if cfg.get(key)
+    }
+    data = given.get("data", {})
+    for key in PLACEHOLDERS:
+        *parents, last = key.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(last, 0) is None:
+            del node[last]
+    if data.get("dataset") == {}:
+        del data["dataset"]
+    return {key: value for key, value in given.items() if value}
+
+
+def given_on_command_line(key: str) -> bool:
+    """Whether ``key`` (e.g. ``data.test_split``) was set on the command line."""
+    if not HydraConfig.initialized():
+        return False
+    pattern = re.compile(rf"^[+~]*{re.escape(key)}=")
+    return any(pattern.match(o) for o in HydraConfig.get().overrides.task)
+
+
+def choose_test_split(stored: DictConfig) -> L.LightningDataModule:
+    """The data module for ``split=test``, scoring a real test split.
+
+    A stored ``data.test_split`` equal to ``data.val_split`` stands in for a test split the
+    training data did not have. Unless ``data.test_split`` was given on the command line,
+    the split named ``test`` of the (possibly new) ``data.dataset.root`` is scored instead.
+
+    Raises:
+        DataError: that root has no ``test`` split either.
+    """
+    data = stored.data
+    if data.test_split != data.val_split or given_on_command_line("data.test_split"):
+        return hydra.utils.instantiate(data)
+    stand_in = data.test_split
+    data.test_split = "test"
+    datamodule = hydra.utils.instantiate(data)
+    root = OmegaConf.select(data, "dataset.root")
+    try:
+        datamodule.prepare_data()
+        datamodule.build_dataset("test")
+    except DataError as error:
+        raise DataError(
+            f"split=test: the checkpoint's config scores data.test_split={stand_in!r} in place "
+            f"of a test split, and data.dataset.root={root} has no test split either ({error}). "
+            "Score split=val, point data.dataset.root at data with a test split, or name the "
+            "split to score with data.test_split=<name>."
+        ) from error
+    print(
+        f"data.test_split: the checkpoint's config scored {stand_in!r} in place of a test "
+        f"split; {root} has a 'test' split, which is scored."
+    )
+    return datamodule
 
 
 def evaluate_task(
@@ -36,9 +108,16 @@ def evaluate_task(
     if cfg.split not in ("val", "test"):
         raise ValueError(
             f"split={cfg.split} must be val or test; to score another split name set "
-            f"+data.val_split=<name> (the stored val split is {stored.data.val_split!r})."
+            f"data.val_split=<name> (the stored val split is {stored.data.val_split!r})."
         )
-    datamodule = hydra.utils.instantiate(stored.data)
+    datamodule = (
+        choose_test_split(stored) if cfg.split == "test" else hydra.utils.instantiate(stored.data)
+    )
+    inference = OmegaConf.select(stored, "task.inference")
+    print(
+        f"evaluating {cfg.ckpt_path} on split {cfg.split} (data.{cfg.split}_split="
+        f"{datamodule.splits[cfg.split]!r}), inference: {inference or 'whole'}"
+    )
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=1,
@@ -54,14 +133,14 @@ def evaluate_task(
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     checkpoint = load_checkpoint(cfg.ckpt_path)  # the one read of the file
-    stored, task = task_from_checkpoint(checkpoint, stored_overrides(cfg))
-    inference = OmegaConf.select(stored, "task.inference")
-    print(f"evaluating {cfg.ckpt_path} on split {cfg.split}, inference: {inference or 'whole'}")
+    overrides = checkpoint_overrides(stored_overrides(cfg), checkpoint["config"])
+    stored, task = task_from_checkpoint(checkpoint, overrides)
     if not isinstance(task, SemanticSegmentationTask | InstanceSegmentationTask):
         raise TypeError(f"eval.py cannot score a {type(task).__name__} checkpoint yet.")
     epoch = checkpoint.get("epoch")
     del checkpoint  # the task holds the weights; free the second copy before scoring
     metrics = evaluate_task(cfg, stored, task, epoch)
+    print_results(cfg.paths.output_dir, "metrics.json, per_class.csv, confusion_matrix.npy")
     # instance tasks: the same report, plus COCO AP in metrics.json
     key = "mask_AP" if isinstance(task, InstanceSegmentationTask) else "mIoU"
     return metrics.get(key)

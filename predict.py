@@ -26,13 +26,14 @@ os.environ.setdefault("SEGKIT_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 from rich.progress import track  # noqa: E402
 
 from segkit.data.folder import IMAGE_SUFFIXES, read_image  # noqa: E402
 from segkit.data.voc import voc_colour  # noqa: E402
 from segkit.inference import load_checkpoint, task_from_checkpoint  # noqa: E402
+from segkit.runner import checkpoint_overrides, print_results  # noqa: E402
 from segkit.tasks.instance import InstanceSegmentationTask, draw_instances  # noqa: E402
 from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
 
@@ -49,14 +50,34 @@ def input_files(path: Path) -> list[Path]:
     return files
 
 
-def check_output(output: Path, source: Path) -> None:
-    """Refuse to write predictions into the folder that holds the input images."""
-    data_folder = (source if source.is_dir() else source.parent).resolve()
-    if output.resolve().is_relative_to(data_folder):
+def check_output(output: Path, source: Path, files: list[Path]) -> None:
+    """Refuse to write where the input is: into (or below) a folder given as ``input``, or
+    over an input image itself (``input=photo.png output=.`` would write ``./photo.png``), or
+    two inputs with one stem into one file (``a.png`` and ``a.jpg``).
+
+    A single image may sit anywhere, e.g. in the current folder with ``output=preds/``.
+    """
+    if source.is_dir() and output.resolve().is_relative_to(source.resolve()):
         raise ValueError(
-            f"output={output} lies inside the input folder {data_folder}; predictions are "
-            "never written into a data folder. Choose an output folder outside it."
+            f"output={output} lies inside the input folder {source}; predictions are never "
+            "written into a data folder. Choose an output folder outside it."
         )
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise ValueError(
+                f"input={source} holds {stems[path.stem].name} and {path.name}: both would be "
+                f"written to {output / (path.stem + '.png')}; rename one of them."
+            )
+        stems[path.stem] = path
+    inputs = {path.resolve() for path in files}
+    for path in files:
+        for target in (output / f"{path.stem}.png", output / "overlays" / f"{path.stem}.jpg"):
+            if target.resolve() in inputs:
+                raise ValueError(
+                    f"output={output} would write {target} over the input image {path}; "
+                    "choose another output folder."
+                )
 
 
 def palette_of(stored: DictConfig, num_classes: int) -> list[tuple[int, int, int]]:
@@ -71,8 +92,8 @@ def palette_of(stored: DictConfig, num_classes: int) -> list[tuple[int, int, int
 def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmentationTask) -> None:
     """Write class-index PNGs and overlays for every input image."""
     source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
-    check_output(output, source)
-    files = input_files(source)
+    files = input_files(source)  # a missing input is reported as missing
+    check_output(output, source, files)
     if task.num_classes > 256:
         raise ValueError(f"{task.num_classes} classes do not fit a palette PNG (256 at most).")
     (output / "overlays").mkdir(parents=True, exist_ok=True)
@@ -96,7 +117,7 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmenta
         Image.fromarray(blend.round().astype(np.uint8)).save(
             output / "overlays" / f"{path.stem}.jpg"
         )
-    print(f"wrote {len(files)} predictions to {output}")
+    print_results(output, f"{len(files)} predictions: <stem>.png class indices, overlays/")
 
 
 @torch.no_grad()
@@ -110,7 +131,7 @@ def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegment
     """
     source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     files = input_files(source)
-    check_output(output, source)
+    check_output(output, source, files)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     palette = palette_of(stored, task.num_classes)
     flat_palette = [v for colour in palette for v in colour]
@@ -144,13 +165,18 @@ def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegment
             )
         ]
         (output / f"{path.stem}.json").write_text(json.dumps(listing, indent=1) + "\n")
-    print(f"wrote {len(files)} predictions to {output}")
+    print_results(output, f"{len(files)} predictions: <stem>.png, <stem>.json, overlays/")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    overrides = {key: cfg[key] for key in ("data", "task") if cfg.get(key)}
+    given = {
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        for key in ("data", "task")
+        if cfg.get(key)
+    }
+    overrides = checkpoint_overrides(given, checkpoint["config"])  # classes must match
     stored, task = task_from_checkpoint(checkpoint, overrides)
     # One function per task type; instance segmentation plugs in here.
     if isinstance(task, SemanticSegmentationTask):

@@ -4,21 +4,27 @@
 * :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the target folder
   and renames it into place, so a killed process never leaves a half-written ``.ckpt``.
 * :class:`LastCheckpoint` keeps ``last.ckpt`` current within an epoch (every N optimiser
-  steps) and after each epoch, so ``ckpt_path=last`` / ``resume=auto`` lose little work.
+  steps) and after each epoch, so ``ckpt_path=last`` / ``resume=auto`` lose little work, and
+  writes it when the run is interrupted (Ctrl-C / SIGINT, or SIGTERM before pre-emption).
+* :class:`TrainingBatchesCheck` stops a run whose training split gives no batch at all.
 * :class:`NonFiniteGuard` stops the run on a NaN/Inf loss with the step, batch names and
   learning rate in the message, or skips the optimiser update when ``skip_nonfinite=true``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -95,26 +101,54 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
-class LastCheckpoint(L.Callback):
-    """Write ``dirpath/last.ckpt`` every ``every_n_train_steps`` optimiser steps and after
-    every training epoch (after its validation, so the best-metric tracker is included).
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :class:`LastCheckpoint` after it saved ``last.ckpt`` for a SIGINT/SIGTERM.
+
+    A ``KeyboardInterrupt``, so Lightning shuts down as for Ctrl-C (``on_exception`` hooks,
+    loggers finalised, DDP children stopped); :func:`segkit.runner.fit` then prints the
+    command that continues the run and exits with status 128 + the signal number.
+    """
+
+
+class LastCheckpoint(Checkpoint):
+    """Write ``dirpath/last.ckpt`` every ``every_n_train_steps`` optimiser steps, after
+    every training epoch, and when the run is interrupted.
 
     Lightning's ``ModelCheckpoint`` cannot combine a step interval with epoch-end saves in
     one instance, and a second instance with ``save_last`` would write ``last-v1.ckpt``;
-    hence this small callback. It saves through ``trainer.save_checkpoint``, so the file
-    holds everything a resume needs (weights, optimiser, scheduler, AMP scaler, loop
-    position, callback states) and is written by :class:`AtomicCheckpointIO`. Stale
-    ``*.partial`` files left by a killed writer are removed when fitting starts.
+    hence this small callback. It is a Lightning ``Checkpoint``, so it runs after every
+    other callback, and :func:`segkit.runner.build_trainer` puts it after the
+    ``ModelCheckpoint``: the epoch-end ``last.ckpt`` then holds that epoch's best-checkpoint
+    record (``ModelCheckpoint`` saves at the end of the training epoch too), and a resumed
+    run knows every ``best_*.ckpt`` written before it. It saves through
+    ``trainer.save_checkpoint``, so the file holds everything a resume needs (weights,
+    optimiser, scheduler, AMP scaler, loop position, callback states) and is written by
+    :class:`AtomicCheckpointIO`. Stale ``*.partial`` files left by a killed writer are
+    removed when fitting starts.
+
+    Interrupts (``save_on_signal``): while fitting, SIGINT (Ctrl-C) and SIGTERM (what a
+    cluster sends before pre-emption) only set a flag. At the end of the training step in
+    progress (or, during validation, at the end of the epoch) ``last.ckpt`` is written at
+    exactly the point a periodic save would write it, and :class:`TrainingInterrupted` stops
+    the run; ``ckpt_path=last`` then continues to the same final step as an uninterrupted
+    run. A second Ctrl-C stops at once, without saving. Under DDP the ranks agree on the
+    stop (one boolean all-reduce per step), so all of them save the same step. DataLoader
+    workers forked while fitting inherit the handlers, so a terminal's Ctrl-C, which reaches
+    every process of the group, does not kill them mid-epoch.
 
     Args:
         dirpath: folder of ``last.ckpt`` (the run's ``checkpoints/``).
         every_n_train_steps: optimiser steps between mid-epoch saves; 0 saves only at
             epoch ends.
+        save_on_signal: handle SIGINT and SIGTERM as above (main thread only).
     """
 
     FILENAME = "last.ckpt"
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 500) -> None:
+    def __init__(
+        self, dirpath: str | Path, every_n_train_steps: int = 500, save_on_signal: bool = True
+    ) -> None:
         if every_n_train_steps < 0:
             raise ValueError(
                 f"callbacks.last_checkpoint.every_n_train_steps must be >= 0, got "
@@ -122,7 +156,13 @@ class LastCheckpoint(L.Callback):
             )
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps
+        self.save_on_signal = save_on_signal
         self._saved_step = -1
+        self._received: str | None = None  # name of the signal this process received
+        self._previous: dict[int, Any] = {}  # handlers to restore
+        self._pid = os.getpid()
+        self.interrupted: str | None = None  # why the run stopped, once it has
+        self.interrupt_saved = False  # whether last.ckpt holds the interrupted step
 
     @property
     def path(self) -> Path:
@@ -139,11 +179,69 @@ class LastCheckpoint(L.Callback):
         trainer.save_checkpoint(self.path)
         self._saved_step = trainer.global_step
 
+    # --- signals ---------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker: the main process decides
+        if self._received is not None and signum == signal.SIGINT:
+            self._restore_handlers()
+            raise KeyboardInterrupt  # second Ctrl-C: stop now, unsaved
+        self._received = signal.Signals(signum).name
+        message = (
+            f"\n{self._received} received: saving {self.path} at the end of this training "
+            "step, then stopping (Ctrl-C again stops at once, without saving).\n"
+        )
+        try:  # a raw write: print() inside a signal handler can hit a reentrant buffer
+            os.write(2, message.encode())
+        except OSError:
+            pass
+
+    def _install(self, signums: tuple[int, ...]) -> None:
+        if not self.save_on_signal or threading.current_thread() is not threading.main_thread():
+            return
+        self._pid = os.getpid()  # forked DataLoader workers inherit the handler
+        for signum in signums:
+            self._previous.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, self._on_signal)
+
+    def _restore_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
+        if not self.save_on_signal:
+            return False
+        stop = self._received is not None
+        if trainer.world_size > 1:  # every rank must save and stop at the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        return stop
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        self.interrupted = self._received or "a signal to another process"
+        if self._active(trainer) and self._saved_step != trainer.global_step:
+            self._save(trainer)
+        self.interrupt_saved = self._active(trainer)
+        raise TrainingInterrupted(self.interrupted)
+
+    # --- hooks -----------------------------------------------------------------------
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.dirpath.is_dir():
             for stale in self.dirpath.glob(f".*{PARTIAL_SUFFIX}"):
                 stale.unlink(missing_ok=True)
         self._saved_step = trainer.global_step  # a resumed run does not re-save at once
+        self._received, self.interrupted, self.interrupt_saved = None, None, False
+        # SIGINT now, before the sanity check forks validation workers; SIGTERM once
+        # Lightning has installed its own handler (after on_fit_start), which would stop
+        # in the middle of validation, before the epoch's checkpoint.
+        self._install((signal.SIGINT,))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install((signal.SIGTERM,))
 
     def on_train_batch_end(
         self,
@@ -161,10 +259,63 @@ class LastCheckpoint(L.Callback):
             and self._active(trainer)
         ):
             self._save(trainer)
+        # accumulation: stop only after a complete optimiser step
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if stepped and self._stop_requested(trainer):
+            self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._active(trainer):
             self._save(trainer)
+        if self._stop_requested(trainer):
+            self._stop(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_handlers()
+        if self.interrupted is None and self._received is not None:
+            self.interrupted = self._received  # e.g. a second Ctrl-C
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handlers()
+
+
+class NoTrainingBatchesError(ValueError):
+    """The training split gives no batch, so fitting would train nothing."""
+
+
+class TrainingBatchesCheck(L.Callback):
+    """Stop at the start of fitting when an epoch would have no training batch.
+
+    The training loader drops its last incomplete batch (BatchNorm cannot train on one
+    sample), so ``data.batch_size`` larger than the images per process gives zero steps;
+    Lightning would then "finish" at once and the untrained model be scored as a result.
+    """
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.estimated_stepping_batches  # noqa: B018  (builds the train loader if needed)
+        if trainer.num_training_batches != 0:
+            return
+        loader = trainer.train_dataloader
+        dataset, batch_size = getattr(loader, "dataset", None), getattr(loader, "batch_size", 0)
+        size = len(dataset) if hasattr(dataset, "__len__") else None
+        if size is not None and batch_size and getattr(loader, "drop_last", False):
+            per_process = math.ceil(size / trainer.world_size)
+            shared = f" shared by {trainer.world_size} processes ({per_process} each)"
+            raise NoTrainingBatchesError(
+                f"data.batch_size={batch_size} is larger than the training split: its {size} "
+                f"images{shared if trainer.world_size > 1 else ''} give no complete batch, "
+                "and the last incomplete batch is dropped, so nothing would be trained. Set "
+                f"data.batch_size to at most {per_process}, or add training images."
+            )
+        raise NoTrainingBatchesError(
+            "the training loader gives no batch (check trainer.limit_train_batches and the "
+            "training split), so nothing would be trained."
+        )
 
 
 class NonFiniteLossError(RuntimeError):

@@ -1,15 +1,24 @@
-"""Building blocks of the entry points (train.py, eval.py): config -> task/trainer, scoring.
+"""Building blocks of the entry points (train.py, eval.py, predict.py): config -> task/trainer,
+start-up checks, fitting, scoring, and the line that says where a run's results are.
 
-Also the two reliability pieces that need the whole config: which checkpoint a run resumes
-from (:func:`resume_checkpoint`), and :class:`DDPJobCallback`, which keeps each Hydra job
-of a multirun in its own DDP world and its own folder.
+Also the reliability pieces that need the whole config: which checkpoint a run resumes
+from (:func:`resume_checkpoint`), what to type to continue an interrupted run
+(:func:`continue_command`, printed by :func:`fit`), and the Hydra callbacks
+:class:`DDPJobCallback` (each job of a multirun in its own DDP world and folder),
+:class:`KeepEarlierConfigs` (a run started again in its folder keeps the earlier
+``.hydra`` files) and :class:`SweepSummary` (a multirun ends with its folder and the
+leaderboard command).
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
+import shlex
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +29,117 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from segkit.callbacks import AtomicCheckpointIO, ConfigInCheckpoint
+from segkit.callbacks import (
+    AtomicCheckpointIO,
+    ConfigInCheckpoint,
+    LastCheckpoint,
+    TrainingBatchesCheck,
+)
 from segkit.class_weights import resolve_class_weights
 from segkit.report import print_report, write_report
+from segkit.resume import ResumeGuard
+
+# Keys of a Hydra node that are Hydra's, not the callable's.
+_HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
+# Arguments the code passes itself, per group (the task builds the optimiser and schedule).
+_SUPPLIED = {
+    "optimizer": ("params",),
+    "scheduler": ("optimizer", "total_steps"),
+    "task": ("model", "loss", "optimizer", "scheduler"),
+    "loss": (),
+    "model": (),
+}
+
+
+class ConfigError(ValueError):
+    """A config key that cannot work, found at start-up (before data or model are built)."""
+
+
+def check_arguments(cfg: DictConfig, groups: tuple[str, ...] = tuple(_SUPPLIED)) -> None:
+    """Check that every key of the ``groups`` nodes is an argument of its ``_target_``.
+
+    ``+optimizer.learning_rate=1e-3`` would otherwise fail with a ``TypeError`` of AdamW
+    once the data and the model are built. Callables that take ``**kwargs`` are not
+    checked; nested nodes (``loss.losses``) are checked when they are instantiated.
+
+    Raises:
+        ConfigError: naming the key, the callable and its valid keys.
+    """
+    for group in groups:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        target = node._target_
+        try:
+            parameters = inspect.signature(hydra.utils.get_object(target)).parameters
+        except (ImportError, ValueError, TypeError, AttributeError):
+            continue  # an unknown target fails with Hydra's own message when built
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue
+        valid = [n for n in parameters if n not in _SUPPLIED[group] and n != "self"]
+        unknown = [k for k in node if k not in _HYDRA_KEYS and k not in valid]
+        if unknown:
+            keys = ", ".join(f"{group}.{k}" for k in unknown)
+            raise ConfigError(
+                f"{keys} {'is not an argument' if len(unknown) == 1 else 'are not arguments'} "
+                f"of {target}; its arguments are {', '.join(f'{group}.{n}' for n in valid)}. "
+                f"Fix the name (e.g. {group}.{_closest(unknown[0], valid)}=...) and drop the '+'."
+            )
+
+
+def _closest(name: str, valid: list[str]) -> str:
+    """The valid key most like ``name`` (learning_rate -> lr), for the hint."""
+    initials = "".join(part[0] for part in name.split("_") if part)
+    if initials in valid:  # an abbreviation: learning_rate -> lr
+        return initials
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
+    return close[0] if close else (valid[0] if valid else name)
+
+
+def check_task_kinds(task: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+    """Stop at start-up when the task, the model and the data are of different kinds.
+
+    Mask R-CNN (torchvision's detection models) needs ``task=instance`` (which
+    ``model=maskrcnn`` selects, unless ``task=`` is given too) and instance data
+    (``data=shapes_instances``, ``data=coco``); the semantic task needs a semantic model
+    and semantic data.
+
+    Raises:
+        ConfigError: naming the group choices that fix it.
+    """
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+    from segkit.data.instances import InstanceDataModule
+    from segkit.tasks.instance import InstanceSegmentationTask
+
+    instance_task = isinstance(task, InstanceSegmentationTask)
+    instance_model = isinstance(getattr(task, "model", None), GeneralizedRCNN)
+    instance_data = isinstance(datamodule, InstanceDataModule)
+    if instance_model and not instance_task:
+        raise ConfigError(
+            f"the model ({type(task.model).__name__}) is an instance-segmentation model, but "
+            f"the task is {type(task).__name__}: use task=instance (model=maskrcnn selects "
+            "it unless task= is given) with instance data, e.g. data=shapes_instances; "
+            "or run experiment=shapes_maskrcnn."
+        )
+    if instance_task and not instance_model:
+        raise ConfigError(
+            f"task=instance needs an instance-segmentation model (model=maskrcnn), got "
+            f"{type(task.model).__name__}; for a semantic model use task=semantic."
+        )
+    if instance_task and not instance_data:
+        raise ConfigError(
+            f"task=instance trains on instance data (data=shapes_instances or data=coco), "
+            f"got {type(datamodule).__name__} without instance masks."
+        )
+    if not instance_task and instance_data:
+        raise ConfigError(
+            f"{type(datamodule).__name__} is instance data: train it with model=maskrcnn "
+            "(task=instance), or use its semantic counterpart (e.g. data=shapes)."
+        )
 
 
 def build_task(
@@ -55,15 +169,22 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
     With no logger (``logger=none``) a ``LearningRateMonitor`` is left out.
 
-    The resolved config is stored in every checkpoint (:class:`ConfigInCheckpoint`), and
-    checkpoints are written atomically (:class:`AtomicCheckpointIO`). ``trainer.
+    The resolved config is stored in every checkpoint (:class:`ConfigInCheckpoint`), a
+    resumed run checks its config changes against it (:class:`~segkit.resume.ResumeGuard`),
+    a training split without a single batch stops the run
+    (:class:`~segkit.callbacks.TrainingBatchesCheck`), and checkpoints are written
+    atomically (:class:`AtomicCheckpointIO`). ``trainer.
     sync_batchnorm=true`` is turned off with a warning when only one process runs (nothing
     to synchronise) or on CPU (torch's SyncBatchNorm supports only GPU-like devices).
     """
     callbacks: list[L.Callback] = [
         hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()
     ]
-    callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks += [ConfigInCheckpoint(config), ResumeGuard(config), TrainingBatchesCheck()]
+    # LastCheckpoint after ModelCheckpoint (Lightning keeps the order of checkpoint
+    # callbacks), so the epoch-end last.ckpt records that epoch's best checkpoint
+    callbacks.sort(key=lambda callback: isinstance(callback, LastCheckpoint))
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
     if not loggers:  # LearningRateMonitor raises without a logger; there is nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -92,6 +213,14 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
             )
             trainer = make(sync_batchnorm=False)
     return trainer
+
+
+def best_checkpoint(trainer: L.Trainer) -> str:
+    """The best checkpoint of the first ``ModelCheckpoint`` (``""`` when none was written)."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            return callback.best_model_path
+    return ""
 
 
 def checkpoint_epoch(ckpt_path: str | Path | None) -> int | None:
@@ -298,3 +427,166 @@ def evaluate(
     )
     print_report(metrics)
     return metrics
+
+
+# --- fitting, interrupts and where the results are ----------------------------------------
+
+
+def continue_command(cfg: DictConfig) -> str:
+    """The command that continues this run from its ``last.ckpt``.
+
+    This job's command-line overrides (``ckpt_path``/``resume`` left out), its folder
+    pinned with ``hydra.run.dir`` and ``ckpt_path=last``; for a job of a multirun too,
+    which then continues as a single run in the job's folder.
+    """
+    overrides: list[str] = []
+    if HydraConfig.initialized():
+        overrides = [
+            o
+            for o in HydraConfig.get().overrides.task
+            if o.lstrip("+~").split("=")[0] not in ("ckpt_path", "resume")
+        ]
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "train.py"
+    words = ["python", script, *overrides]
+    words += [f"hydra.run.dir={cfg.paths.output_dir}", "ckpt_path=last"]
+    return shlex.join(words)
+
+
+def fit(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    task: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    ckpt_path: str | None,
+) -> None:
+    """``trainer.fit`` that says where the work is when it stops early.
+
+    On an interrupt (SIGINT/SIGTERM: :class:`~segkit.callbacks.LastCheckpoint` has saved
+    ``last.ckpt`` at the end of the step in progress) or an error after training began, rank
+    0 prints which ``last.ckpt`` holds the work (or that none was written, so the work is
+    lost) and the exact command that continues the run (:func:`continue_command`). An
+    interrupted run exits with status 128 + the signal number (130 for Ctrl-C, 143 for
+    SIGTERM).
+    """
+    import signal as signals
+
+    last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except BaseException as error:
+        interrupted = last.interrupted if last is not None else None
+        if trainer.is_global_zero and (interrupted or trainer.global_step > 0):
+            _say_where_the_work_is(cfg, trainer, last, interrupted, error)
+        if interrupted in signals.Signals.__members__:
+            raise SystemExit(128 + signals.Signals[interrupted]) from error
+        raise
+
+
+def _say_where_the_work_is(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    last: LastCheckpoint | None,
+    interrupted: str | None,
+    error: BaseException,
+) -> None:
+    why = f"interrupted by {interrupted}" if interrupted else f"stopped by {type(error).__name__}"
+    path = last.path if last is not None else None
+    if path is not None and path.is_file():
+        step = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["global_step"]
+        saved = "saved at this step" if last.interrupt_saved else "the newest save"
+        print(
+            f"\nTraining {why} at step {trainer.global_step}: {path} holds step {step} "
+            f"({saved}). Continue with:\n  {continue_command(cfg)}",
+            flush=True,
+        )
+    else:
+        print(
+            f"\nTraining {why} at step {trainer.global_step}: no checkpoint was written, so "
+            "the work of this run is lost.",
+            flush=True,
+        )
+
+
+def print_results(folder: str | Path, what: str) -> None:
+    """The last line of every run: where its results are."""
+    print(f"Results: {Path(folder).resolve()} ({what})", flush=True)
+
+
+class KeepEarlierConfigs(HydraCallback):
+    """Hydra callback: a run started again in an existing folder (``hydra.run.dir=<run>
+    ckpt_path=last``) keeps the earlier ``.hydra/{config,hydra,overrides}.yaml`` as
+    ``config.<n>.yaml`` etc. (n = 1, 2, ... in start order) instead of letting Hydra
+    overwrite them; the plain names describe the newest start.
+
+    DDP ranks > 0 (started with ``hydra.output_subdir=null``) write no files and move none.
+    """
+
+    NAMES = ("config", "hydra", "overrides")
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        subdir = config.hydra.output_subdir
+        if subdir is None or os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+        folder = Path(config.hydra.run.dir) / subdir
+        if not (folder / "config.yaml").is_file():
+            return
+        number = 1
+        while any((folder / f"{name}.{number}.yaml").exists() for name in self.NAMES):
+            number += 1
+        for name in self.NAMES:
+            if (folder / f"{name}.yaml").is_file():
+                (folder / f"{name}.yaml").rename(folder / f"{name}.{number}.yaml")
+
+
+class SweepSummary(HydraCallback):
+    """Hydra callback: a multirun ends with its folder and the leaderboard command."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        print_results(sweep, "one folder per job")
+        print(f"Leaderboard: python -m segkit.leaderboard {shlex.quote(str(sweep))}", flush=True)
+
+
+# --- eval.py / predict.py: config merged over a checkpoint's ---------------------------
+
+
+# Keys fixed by the trained weights: an override that differs cannot be honoured.
+CLASS_KEYS = ("num_classes", "class_names")
+
+
+def checkpoint_overrides(given: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``data``/``task`` overrides of eval.py or predict.py, checked against the config
+    stored in the checkpoint.
+
+    A ``num_classes`` or ``class_names`` that differs from the
+    checkpoint's is refused: the classes are fixed by the trained weights, and the report
+    would otherwise show the checkpoint's classes under the new names.
+
+    Args:
+        given: ``{"data": {...}, "task": {...}}`` from the command line (plain containers).
+        stored: the checkpoint's ``config``.
+
+    Raises:
+        ConfigError: naming each contradicting key, its value and the checkpoint's.
+    """
+
+    overrides = {k: v for k, v in given.items() if v}
+    contradictions = []
+    for group, node in overrides.items():
+        for key in CLASS_KEYS:
+            if key not in node:
+                continue
+            mine, theirs = node[key], (stored.get(group) or {}).get(key)
+            mine = list(mine) if isinstance(mine, list | tuple) else mine
+            theirs = list(theirs) if isinstance(theirs, list | tuple) else theirs
+            if theirs is not None and mine != theirs:
+                contradictions.append(f"{group}.{key}={mine} (the checkpoint has {theirs})")
+    if contradictions:
+        data = stored.get("data") or {}
+        raise ConfigError(
+            f"{'; '.join(contradictions)}: the classes of a trained model are fixed by its "
+            f"weights (data.num_classes={data.get('num_classes')}, data.class_names="
+            f"{data.get('class_names')}). Drop these overrides, or train a model with the "
+            "new classes."
+        )
+    return overrides

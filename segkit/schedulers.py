@@ -2,6 +2,12 @@
 
 Each factory takes ``(optimizer, total_steps, ...)``; the task passes ``total_steps`` from
 ``trainer.estimated_stepping_batches`` so configs never repeat the run length.
+
+The run length lives in the ``LambdaLR`` factor objects, which a checkpoint stores and a
+resumed run restores. A resumed run of a different length (``trainer.max_epochs=<more>``)
+therefore calls :func:`set_total_steps`, which gives the schedule the new length: from the
+restored step on, the rate is the one a run of the new length has at that step (a poly
+schedule that had reached 0 rises again instead of training every extra step at lr 0).
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ class _PolyFactor:
     def __init__(self, total_steps: int, power: float, warmup_steps: int) -> None:
         self.total_steps, self.power, self.warmup_steps = max(1, total_steps), power, warmup_steps
 
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = max(1, total_steps)
+
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
@@ -31,6 +40,9 @@ class _CosineFactor:
 
     def __init__(self, total_steps: int, warmup_steps: int) -> None:
         self.total_steps, self.warmup_steps = max(1, total_steps), warmup_steps
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = max(1, total_steps)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -64,8 +76,13 @@ class _MultiStepFactor:
         warmup_steps: int,
         warmup_factor: float,
     ) -> None:
-        self.steps = sorted(round(m * total_steps) for m in milestones)
+        self.milestones = list(milestones)  # fractions, to place the steps for a new length
         self.gamma, self.warmup_steps, self.warmup_factor = gamma, warmup_steps, warmup_factor
+        self.set_total_steps(total_steps)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        self.steps = sorted(round(m * total_steps) for m in self.milestones)
 
     def __call__(self, step: int) -> float:
         factor = self.gamma ** sum(step >= s for s in self.steps)
@@ -96,6 +113,41 @@ def multistep_lr(
     """
     factor = _MultiStepFactor(total_steps, list(milestones), gamma, warmup_steps, warmup_factor)
     return LambdaLR(optimizer, factor)
+
+
+def scheduled_total_steps(scheduler: LRScheduler) -> int | None:
+    """The run length (optimiser steps) a segkit schedule holds, or ``None`` for another
+    scheduler (whose length, if any, segkit cannot change)."""
+    factors = getattr(scheduler, "lr_lambdas", None) or []
+    totals = {f.total_steps for f in factors if hasattr(f, "set_total_steps")}
+    return totals.pop() if len(totals) == 1 else None
+
+
+def set_total_steps(scheduler: LRScheduler, total_steps: int) -> bool:
+    """Give a restored segkit schedule a new run length, and the optimiser the new rate.
+
+    Every factor of a ``LambdaLR`` built by :func:`poly_lr`, :func:`cosine_lr` or
+    :func:`multistep_lr` gets ``total_steps``; each param group's ``lr`` becomes
+    ``base_lr * factor(step)`` at the restored step, so the very next update already uses
+    the new schedule.
+
+    Returns:
+        ``False`` (and changes nothing) for any other scheduler.
+    """
+    factors = getattr(scheduler, "lr_lambdas", None)
+    if not factors or not all(hasattr(f, "set_total_steps") for f in factors):
+        return False
+    for factor in factors:
+        factor.set_total_steps(total_steps)
+    groups = scheduler.optimizer.param_groups
+    rates = [
+        base * factor(scheduler.last_epoch)
+        for base, factor in zip(scheduler.base_lrs, factors, strict=True)
+    ]
+    for group, rate in zip(groups, rates, strict=True):
+        group["lr"] = rate
+    scheduler._last_lr = rates  # what get_last_lr() and LearningRateMonitor report
+    return True
 
 
 def lightning_schedule(

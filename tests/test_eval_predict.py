@@ -60,13 +60,14 @@ def test_eval_reproduces_the_final_validation_metrics(trained, tmp_path):
 
 
 def test_predict_writes_the_argmax_as_palette_png_and_overlays(trained, tmp_path):
-    images = sorted((trained.parent / "data" / "shapes" / "images").glob("*.png"))[:3]
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    data_root = Path(load_checkpoint(ckpt)["config"]["data"]["dataset"]["root"])
+    images = sorted((data_root / "images").glob("*.png"))[:3]
     source = tmp_path / "photos"
     source.mkdir()
     for image in images:
         (source / image.name).write_bytes(image.read_bytes())
     out = tmp_path / "preds"
-    ckpt = trained / "checkpoints" / "last.ckpt"
     run_script("predict.py", f"ckpt_path={ckpt}", f"input={source}", f"output={out}",
                f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     stored, task = task_from_checkpoint(load_checkpoint(ckpt))
@@ -89,6 +90,7 @@ def test_predict_writes_the_argmax_as_palette_png_and_overlays(trained, tmp_path
 def test_predict_refuses_to_write_into_the_input_folder(trained, tmp_path):
     source = tmp_path / "photos"
     source.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(source / "a.png")
     ckpt = trained / "checkpoints" / "last.ckpt"
     with pytest.raises(AssertionError, match="lies inside the input folder"):
         run_script("predict.py", f"ckpt_path={ckpt}", f"input={source}",

@@ -82,7 +82,8 @@ def save_predictions(sweep_dir: Path) -> str:
 
     Returns the stem of that image.
     """
-    data_root = sweep_dir.parent / "data" / "shapes"
+    # the sweep's shapes folder (one per set of generation arguments)
+    data_root = next((sweep_dir.parent / "data").rglob("splits/val.txt")).parent.parent
     stems = (data_root / "splits" / "val.txt").read_text().split()
     for run in analysis.load_runs(sweep_dir):
         if not run.finished:
