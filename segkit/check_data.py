@@ -257,7 +257,8 @@ def check_splits(datamodule: Any, splits: Sequence[str] | None = None) -> Report
 def _split_findings(datamodule: Any, datasets: dict[str, Any], report: Report) -> list[str]:
     """The start-up checks of :mod:`segkit.data.checks` on the scanned splits."""
     splits = datamodule.splits
-    problems = checks.split_name_problems(splits)
+    problems, split_warnings = checks.split_name_problems(splits)
+    report.warnings += split_warnings
     train = datasets.get(splits["train"])
     if splits["train"] in report.splits:
         found, warned = checks.label_findings(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -94,3 +95,47 @@ def test_ddp_training_run_on_cpu(tmp_path):
     assert np.load(run_dir / "confusion_matrix.npy").sum() == 8 * 64 * 64
     assert (run_dir / "train_ddp_process_1.log").is_file()
     assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.slow
+def test_ddp_instance_evaluation_counts_each_image_once(tmp_path):
+    # As above for the instance task (Mask R-CNN, COCO AP + semantic view): one multirun, job
+    # 0 validates 9 images in 1 process, job 1 in 2 processes. Same seed, same untrained
+    # weights, batch 1: the semantic confusion matrix and every AP must not depend on the
+    # process layout (a padded sampler would score one image twice).
+    sweep = tmp_path / "multirun"
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "train.py"),
+        "-m",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.sweep.dir={sweep}",
+        "experiment=shapes_maskrcnn",
+        "data.prepare.num_train=4",
+        "data.prepare.num_val=9",
+        "data.prepare.num_test=4",
+        "data.prepare.size=64",
+        "data.batch_size=2",
+        "data.eval_batch_size=1",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "model.min_size=64",
+        "model.max_size=64",
+        "logger=csv",
+        "test=false",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.sync_batchnorm=false",
+        "trainer.devices=1,2",
+        "train=false",
+    ]
+    run(command)
+    single = np.load(sweep / "0" / "confusion_matrix.npy")
+    ddp = np.load(sweep / "1" / "confusion_matrix.npy")
+    assert single.sum() == ddp.sum() == 9 * 64 * 64  # every pixel exactly once
+    np.testing.assert_array_equal(ddp, single)
+    metrics = [json.loads((sweep / job / "metrics.json").read_text()) for job in ("0", "1")]
+    ap_keys = [k for k in metrics[0] if "AP" in k]
+    assert ap_keys and all(metrics[0][k] == pytest.approx(metrics[1][k]) for k in ap_keys)
+    assert (sweep / "1" / "train_ddp_process_1.log").is_file()

@@ -130,16 +130,30 @@ def check_config(
         raise ValueError("\n".join(problems))
 
 
-def split_name_problems(splits: Mapping[str, str | None]) -> list[str]:
-    """Validation on the training split itself (``data.val_split == data.train_split``)."""
+def split_name_problems(splits: Mapping[str, str | None]) -> tuple[list[str], list[str]]:
+    """Validation on the training split itself: ``(problems, warnings)``.
+
+    Both null (every image in both, the silent case) is a problem; the same list named on
+    purpose (``data.val_split=train``, a fitting check) is a warning, since then the scores
+    measure memorisation, not generalisation.
+    """
     if splits["val"] != splits["train"]:
-        return []
-    return [
-        f"data.val_split and data.train_split are both {splits['train']!r}: the model would be "
-        "validated, and its best checkpoint chosen, on its own training images. Give the "
-        "validation images their own list (for data=folder: "
+        return [], []
+    fix = (
+        "Give the validation images their own list (for data=folder: "
         f"{split_command('<root>')} writes splits/train.txt and splits/val.txt) and set "
         "data.train_split=train data.val_split=val."
+    )
+    if splits["train"] is None:
+        return [
+            "data.val_split and data.train_split are both None: the model would be validated, "
+            f"and its best checkpoint chosen, on its own training images. {fix}"
+        ], []
+    return [], [
+        f"data.val_split and data.train_split are both {splits['train']!r}: validation scores "
+        "(and the best checkpoint) come from the training images, so they measure how well "
+        "the model fits them, not how it generalises. Meant as a fitting check only; "
+        f"otherwise: {fix}"
     ]
 
 

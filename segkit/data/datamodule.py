@@ -195,7 +195,10 @@ class SegmentationDataModule(L.LightningDataModule):
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
         splits = wanted.get(stage or "", ("train", "val", "test"))
         if "train" in splits:
-            checks.raise_problems(checks.split_name_problems(self.splits))
+            split_problems, split_warnings = checks.split_name_problems(self.splits)
+            checks.raise_problems(split_problems)
+            for message in split_warnings:
+                warnings.warn(message, DataWarning, stacklevel=2)
         for split in splits:
             self.build_dataset(split)
         problems, found = checks.loader_findings(self, splits)

@@ -134,6 +134,28 @@ def ap_target(
     }
 
 
+def gather_ap_states(metric: MeanAveragePrecision) -> None:
+    """Give every process the per-image states of all processes, in rank order.
+
+    One ``all_gather_object`` per call, whatever each rank holds, so ranks that scored
+    different numbers of images (:class:`~segkit.data.datamodule.UnpaddedDistributedSampler`)
+    stay in step; the metric then computes on the whole split locally (built with
+    ``sync_on_compute=False``). A no-op outside distributed runs.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_world_size() == 1:
+        return
+    local = {
+        name: [t.cpu() if torch.is_tensor(t) else t for t in value]
+        for name, value in metric.metric_state.items()
+    }
+    gathered: list[dict[str, list]] = [{} for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather_object(gathered, local)
+    for name in local:
+        setattr(metric, name, [entry for rank in gathered for entry in rank[name]])
+
+
 def _number(value: torch.Tensor) -> float | None:
     """COCOeval's -1 (nothing to score, e.g. no large objects) as ``None`` (JSON null)."""
     value = float(value)
@@ -196,7 +218,12 @@ class InstanceSegmentationTask(L.LightningModule):
         )
         self.average_precision = nn.ModuleDict(
             {
-                split: MeanAveragePrecision(iou_type=tuple(IOU_TYPES), class_metrics=True)
+                # synchronised by gather_ap_states: torchmetrics' own sync issues one
+                # collective per list entry, which mismatches (and crashes gloo) when ranks
+                # scored different numbers of images, as the unpadded sampler makes them
+                split: MeanAveragePrecision(
+                    iou_type=tuple(IOU_TYPES), class_metrics=True, sync_on_compute=False
+                )
                 for split in ("val", "test")
             }
         )
@@ -241,6 +268,7 @@ class InstanceSegmentationTask(L.LightningModule):
     def _eval_epoch_end(self, split: str) -> None:
         confusion, average_precision = self.confusion[split], self.average_precision[split]
         confmat = confusion.compute_confmat()
+        gather_ap_states(average_precision)
         result = average_precision.compute()
         confusion.reset()
         average_precision.reset()

@@ -92,12 +92,14 @@ def test_missing_split_list_names_the_split_key(tmp_path):
     assert "python -m segkit.data.folder" in message
 
 
-def test_validation_on_the_training_split_stops(tmp_path):
-    root = write(tmp_path / "d", random_masks(4))
+def test_validation_on_the_training_split_stops_unless_named_on_purpose(tmp_path):
+    masks = random_masks(4)
+    root = write(tmp_path / "d", masks, {"train": list(masks)})
     with pytest.raises(DataError, match="data.val_split and data.train_split are both None"):
         module(root, train_split=None, val_split=None, test_split=None).setup("fit")
-    with pytest.raises(DataError, match="both 'train'"):
-        module(root, val_split="train").setup("fit")
+    # the same list named for both (a fitting check): loud, not refused
+    with pytest.warns(DataWarning, match="both 'train'.*fitting check"):
+        module(root, train_split="train", val_split="train", test_split=None).setup("fit")
 
 
 def test_shared_images_and_test_equal_to_val_warn(tmp_path):
