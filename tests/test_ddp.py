@@ -16,6 +16,18 @@ from .conftest import PROJECT_ROOT
 from .test_reliability import FAST, load, run, train_command
 
 
+def multirun_command(tmp_path, sweep) -> list[str]:
+    """train.py -m with data, logs and the sweep folder under ``tmp_path``."""
+    return [
+        sys.executable,
+        str(PROJECT_ROOT / "train.py"),
+        "-m",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+
+
 @pytest.mark.parametrize("replicas", [2, 4, 5])  # none divides 9
 def test_unpadded_sampler_visits_every_index_once(replicas):
     dataset = list(range(9))
@@ -42,12 +54,7 @@ def test_ddp_confusion_matrix_equals_single_process_inside_a_multirun(tmp_path):
     # thread make each image's logits independent of the process layout.
     sweep = tmp_path / "multirun"
     command = [
-        sys.executable,
-        str(PROJECT_ROOT / "train.py"),
-        "-m",
-        f"paths.data_dir={tmp_path / 'data'}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"hydra.sweep.dir={sweep}",
+        *multirun_command(tmp_path, sweep),
         *FAST,
         "data.prepare.num_train=4",
         "data.prepare.num_val=9",
@@ -105,12 +112,7 @@ def test_ddp_instance_evaluation_counts_each_image_once(tmp_path):
     # process layout (a padded sampler would score one image twice).
     sweep = tmp_path / "multirun"
     command = [
-        sys.executable,
-        str(PROJECT_ROOT / "train.py"),
-        "-m",
-        f"paths.data_dir={tmp_path / 'data'}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"hydra.sweep.dir={sweep}",
+        *multirun_command(tmp_path, sweep),
         "experiment=shapes_maskrcnn",
         "data.prepare.num_train=4",
         "data.prepare.num_val=9",
