@@ -6,11 +6,16 @@ Rebuilds the data module and the task from the config stored in the checkpoint (
 (``logs/eval/runs/<time>``), exactly as train.py does, plus the per-class console table.
 
 ``data.*``/``task.*`` given here are merged over the stored config; ``data=<group>`` merges
-that whole data config. Class counts and names that differ from the checkpoint's stop the
-run (:func:`segkit.runner.checkpoint_overrides`). ``split=test`` scores a real test split:
-when the stored ``data.test_split`` is only the validation split standing in for a missing
-one (CamVid's shared copy, Cityscapes), the root's own ``test`` split is scored if it has
-one, and the run stops saying so if it has none (:func:`choose_test_split`).
+that whole data config, except the normalisation and eval transform the model was trained
+with (``mean``, ``std``, ``eval_transform``: :func:`keep_trained_input`). Class counts and
+names that differ from the checkpoint's stop the run
+(:func:`segkit.runner.checkpoint_overrides`). ``split=test`` scores a real test split: when
+the stored ``data.test_split`` is only the validation split standing in for a missing one
+(CamVid's shared copy, Cityscapes), the root's own ``test`` split is scored if it has one,
+and the run stops saying so if it has none (:func:`choose_test_split`).
+
+``ckpt_path`` may also be a result published with ``python -m segkit.publish`` (a
+``model.pt`` holding the weights and config only, e.g. ``results/camvid/<recipe>/model.pt``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
 
 # data keys conf/eval.yaml declares as null, so they can be set without '+'
 PLACEHOLDERS = ("dataset.root", "val_split", "test_split")
+# data keys that fix how the trained model sees its input: a data=<group> brings its own
+# defaults for them, which would score a model on inputs it was not trained on
+TRAINED_INPUT_KEYS = ("mean", "std", "eval_transform")
 
 
 def stored_overrides(cfg: DictConfig) -> dict:
@@ -56,6 +64,25 @@ def stored_overrides(cfg: DictConfig) -> dict:
     if data.get("dataset") == {}:
         del data["dataset"]
     return {key: value for key, value in given.items() if value}
+
+
+def keep_trained_input(given: dict, stored: dict) -> dict:
+    """``given`` with the :data:`TRAINED_INPUT_KEYS` that a ``data=<group>`` brought (not
+    named on the command line) dropped where they differ from the checkpoint's, so the
+    model is scored on the normalisation and eval transform it was trained with; each
+    one kept is printed. A key set on the command line (``data.mean=[...]``) is used."""
+    data = given.get("data") or {}
+    for key in TRAINED_INPUT_KEYS:
+        if key not in data or given_on_command_line(f"data.{key}"):
+            continue
+        trained = (stored.get("data") or {}).get(key)
+        if data[key] != trained:
+            print(
+                f"data.{key}: kept the checkpoint's {trained!r}, not {data[key]!r} from the "
+                f"data group (the model was trained on it); set data.{key}= to override."
+            )
+        del data[key]
+    return given
 
 
 def given_on_command_line(key: str) -> bool:
@@ -133,7 +160,8 @@ def evaluate_task(
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     checkpoint = load_checkpoint(cfg.ckpt_path)  # the one read of the file
-    overrides = checkpoint_overrides(stored_overrides(cfg), checkpoint["config"])
+    given = keep_trained_input(stored_overrides(cfg), checkpoint["config"])
+    overrides = checkpoint_overrides(given, checkpoint["config"])
     stored, task = task_from_checkpoint(checkpoint, overrides)
     if not isinstance(task, SemanticSegmentationTask | InstanceSegmentationTask):
         raise TypeError(f"eval.py cannot score a {type(task).__name__} checkpoint yet.")

@@ -1,0 +1,302 @@
+"""Publish a finished train.py run as a small result folder that eval.py and predict.py load.
+
+``python -m segkit.publish <run dir> <result folder> [--data-root <root>]`` writes:
+
+* ``model.pt``: the best checkpoint's weights alone, in the layout of a train.py checkpoint
+  (``config``, ``state_dict``, ``epoch``, ``global_step``) so that
+  ``python eval.py ckpt_path=<result folder>/model.pt`` and predict.py read it unchanged
+  (:func:`segkit.inference.load_checkpoint`). A run that kept an EMA of its weights
+  (``task.ema_decay``) is published with the EMA weights, the ones it was validated and
+  selected with, as ``model.*``, and ``task.ema_decay`` null in the stored config; optimiser
+  state, the second weight copy and the callbacks' state are left out (a 76 MB checkpoint
+  of FPN-Lite0 becomes 19 MB).
+* ``config.yaml``: the composed training config (``.hydra/config.yaml`` of the run).
+* ``metrics.json``, ``per_class.csv``, ``confusion_matrix.npy``: the run's report of the
+  best checkpoint on the validation split.
+* ``curve.png``: validation mIoU and the training and validation loss per epoch
+  (``csv/metrics.csv``).
+* ``samples.json`` and ``samples.png``: :data:`SAMPLE_COUNT` fixed validation images (evenly
+  spaced in the split's order, :func:`sample_indices`), their per-image confusion matrices
+  (rows = ground truth) computed from ``model.pt`` as eval.py loads it, and an image |
+  ground truth | prediction grid. ``tests/test_results.py`` reproduces the matrices.
+* ``run.json``: epochs trained, best epoch, wall time (Hydra's config write at start to
+  ``metrics.json``), the command and the machine.
+
+Publishing never trains; it runs the model on the sample images only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from segkit.analysis import load_run
+from segkit.inference import load_checkpoint, task_from_checkpoint
+from segkit.models.weights import EMA_PREFIX
+
+SAMPLE_COUNT = 4
+REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.npy")
+
+
+def sample_indices(length: int, count: int = SAMPLE_COUNT) -> list[int]:
+    """``count`` indices spread evenly over ``range(length)``, first and last included.
+
+    ``sample_indices(101, 4)`` gives ``[0, 33, 67, 100]``.
+    """
+    if length < 1:
+        raise ValueError("the validation split is empty")
+    count = min(count, length)
+    if count == 1:
+        return [0]
+    return [round(i * (length - 1) / (count - 1)) for i in range(count)]
+
+
+def weights_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A train.py checkpoint reduced to what rebuilding and scoring the model needs.
+
+    The EMA weights (``ema_model.module.*``), when present, become ``model.*`` and the
+    config's ``task.ema_decay`` becomes null, so the rebuilt task has one weight copy and
+    scores what the run validated. Keys outside ``model.*``/``ema_model.*`` (loss buffers
+    such as class weights) are kept.
+    """
+    state = checkpoint["state_dict"]
+    config = OmegaConf.create(checkpoint["config"])
+    has_ema = any(key.startswith(EMA_PREFIX) for key in state)
+    slim = {}
+    for key, value in state.items():
+        if key.startswith("ema_model."):
+            if key.startswith(EMA_PREFIX):
+                slim["model." + key[len(EMA_PREFIX) :]] = value.clone()
+        elif not (has_ema and key.startswith("model.")):
+            slim[key] = value.clone()
+    if has_ema:
+        config.task.ema_decay = None
+    return {
+        "config": OmegaConf.to_container(config),
+        "state_dict": slim,
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+    }
+
+
+def confusion(labels: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 ``[C, C]`` matrix (rows = ground truth) of one image; labels outside
+    ``[0, C)`` (``ignore_index``) are left out."""
+    valid = (labels >= 0) & (labels < num_classes)
+    index = labels[valid].astype(np.int64) * num_classes + prediction[valid]
+    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+@torch.no_grad()
+def score_samples(
+    published: dict[str, Any], data_root: str | Path | None = None
+) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Run ``published`` (a :func:`weights_only` checkpoint) on the fixed validation images.
+
+    The model is rebuilt as eval.py rebuilds it (:func:`task_from_checkpoint`) and scored
+    as validation scores it (the task's ``inference``, or its EMA-free forward).
+
+    Returns:
+        ``({"split", "indices", "names", "confusion_matrices"}, [(image uint8 [H, W, 3],
+        mask [H, W], prediction [H, W]), ...])``.
+    """
+    data: dict[str, Any] = {"dataset": {"decoded_cache": False}}
+    if data_root is not None:
+        data["dataset"]["root"] = str(data_root)
+    cfg, task = task_from_checkpoint(published, {"data": data})
+    datamodule = hydra.utils.instantiate(cfg.data)
+    dataset = datamodule.build_dataset("val")
+    indices = sample_indices(len(dataset))
+    names, matrices, panels = [], [], []
+    for index in indices:
+        item = dataset[index]
+        images = item["image"][None]
+        scores = task(images) if task.inference is None else task.inference(task.forward, images)
+        prediction = scores.argmax(1)[0].numpy()
+        mask = item["mask"].numpy()
+        names.append(item["name"])
+        matrices.append(confusion(mask, prediction, task.num_classes).tolist())
+        image, _, _ = dataset.load(index)
+        panels.append((image, mask, prediction))
+    record = {
+        "split": datamodule.splits["val"],
+        "indices": indices,
+        "names": names,
+        "confusion_matrices": matrices,
+    }
+    return record, panels
+
+
+def colourise(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` picture of a label map; labels outside the palette are black."""
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    colours[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return colours[np.clip(labels, 0, 255)]
+
+
+def plot_samples(
+    panels: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    names: Sequence[str],
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    path: Path,
+) -> None:
+    """Image | ground truth | prediction rows, with a colour legend; void is black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(len(panels), 3, figsize=(12, 3.2 * len(panels)), squeeze=False)
+    for row, (image, mask, prediction), name in zip(axes, panels, names, strict=True):
+        pictures = (image, colourise(mask, palette), colourise(prediction, palette))
+        for ax, picture, title in zip(
+            row, pictures, (name, "ground truth", "prediction"), strict=True
+        ):
+            ax.imshow(picture)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    legend = [
+        Patch(color=np.asarray(c) / 255, label=n) for n, c in zip(class_names, palette, strict=True)
+    ]
+    fig.legend(handles=legend, loc="lower center", ncol=min(6, len(legend)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def epoch_table(metrics_csv: Path) -> Any:
+    """Per-epoch ``train/loss_epoch``, ``val/loss``, ``val/mIoU`` from Lightning's CSV log
+    (a pandas DataFrame indexed by epoch; rows of a resumed run's repeated epochs merged)."""
+    import pandas as pd
+
+    log = pd.read_csv(metrics_csv)
+    keys = [k for k in ("train/loss_epoch", "val/loss", "val/mIoU") if k in log]
+    return log.dropna(subset=["epoch"]).groupby("epoch")[keys].last()
+
+
+def plot_curve(table: Any, path: Path, title: str) -> None:
+    """Validation mIoU (left axis, %) and training/validation loss (right axis) per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, miou_ax = plt.subplots(figsize=(7, 3.6))
+    epochs = table.index + 1  # epochs trained
+    miou_ax.plot(epochs, 100 * table["val/mIoU"], color="tab:blue", marker=".", label="val mIoU")
+    miou_ax.set_xlabel("epoch")
+    miou_ax.set_ylabel("val mIoU (%)", color="tab:blue")
+    loss_ax = miou_ax.twinx()
+    for key, colour in (("train/loss_epoch", "tab:red"), ("val/loss", "tab:orange")):
+        if key in table:
+            loss_ax.plot(epochs, table[key], color=colour, label=key.replace("/", " "))
+    loss_ax.set_ylabel("loss")
+    handles = miou_ax.get_legend_handles_labels()[0] + loss_ax.get_legend_handles_labels()[0]
+    miou_ax.legend(handles=handles, loc="center right", fontsize=8)
+    miou_ax.set_title(title, fontsize=10)
+    miou_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def machine() -> str:
+    """CPU model, core count, torch version and threads, e.g. for RESULTS.md."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{model}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+
+
+def best_checkpoint_of(run_dir: Path) -> Path:
+    """The run's ``checkpoints/best_*.ckpt`` (the newest if several)."""
+    found = sorted((run_dir / "checkpoints").glob("best_*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"{run_dir}/checkpoints holds no best_*.ckpt; is it a run dir?")
+    return found[-1]
+
+
+def publish(
+    run_dir: str | Path, out_dir: str | Path, data_root: str | Path | None = None
+) -> dict[str, Any]:
+    """Write the result folder of a finished run (see the module docstring).
+
+    Args:
+        run_dir: a finished train.py run dir (``metrics.json`` and a best checkpoint).
+        out_dir: the result folder, created if missing; files in it are replaced.
+        data_root: the dataset root for the sample images (default: the stored one).
+
+    Returns:
+        the ``run.json`` content.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run = load_run(run_dir)
+    if not run.finished:
+        raise FileNotFoundError(f"{run_dir} holds no metrics.json: the run has not finished.")
+    ckpt = best_checkpoint_of(run_dir)
+    published = weights_only(load_checkpoint(ckpt))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(published, out_dir / "model.pt")
+    shutil.copyfile(run_dir / ".hydra" / "config.yaml", out_dir / "config.yaml")
+    for name in REPORT_FILES:
+        shutil.copyfile(run_dir / name, out_dir / name)
+
+    reloaded = load_checkpoint(out_dir / "model.pt")  # score the file as eval.py reads it
+    record, panels = score_samples(reloaded, data_root)
+    (out_dir / "samples.json").write_text(json.dumps(record, indent=1) + "\n")
+    cfg = OmegaConf.create(published["config"])
+    plot_samples(
+        panels, record["names"], cfg.data.class_names, cfg.data.palette, out_dir / "samples.png"
+    )
+    table = epoch_table(run_dir / "csv" / "metrics.csv")
+    title = f"{out_dir.name}: best val mIoU {100 * run.metrics['mIoU']:.1f}"
+    plot_curve(table, out_dir / "curve.png", title)
+    info = {
+        "command": "python train.py " + " ".join(run.overrides),
+        "epochs_trained": len(table),
+        "best_epoch": published["epoch"],
+        "global_step": published["global_step"],
+        "wall_seconds": None if run.seconds is None else round(run.seconds),
+        "val_mIoU": run.metrics["mIoU"],
+        "machine": machine(),
+        "published_from": str(ckpt.relative_to(run_dir)),
+        "model_pt_bytes": (out_dir / "model.pt").stat().st_size,
+    }
+    (out_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m segkit.publish <run dir> <result folder> [--data-root <root>]``."""
+    parser = argparse.ArgumentParser(prog="python -m segkit.publish", description=__doc__)
+    parser.add_argument("run_dir", type=Path, help="a finished train.py run dir")
+    parser.add_argument("out_dir", type=Path, help="e.g. results/camvid/<recipe>")
+    parser.add_argument("--data-root", type=Path, help="dataset root for the sample images")
+    args = parser.parse_args(argv)
+    info = publish(args.run_dir, args.out_dir, args.data_root)
+    print(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main()
