@@ -41,7 +41,7 @@ from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
 PLACEHOLDERS = ("dataset.root", "val_split", "test_split")
 # data keys that fix how the trained model sees its input: a data=<group> brings its own
 # defaults for them, which would score a model on inputs it was not trained on
-TRAINED_INPUT_KEYS = ("mean", "std", "eval_transform")
+TRAINED_INPUT_KEYS = ("mean", "std", "eval_transform", "dataset.mean", "dataset.std")
 
 
 def stored_overrides(cfg: DictConfig) -> dict:
@@ -71,17 +71,24 @@ def keep_trained_input(given: dict, stored: dict) -> dict:
     named on the command line) dropped where they differ from the checkpoint's, so the
     model is scored on the normalisation and eval transform it was trained with; each
     one kept is printed. A key set on the command line (``data.mean=[...]``) is used."""
-    data = given.get("data") or {}
     for key in TRAINED_INPUT_KEYS:
-        if key not in data or given_on_command_line(f"data.{key}"):
+        *parents, last = key.split(".")
+        mine, theirs = given.get("data") or {}, stored.get("data") or {}
+        for parent in parents:
+            mine = mine.get(parent) if isinstance(mine, dict) else None
+            theirs = theirs.get(parent) if isinstance(theirs, dict) else None
+        if not isinstance(mine, dict) or last not in mine:
             continue
-        trained = (stored.get("data") or {}).get(key)
-        if data[key] != trained:
+        # data.mean=... given by hand also sets the dataset's mean (an interpolation)
+        if given_on_command_line(f"data.{key}") or given_on_command_line(f"data.{last}"):
+            continue
+        trained = theirs.get(last) if isinstance(theirs, dict) else None
+        if mine[last] != trained:
             print(
-                f"data.{key}: kept the checkpoint's {trained!r}, not {data[key]!r} from the "
+                f"data.{key}: kept the checkpoint's {trained!r}, not {mine[last]!r} from the "
                 f"data group (the model was trained on it); set data.{key}= to override."
             )
-        del data[key]
+        del mine[last]
     return given
 
 

@@ -178,13 +178,17 @@ def plot_samples(
 
 
 def epoch_table(metrics_csv: Path) -> Any:
-    """Per-epoch ``train/loss_epoch``, ``val/loss``, ``val/mIoU`` from Lightning's CSV log
-    (a pandas DataFrame indexed by epoch; rows of a resumed run's repeated epochs merged)."""
+    """Per-epoch ``train/loss_epoch``, ``val/loss``, ``val/mIoU`` of every trained epoch,
+    from Lightning's CSV log (a pandas DataFrame indexed by epoch, counted from 0; a
+    resumed run's repeated epoch keeps its last values)."""
     import pandas as pd
 
     log = pd.read_csv(metrics_csv)
     keys = [k for k in ("train/loss_epoch", "val/loss", "val/mIoU") if k in log]
-    return log.dropna(subset=["epoch"]).groupby("epoch")[keys].last()
+    table = log.dropna(subset=["epoch"]).groupby("epoch")[keys].last()
+    # epochs that trained: not the scoring of the best checkpoint after fitting, which
+    # logs val/test keys under the next epoch number
+    return table.dropna(subset=["train/loss_epoch"])
 
 
 def plot_curve(table: Any, path: Path, title: str) -> None:

@@ -151,7 +151,10 @@ def test_eval_keeps_the_trained_normalisation_over_a_data_group():
     sys.path.insert(0, str(PROJECT_ROOT))
     from eval import keep_trained_input
 
-    given = {"data": {"mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2], "batch_size": 1}}
-    stored = {"data": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    given = {"data": {**imagenet, "batch_size": 1, "dataset": {**imagenet, "root": "/new"}}}
+    lite = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    stored = {"data": {**lite, "dataset": {**lite, "root": "/old"}}}
     kept = keep_trained_input(given, stored)
-    assert kept == {"data": {"batch_size": 1}}  # merged over the stored config: 0.5 stays
+    # merged over the stored config, so the trained 0.5 stays
+    assert kept == {"data": {"batch_size": 1, "dataset": {"root": "/new"}}}
