@@ -23,7 +23,7 @@ from segkit.inference import load_checkpoint, task_from_checkpoint
 from .conftest import PROJECT_ROOT, SHARED_DATA
 
 RESULTS = PROJECT_ROOT / "results" / "camvid"
-SHIPPED = ("camvid_fpn_lite0",)  # the recipes RESULTS.md reports
+SHIPPED = ("camvid_fpn_lite0", "camvid_fpn_scratch")  # the recipes RESULTS.md reports
 CAMVID = SHARED_DATA / "camvid"
 FILES = (
     "model.pt",
