@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from PIL import Image  # noqa: E402
 from rich.progress import track  # noqa: E402
 
+from segkit.colours import colourise, palette_of  # noqa: E402
 from segkit.data.folder import IMAGE_SUFFIXES, read_image  # noqa: E402
-from segkit.data.voc import voc_colour  # noqa: E402
 from segkit.inference import load_checkpoint, task_from_checkpoint  # noqa: E402
 from segkit.runner import checkpoint_overrides, print_results  # noqa: E402
 from segkit.tasks.instance import InstanceSegmentationTask, draw_instances  # noqa: E402
@@ -80,14 +80,6 @@ def check_output(output: Path, source: Path, files: list[Path]) -> None:
                 )
 
 
-def palette_of(stored: DictConfig, num_classes: int) -> list[tuple[int, int, int]]:
-    """The dataset's palette, or the VOC colour map when the config has none."""
-    palette = stored.data.get("palette")
-    if palette is None:
-        return [voc_colour(i) for i in range(num_classes)]
-    return [tuple(int(v) for v in colour) for colour in palette]
-
-
 @torch.no_grad()
 def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmentationTask) -> None:
     """Write class-index PNGs and overlays for every input image."""
@@ -99,7 +91,6 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmenta
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     palette = palette_of(stored, task.num_classes)
     flat_palette = [v for colour in palette for v in colour]
-    colours = np.asarray(palette, dtype=np.float32)
     mean = torch.tensor(stored.data.mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(stored.data.std).view(1, 3, 1, 1) * 255
     task = task.to(cfg.device)
@@ -107,13 +98,12 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmenta
         image = read_image(path)  # uint8 [H, W, 3]
         x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() - mean) / std
         x = x.to(cfg.device)
-        scores = task(x) if task.inference is None else task.inference(task.forward, x)
-        labels = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()  # [H, W]
+        labels = task.class_scores(x).argmax(1)[0].to(torch.uint8).cpu().numpy()  # [H, W]
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(flat_palette)
         mask.save(output / f"{path.stem}.png")
         alpha = float(cfg.overlay_alpha)
-        blend = (1 - alpha) * image.astype(np.float32) + alpha * colours[labels]
+        blend = (1 - alpha) * image.astype(np.float32) + alpha * colourise(labels, palette)
         Image.fromarray(blend.round().astype(np.uint8)).save(
             output / "overlays" / f"{path.stem}.jpg"
         )

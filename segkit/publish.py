@@ -42,7 +42,9 @@ import torch
 from omegaconf import OmegaConf
 
 from segkit.analysis import load_run
+from segkit.colours import colourise
 from segkit.inference import load_checkpoint, task_from_checkpoint
+from segkit.metrics import confusion_matrix
 from segkit.models.weights import EMA_PREFIX
 
 SAMPLE_COUNT = 4
@@ -90,14 +92,6 @@ def weights_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def confusion(labels: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
-    """int64 ``[C, C]`` matrix (rows = ground truth) of one image; labels outside
-    ``[0, C)`` (``ignore_index``) are left out."""
-    valid = (labels >= 0) & (labels < num_classes)
-    index = labels[valid].astype(np.int64) * num_classes + prediction[valid]
-    return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
 @torch.no_grad()
 def score_samples(
     published: dict[str, Any], data_root: str | Path | None = None
@@ -105,7 +99,7 @@ def score_samples(
     """Run ``published`` (a :func:`weights_only` checkpoint) on the fixed validation images.
 
     The model is rebuilt as eval.py rebuilds it (:func:`task_from_checkpoint`) and scored
-    as validation scores it (the task's ``inference``, or its EMA-free forward).
+    as validation scores it (:meth:`~segkit.tasks.semantic.SemanticSegmentationTask.class_scores`).
 
     Returns:
         ``({"split", "indices", "names", "confusion_matrices"}, [(image uint8 [H, W, 3],
@@ -122,11 +116,11 @@ def score_samples(
     for index in indices:
         item = dataset[index]
         images = item["image"][None]
-        scores = task(images) if task.inference is None else task.inference(task.forward, images)
-        prediction = scores.argmax(1)[0].numpy()
-        mask = item["mask"].numpy()
+        prediction = task.class_scores(images).argmax(1)[0]
+        matrix = confusion_matrix(prediction, item["mask"], task.num_classes, task.ignore_index)
+        mask, prediction = item["mask"].numpy(), prediction.numpy()
         names.append(item["name"])
-        matrices.append(confusion(mask, prediction, task.num_classes).tolist())
+        matrices.append(matrix.tolist())
         image, _, _ = dataset.load(index)
         panels.append((image, mask, prediction))
     record = {
@@ -136,13 +130,6 @@ def score_samples(
         "confusion_matrices": matrices,
     }
     return record, panels
-
-
-def colourise(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` picture of a label map; labels outside the palette are black."""
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    colours[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return colours[np.clip(labels, 0, 255)]
 
 
 def plot_samples(
@@ -233,12 +220,22 @@ def machine() -> str:
     )
 
 
-def best_checkpoint_of(run_dir: Path) -> Path:
-    """The run's ``checkpoints/best_*.ckpt`` (the newest if several)."""
-    found = sorted((run_dir / "checkpoints").glob("best_*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"{run_dir}/checkpoints holds no best_*.ckpt; is it a run dir?")
-    return found[-1]
+def best_checkpoint_of(run_dir: Path, metrics: dict[str, Any]) -> Path:
+    """The checkpoint the run's ``metrics.json`` reports (``"checkpoint"``, the best one on
+    val), looked up under ``run_dir/checkpoints`` when the run folder has moved since."""
+    reported = metrics.get("checkpoint")
+    if not reported:
+        raise FileNotFoundError(
+            f"{run_dir}/metrics.json names no checkpoint: the run wrote none (trainer."
+            "enable_checkpointing false?), so there are no weights to publish."
+        )
+    for path in (Path(reported), run_dir / "checkpoints" / Path(reported).name):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{run_dir}/metrics.json reports the checkpoint {reported}, which is neither there "
+        f"nor in {run_dir / 'checkpoints'}; was it deleted?"
+    )
 
 
 def publish(
@@ -258,7 +255,7 @@ def publish(
     run = load_run(run_dir)
     if not run.finished:
         raise FileNotFoundError(f"{run_dir} holds no metrics.json: the run has not finished.")
-    ckpt = best_checkpoint_of(run_dir)
+    ckpt = best_checkpoint_of(run_dir, run.metrics)
     published = weights_only(load_checkpoint(ckpt))
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(published, out_dir / "model.pt")

@@ -95,3 +95,74 @@ def test_predict_refuses_to_write_into_the_input_folder(trained, tmp_path):
     with pytest.raises(AssertionError, match="lies inside the input folder"):
         run_script("predict.py", f"ckpt_path={ckpt}", f"input={source}",
                    f"output={source / 'preds'}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+
+
+def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained, tmp_path):
+    from segkit.publish import publish
+
+    out = tmp_path / "result"
+    info = publish(trained, out)
+    trained_metrics = json.loads((trained / "metrics.json").read_text())
+    assert info["published_from"] == "checkpoints/" + Path(trained_metrics["checkpoint"]).name
+    assert info["epochs_trained"] == 2 and info["val_mIoU"] == trained_metrics["mIoU"]
+    for name in ("config.yaml", "curve.png", "samples.png", "per_class.csv"):
+        assert (out / name).stat().st_size > 0, name
+    # the weights-only file scores val exactly as the training run did
+    scored = tmp_path / "eval"
+    run_script("eval.py", f"ckpt_path={out / 'model.pt'}", f"hydra.run.dir={scored}")
+    np.testing.assert_array_equal(
+        np.load(scored / "confusion_matrix.npy"), np.load(trained / "confusion_matrix.npy")
+    )
+    # each sample's matrix: a numpy count of the model's argmax on a frame read here
+    record = json.loads((out / "samples.json").read_text())
+    assert record["split"] == "val" and record["indices"] == [0, 2, 5, 7]  # 8 val images
+    stored, task = task_from_checkpoint(load_checkpoint(out / "model.pt"))
+    root = Path(stored.data.dataset.root)
+    mean = torch.tensor(stored.data.mean).view(3, 1, 1)
+    std = torch.tensor(stored.data.std).view(3, 1, 1)
+    for name, matrix in zip(record["names"], record["confusion_matrices"], strict=True):
+        pixels = np.array(Image.open(root / "images" / f"{name}.png").convert("RGB"))
+        mask = np.array(Image.open(root / "masks" / f"{name}.png")).astype(np.int64)
+        x = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - mean) / std
+        with torch.no_grad():
+            labels = task.model(x[None]).argmax(1)[0].numpy()
+        expected = np.zeros((5, 5), dtype=np.int64)
+        valid = mask < 5
+        np.add.at(expected, (mask[valid], labels[valid]), 1)
+        np.testing.assert_array_equal(np.asarray(matrix), expected, err_msg=name)
+
+
+def test_publish_refuses_a_run_whose_reported_checkpoint_is_gone(trained, tmp_path):
+    from segkit.publish import best_checkpoint_of
+
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert best_checkpoint_of(trained, metrics).is_file()
+    name = Path(metrics["checkpoint"]).name
+    moved = {**metrics, "checkpoint": f"/elsewhere/checkpoints/{name}"}  # run folder moved
+    assert best_checkpoint_of(trained, moved) == trained / "checkpoints" / name
+    with pytest.raises(FileNotFoundError, match="neither there nor in"):
+        best_checkpoint_of(trained, {**metrics, "checkpoint": "/elsewhere/best_epoch999.ckpt"})
+    with pytest.raises(FileNotFoundError, match="names no checkpoint"):
+        best_checkpoint_of(trained, {**metrics, "checkpoint": ""})
+
+
+def test_weights_only_keeps_the_ema_weights_as_the_model():
+    from segkit.publish import weights_only
+
+    checkpoint = {
+        "config": {"task": {"ema_decay": 0.999}},
+        "state_dict": {
+            "model.conv.weight": torch.zeros(2),
+            "ema_model.module.conv.weight": torch.ones(2),
+            "ema_model.n_averaged": torch.tensor(7),
+            "loss.weight": torch.full((3,), 2.0),
+        },
+        "epoch": 4,
+        "global_step": 40,
+        "optimizer_states": [{}],
+    }
+    slim = weights_only(checkpoint)
+    assert set(slim) == {"config", "state_dict", "epoch", "global_step"}
+    assert set(slim["state_dict"]) == {"model.conv.weight", "loss.weight"}
+    assert slim["state_dict"]["model.conv.weight"].tolist() == [1.0, 1.0]  # the EMA copy
+    assert slim["config"]["task"]["ema_decay"] is None and slim["epoch"] == 4

@@ -140,6 +140,18 @@ class SemanticSegmentationTask(L.LightningModule):
         """Logits ``[B, C, H, W]`` of :attr:`eval_model` (auxiliary outputs dropped)."""
         return self._logits(images, self.eval_model)[0]
 
+    def class_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores ``[B, C, H, W]`` of full images, as validation and test compute them.
+
+        The task's ``inference`` (sliding window, multi-scale, flip: log-probabilities)
+        over :meth:`forward`, or the logits of :meth:`forward` alone when it has none.
+        ``argmax(1)`` gives the labels either way. eval.py, predict.py and
+        ``segkit.publish`` all score through this one method.
+        """
+        if self.inference is None:
+            return self.forward(images)
+        return self.inference(self.forward, images)
+
     def _logits(
         self, images: torch.Tensor, model: nn.Module | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -200,10 +212,7 @@ class SemanticSegmentationTask(L.LightningModule):
             self.log("train/loss_epoch", mean, sync_dist=True)
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
-        if self.inference is None:
-            logits, _ = self._logits(batch["image"], self.eval_model)
-        else:
-            logits = self.inference(self.forward, batch["image"])
+        logits = self.class_scores(batch["image"])
         loss = self.loss(logits, batch["mask"])
         self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
         self.metrics[split].update(logits, batch["mask"])
