@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-SCORE_KEYS = ("PA", "CPA", "MPA", "IoU", "mIoU", "FWIoU", "Dice", "mDice", "Precision")
 PER_CLASS_KEYS = ("IoU", "CPA", "Precision", "Dice")
 
 

@@ -108,13 +108,3 @@ class FastPaths(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         self._batch(batch)
-
-    def on_predict_batch_start(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._batch(batch)

@@ -69,7 +69,6 @@ PALETTE = (
 # 9 parking, 10 rail track, 14 guard rail, 15 bridge, 16 tunnel, 18 polegroup, 29 caravan,
 # 30 trailer) are not evaluated.
 TRAIN_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-NUM_LABEL_IDS = 34
 
 
 def label_id_lut(ignore_index: int = 255) -> np.ndarray:

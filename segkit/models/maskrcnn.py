@@ -65,7 +65,6 @@ from segkit.models.weights import (
 
 VARIANTS = ("v1", "v2")
 FPN_LEVELS = ("0", "1", "2", "3")  # RoIAlign reads P2-P5; "pool" (P6) only feeds the RPN
-FPN_CHANNELS = 256
 
 
 def mask_rcnn(
