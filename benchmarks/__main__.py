@@ -27,8 +27,8 @@ def render(sections: Sequence[str], command: str, seconds: float) -> str:
         "A GPU is present: the training-throughput section runs on it; the other sections "
         "time the CPU paths."
         if torch.cuda.is_available()
-        else "No GPU was available for this run, so there is no GPU table: the GPU targets "
-        "of issue 6 (memory throughput and no host sync in `update`, 16-mixed and "
+        else "No GPU was available for this run, so there is no GPU table: the GPU figures "
+        "(memory throughput and no host sync in `update`, 16-mixed and "
         "cudnn.benchmark img/s, GPU speed of the switches, peak training memory) are not "
         "measured here; `benchmarks/fast_paths.py` times them when a GPU is present. The "
         "GPU code path of the confusion matrix is sync-free by construction (no "

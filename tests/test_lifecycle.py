@@ -1,4 +1,4 @@
-"""A run's life (issue 16): start-up checks, interrupts, resume, eval/predict inputs, and the
+"""A run's life: start-up checks, interrupts, resume, eval/predict inputs, and the
 line that says where the results are.
 
 Each test is one case of the issue and failed on the code before the change. Training runs
