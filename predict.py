@@ -18,24 +18,21 @@ The model, normalisation and palette come from the config stored in the checkpoi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("SEGKIT_ROOT", str(Path(__file__).resolve().parent))
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from rich.progress import track
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
-from rich.progress import track  # noqa: E402
-
-from segkit.colours import colourise, palette_of  # noqa: E402
-from segkit.data.folder import IMAGE_SUFFIXES, read_image  # noqa: E402
-from segkit.inference import load_checkpoint, task_from_checkpoint  # noqa: E402
-from segkit.runner import checkpoint_overrides, print_results  # noqa: E402
-from segkit.tasks.instance import InstanceSegmentationTask, draw_instances  # noqa: E402
-from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
+from segkit.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
+from segkit.colours import colourise, palette_of
+from segkit.data.folder import IMAGE_SUFFIXES, read_image
+from segkit.runner import print_results
+from segkit.tasks.instance import InstanceSegmentationTask, draw_instances
+from segkit.tasks.semantic import SemanticSegmentationTask
 
 
 def input_files(path: Path) -> list[Path]:

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
-from segkit.speed import compile_supported
-from segkit.summary import compose
+from segkit.callbacks import compile_supported
+from segkit.config import compose
 from segkit.tasks.semantic import split_outputs
 
 NUM_CLASSES = 19

@@ -1,14 +1,22 @@
-"""Lightning callbacks and the checkpoint writer used by train.py.
+"""Every Lightning callback of segkit (Hydra's callbacks are in :mod:`segkit.hydra_callbacks`).
 
 * :class:`ConfigInCheckpoint` stores the composed config in every checkpoint.
-* :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the target folder
-  and renames it into place, so a killed process never leaves a half-written ``.ckpt``.
+* :class:`ResumeGuard` compares a resumed run's config with the checkpoint's and applies,
+  refuses or accepts each change (the rules: :mod:`segkit.checkpoints`).
 * :class:`LastCheckpoint` keeps ``last.ckpt`` current within an epoch (every N optimiser
   steps) and after each epoch, so ``ckpt_path=last`` / ``resume=auto`` lose little work, and
   writes it when the run is interrupted (Ctrl-C / SIGINT, or SIGTERM before pre-emption).
 * :class:`TrainingBatchesCheck` stops a run whose training split gives no batch at all.
 * :class:`NonFiniteGuard` stops the run on a NaN/Inf loss with the step, batch names and
   learning rate in the message, or skips the optimiser update when ``skip_nonfinite=true``.
+* :class:`FastPaths`: the speed switches that leave the results unchanged, channels_last
+  memory format and ``torch.compile``
+  (``python train.py 'callbacks=[default,fast_paths]' callbacks.fast_paths.compile=true``).
+  Mixed precision and cuDNN autotuning are Lightning trainer arguments already
+  (``trainer.precision=bf16-mixed``, ``trainer.benchmark=true``). ``channels_last`` stores
+  the model's 4-D weights and every image batch as NHWC, the layout that cuDNN tensor cores
+  and oneDNN prefer; ``compile`` compiles the task's ``model``. Both give the same logits up
+  to float rounding (``tests/test_speed.py``).
 """
 
 from __future__ import annotations
@@ -16,19 +24,26 @@ from __future__ import annotations
 import math
 import os
 import signal
-import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
-PARTIAL_SUFFIX = ".partial"  # temporary checkpoint files; never matched by *.ckpt globs
+from segkit.checkpoints import (
+    PARTIAL_SUFFIX,
+    RUN_LENGTH,
+    ResumeError,
+    config_changes,
+    move_superseded_checkpoints,
+    refused_changes,
+)
+from segkit.schedulers import scheduled_total_steps, set_total_steps
 
 
 class ConfigInCheckpoint(L.Callback):
@@ -45,60 +60,6 @@ class ConfigInCheckpoint(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["config"] = self.config
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``.<name>.<random>.partial`` next to the target, fsync, then rename.
-
-    ``os.replace`` is atomic within one filesystem, so a reader (or a resumed run) sees
-    either the previous complete file or the new complete file, never a truncated one. The
-    temporary name ends in ``.partial`` (not ``.ckpt``) and starts with a dot, so neither
-    Lightning's ``last*.ckpt`` search nor segkit's resume logic can pick it up. Remote paths
-    (``s3://`` etc.) go to Lightning's writer unchanged.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
-    ) -> None:
-        if "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX
-        )
-        try:
-            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; match open()
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Persist a rename: fsync the directory entry (a no-op where the OS does not allow it)."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -424,3 +385,225 @@ class NonFiniteGuard(L.Callback):
                 "callbacks.nonfinite_guard.skip_nonfinite=true to skip such steps."
             )
         return text
+
+
+def compile_supported() -> str | None:
+    """``None`` if ``torch.compile`` works here, else the reason it does not.
+
+    Compiles and runs a one-line function, so a missing C++ compiler or an unsupported
+    Python version shows up at start-up instead of at the first training step.
+    """
+    try:
+        torch.compile(lambda x: x + 1)(torch.zeros(1))
+    except Exception as error:  # noqa: BLE001 - any failure means: run eagerly
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def to_channels_last(batch: Any) -> None:
+    """Convert ``batch["image"]`` (a 4-D tensor) to channels_last in place of the dict."""
+    if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
+        if batch["image"].ndim == 4:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+
+
+class FastPaths(L.Callback):
+    """Put the task's ``model`` in channels_last layout and/or compile it.
+
+    Args:
+        channels_last: store 4-D weights and image batches ``[B, 3, H, W]`` as NHWC.
+        compile: compile ``pl_module.model`` in place (``nn.Module.compile``, so checkpoint
+            keys do not change); where compilation is unsupported, warn with the reason and
+            keep the eager model.
+
+    The task must keep its network in ``pl_module.model`` and take batches as dicts with
+    an ``"image"`` entry (:class:`segkit.tasks.semantic.SemanticSegmentationTask`).
+    """
+
+    def __init__(self, channels_last: bool = False, compile: bool = False) -> None:
+        self.channels_last = channels_last
+        self.compile = compile
+        self._compiled = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        model = getattr(pl_module, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(
+                "FastPaths needs the task's network in `pl_module.model`; "
+                f"{type(pl_module).__name__} has none. Remove callbacks.fast_paths."
+            )
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.compile and not self._compiled:
+            self._compiled = True  # setup runs again for validate/test: compile once
+            reason = compile_supported()
+            if reason is None:
+                model.compile()  # in place: state_dict keys (checkpoints) stay unchanged
+            else:
+                rank_zero_warn(
+                    f"callbacks.fast_paths.compile=true but torch.compile is unsupported "
+                    f"here ({reason}); training the eager model. Set compile=false to "
+                    "silence this."
+                )
+
+    def _batch(self, batch: Any) -> None:
+        if self.channels_last:
+            to_channels_last(batch)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch(batch)
+
+    def on_validation_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch(batch)
+
+    def on_test_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch(batch)
+
+
+def _describe(changes: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+
+
+def _new_run_hint(ckpt_path: str | None) -> str:
+    return (
+        "Resume with the checkpoint's values, or start a new run from its weights: "
+        f"python train.py <new settings> model.weights_path={ckpt_path or '<ckpt>'}"
+    )
+
+
+def _steps_per_epoch(trainer: L.Trainer) -> int | None:
+    batches = trainer.num_training_batches
+    if not batches or math.isinf(batches):
+        return None
+    return math.ceil(batches / trainer.accumulate_grad_batches)
+
+
+def _total_steps(trainer: L.Trainer) -> int | None:
+    total = trainer.estimated_stepping_batches
+    return None if math.isinf(total) else int(total)
+
+
+class ResumeGuard(L.Callback):
+    """Compare, apply or refuse config changes of a resumed run (see the module docstring).
+
+    Added to every trainer by :func:`segkit.runner.build_trainer`; does nothing in a fresh
+    run. Its state (optimiser steps per epoch and the run length) is stored in every
+    checkpoint, so the next resume can compare them.
+
+    Args:
+        config: this run's resolved config (as stored by ``ConfigInCheckpoint``).
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+        self.stored_config: Mapping[str, Any] | None = None
+        self.stored_state: dict[str, Any] = {}
+        self.changes: list[tuple[str, Any, Any]] = []
+        self._position: tuple[Any, Any] = (None, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return {}
+        return {
+            "steps_per_epoch": _steps_per_epoch(trainer),
+            "total_steps": _total_steps(trainer),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stored_state = dict(state_dict)
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.stored_config = checkpoint.get("config")
+        self._position = (checkpoint.get("epoch"), checkpoint.get("global_step"))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        source = trainer.ckpt_path
+        say = print if trainer.is_global_zero else (lambda *_: None)
+        self.changes = (
+            [] if self.stored_config is None else config_changes(self.stored_config, self.config)
+        )
+        listing = "".join(f"\n  {key}: {old!r} -> {new!r}" for key, old, new in self.changes)
+        epoch, step = self._position
+        say(
+            f"Resuming from {source} (epoch {epoch}, step {step}); config changes since that "
+            f"run:{listing or ' none'}"
+        )
+        refused = refused_changes(self.changes)
+        if refused:
+            raise ResumeError(
+                f"resuming from {source} with {_describe(refused)}: the restored optimiser and "
+                "learning-rate schedule keep the checkpoint's values, so the new ones would be "
+                f"ignored. {_new_run_hint(source)}"
+            )
+        before = self.stored_state.get("steps_per_epoch")
+        now = _steps_per_epoch(trainer)
+        if before is not None and now is not None and before != now:
+            related = [
+                c
+                for c in self.changes
+                if c[0].startswith("data.")
+                or c[0]
+                in (
+                    "trainer.accumulate_grad_batches",
+                    "trainer.devices",
+                    "trainer.num_nodes",
+                    "trainer.limit_train_batches",
+                )
+            ]
+            changed = f" (changed: {_describe(related)})" if related else ""
+            raise ResumeError(
+                f"resuming from {source}: an epoch now has {now} optimiser steps, the "
+                f"checkpoint's run had {before}{changed}; the restored epoch, step and "
+                f"schedule positions would no longer line up. {_new_run_hint(source)}"
+            )
+        if trainer.is_global_zero:
+            moved = move_superseded_checkpoints(trainer)
+            if moved:
+                say(
+                    f"Moved {len(moved)} checkpoint(s) of the interrupted run, written after "
+                    f"{Path(source).name}, to {moved[0].parent}: "
+                    f"{', '.join(p.name for p in moved)}"
+                )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        total = _total_steps(trainer)
+        if total is None:
+            return
+        for config in trainer.lr_scheduler_configs:
+            before = scheduled_total_steps(config.scheduler)
+            if set_total_steps(config.scheduler, total) and before != total:
+                rates = ", ".join(f"{r:.6g}" for r in config.scheduler.get_last_lr())
+                length = [c for c in self.changes if c[0] in RUN_LENGTH]
+                why = f" ({_describe(length)})" if length else ""
+                if trainer.is_global_zero:
+                    print(
+                        f"Run length changed{why}: the learning-rate schedule now spans "
+                        f"{total} optimiser steps (was {before}); learning rate at step "
+                        f"{trainer.global_step}: {rates}."
+                    )

@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
 from segkit.class_weights import CHOICES as CLASS_WEIGHT_CHOICES
-from segkit.runner import build_task
+from segkit.tasks import build_task
 
 from .conftest import PROJECT_ROOT
 

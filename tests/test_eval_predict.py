@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit.inference import load_checkpoint, task_from_checkpoint
+from segkit.checkpoints import load_checkpoint, task_from_checkpoint
 
 from .conftest import PROJECT_ROOT
 from .test_train import TINY, run_train

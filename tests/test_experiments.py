@@ -52,6 +52,6 @@ def test_recipe_runs_with_fast_dev_run(name, tmp_path):
     assert cfg.hydra.runtime.choices.experiment == name
     with open_dict(cfg):  # a job's config has no hydra node (HydraConfig holds it)
         del cfg["hydra"]
-    value = load_train_module().main(cfg)  # hydra.main passes a given config straight through
+    value = load_train_module().train(cfg)["optimized"]
     assert value is not None and math.isfinite(value)
     assert (tmp_path / "run" / "metrics.json").is_file()

@@ -27,19 +27,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from PIL import Image
 
 from segkit.callbacks import NoTrainingBatchesError
+from segkit.checkpoints import ResumeError, checkpoint_overrides, config_changes, refused_changes
+from segkit.config import ConfigError, check_arguments
 from segkit.data.folder import DataError
+from segkit.hydra_callbacks import SweepSummary
 from segkit.loggers import CSVLogger
 from segkit.report import write_report
-from segkit.resume import ResumeError, config_changes, refused_changes
-from segkit.runner import (
-    ConfigError,
-    SweepSummary,
-    build_task,
-    check_arguments,
-    checkpoint_overrides,
-    continue_command,
-)
+from segkit.runner import continue_command
 from segkit.schedulers import poly_lr, set_total_steps
+from segkit.tasks import build_task
 
 from .conftest import PROJECT_ROOT
 from .test_reliability import ENV, FAST, load, run, train_command
@@ -99,7 +95,7 @@ def csv_rows(run_dir: Path) -> list[dict]:
 def test_batch_size_larger_than_the_training_split_stops_at_start_up(tmp_path):
     cfg = compose("train", tmp_path, tmp_path / "run", [*TINY, "data.batch_size=32"])
     with pytest.raises(NoTrainingBatchesError, match=r"data.batch_size=32 .* its 16 images"):
-        load_script("train").main(cfg)
+        load_script("train").train(cfg)
     assert not (tmp_path / "run" / "metrics.json").exists()  # no untrained "result"
 
 
@@ -113,7 +109,7 @@ def test_unknown_optimizer_key_stops_before_data_and_model_are_built(tmp_path):
     overrides += ["data.class_names=[a,b,c]"]
     cfg = compose("train", tmp_path, tmp_path / "run", overrides)
     with pytest.raises(ConfigError) as error:
-        load_script("train").main(cfg)
+        load_script("train").train(cfg)
     message = str(error.value)
     assert "optimizer.learning_rate is not an argument of torch.optim.AdamW" in message
     assert "optimizer.lr" in message and "optimizer.weight_decay" in message
@@ -136,8 +132,20 @@ def test_model_maskrcnn_selects_the_instance_task_or_stops_naming_it(tmp_path):
     # task=semantic forced on the command line: stop before training, naming the fix
     cfg = compose("train", tmp_path, tmp_path / "run", [*overrides, "task=semantic"])
     with pytest.raises(ConfigError, match="use task=instance"):
-        load_script("train").main(cfg)
+        load_script("train").train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+# --- the value train.py returns to sweepers ---------------------------------------------
+
+
+def test_main_refuses_an_optimized_metric_that_was_never_logged(tmp_path):
+    overrides = [*TINY, "trainer.max_epochs=1", "optimized_metric=val/mIoU_typo"]
+    overrides += ["callbacks.model_checkpoint.monitor=val/mIoU"]  # else Lightning stops first
+    cfg = compose("train", tmp_path, tmp_path / "run", overrides)
+    with pytest.raises(KeyError, match=r"val/mIoU_typo was never logged.*val/mIoU"):
+        load_script("train").main(cfg)
+    assert (tmp_path / "run" / "metrics.json").is_file()  # the run itself trained and scored
 
 
 # --- case 4 and 13: resume ------------------------------------------------------------
@@ -239,7 +247,7 @@ def test_resume_refuses_changes_the_restored_state_cannot_follow(
     data = [f"paths.data_dir={resumed['tmp'] / 'data'}"]
     cfg = compose("train", tmp_path, run_dir, [*data, *TINY, "ckpt_path=last", *change])
     with pytest.raises(ResumeError, match=expected):
-        load_script("train").main(cfg)
+        load_script("train").train(cfg)
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 8  # untouched
 
 
@@ -492,4 +500,5 @@ def test_multirun_ends_with_the_sweep_folder_and_the_leaderboard_command(tmp_pat
     with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra.compose("train", return_hydra_config=True)
     targets = [c._target_ for c in cfg.hydra.callbacks.values()]
-    assert "segkit.runner.SweepSummary" in targets and "segkit.runner.KeepEarlierConfigs" in targets
+    assert "segkit.hydra_callbacks.SweepSummary" in targets
+    assert "segkit.hydra_callbacks.KeepEarlierConfigs" in targets

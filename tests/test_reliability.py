@@ -20,8 +20,9 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segkit.callbacks import AtomicCheckpointIO, NonFiniteGuard, NonFiniteLossError
-from segkit.runner import CheckpointMismatchError, build_trainer, resume_checkpoint
+from segkit.callbacks import NonFiniteGuard, NonFiniteLossError
+from segkit.checkpoints import AtomicCheckpointIO, CheckpointMismatchError, resume_checkpoint
+from segkit.runner import build_trainer
 
 from .conftest import PROJECT_ROOT
 from .test_configs import compose

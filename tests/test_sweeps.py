@@ -18,7 +18,8 @@ import optuna
 import pytest
 from omegaconf import OmegaConf, open_dict, read_write
 
-from segkit.sweeps import SweepCallback, check_optimized_metric, check_searched_keys
+from segkit.hydra_callbacks import SweepCallback
+from segkit.sweeps import check_optimized_metric, check_searched_keys
 
 from .conftest import PROJECT_ROOT
 from .test_train import check_report

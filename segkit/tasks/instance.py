@@ -177,7 +177,7 @@ class InstanceSegmentationTask(L.LightningModule):
         score_threshold: minimum detection score pasted into the semantic view.
         mask_threshold: mask probability above which a pixel belongs to a detection.
         loss: unused (Mask R-CNN computes its own losses); accepted because
-            :func:`segkit.runner.build_task` hands every task the ``loss`` group.
+            :func:`segkit.tasks.build_task` hands every task the ``loss`` group.
         backbone_lr_mult: learning rate of ``model.backbone`` (ResNet + FPN) = lr * this.
         head_lr_mult: learning rate of the RPN and RoI heads = lr * this.
         no_decay_norm_bias: weight decay 0 on norm-layer weights and biases

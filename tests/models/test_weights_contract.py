@@ -1,6 +1,6 @@
 """The weights contract of every semantic model config, through the real task.
 
-One optimiser step of the task built as train.py builds it (``segkit.runner.build_task``),
+One optimiser step of the task built as train.py builds it (``segkit.tasks.build_task``),
 ``trainer.save_checkpoint``, then a fresh model with ``model.weights_path=<that .ckpt>``:
 the same tensors and bit-identical logits. With another class count and
 ``weights_strict=false`` exactly the tensors whose shapes depend on the class count (found
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from segkit.models.smp import smp_model
 from segkit.models.weights import WeightsError, align_keys, load_weights, read_state_dict
-from segkit.runner import build_task
+from segkit.tasks import build_task
 
 from ..conftest import PROJECT_ROOT
 from .test_models import MODELS
