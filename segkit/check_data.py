@@ -50,7 +50,7 @@ from rich.table import Table
 
 from segkit.config import compose
 from segkit.data import checks
-from segkit.data.folder import DataError
+from segkit.data.folder import DataError, InspectableDataset
 
 CITYSCAPES_LABEL_IDS = 34  # labelIds 0..33; the 19 trainIds are a subset of them
 MAX_FILES_LISTED = 5
@@ -134,7 +134,7 @@ def scan_split(
     to count labels and skips finding truncated image files. Any other dataset (COCO) is
     read sample by sample (``dataset[i]["mask"]``).
     """
-    if not hasattr(dataset, "inspect"):
+    if not isinstance(dataset, InspectableDataset):
         for index in range(len(dataset)):
             stats.images += 1
             try:

@@ -4,7 +4,8 @@ The configs are the checkout's ``conf/``, which the wheel ships as ``segkit/conf
 (:data:`CONF_DIR`), so train.py and every ``python -m segkit.<tool>`` compose the same
 configs from a checkout or from an installed wheel. ``${paths.root_dir}`` is where runs and
 data go (:func:`project_root`: ``SEGKIT_ROOT``, else the checkout, else the current folder).
-Importing :mod:`segkit` registers the ``${segkit_root:}`` resolver it reads.
+Importing :mod:`segkit` registers the resolvers the configs use: ``${segkit_root:}`` and
+``${segkit_list:<module>.<CONSTANT>}`` (:func:`python_list`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -44,7 +46,15 @@ def project_root() -> Path:
     return _checkout() or Path.cwd()
 
 
+def python_list(path: str) -> list[Any]:
+    """``${segkit_list:segkit.data.camvid.CLASS_NAMES}`` in a config: a Python sequence
+    constant as a list (tuples become lists), so class names and palettes are written once,
+    in the dataset's module, where the code that decodes the labels uses them too."""
+    return [list(v) if isinstance(v, tuple) else v for v in hydra.utils.get_object(path)]
+
+
 OmegaConf.register_new_resolver("segkit_root", lambda: str(project_root()), replace=True)
+OmegaConf.register_new_resolver("segkit_list", python_list, replace=True)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:

@@ -13,7 +13,7 @@ import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import hydra
 import lightning as L
@@ -123,9 +123,29 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return trainer
 
 
+@runtime_checkable
+class ScoredTask(Protocol):
+    """What :func:`evaluate` reads from a task once ``trainer.validate``/``test`` has run.
+
+    Both tasks (:mod:`segkit.tasks`) keep these; a new task must too.
+
+    Attributes:
+        class_names: the ``C`` class names, in class-index order.
+        confusion_matrices: ``{split: int64 [C, C]}`` of the last finished epoch of that
+            split (``"val"``/``"test"``), on the CPU; rows = ground truth, columns =
+            prediction, ignored pixels left out.
+        extra_scores: ``{split: {name: value}}`` written into ``metrics.json`` beside the
+            confusion-matrix scores (instance task: COCO AP; ``{}`` for the semantic task).
+    """
+
+    class_names: list[str]
+    confusion_matrices: dict[str, torch.Tensor]
+    extra_scores: dict[str, dict[str, Any]]
+
+
 def evaluate(
     trainer: L.Trainer,
-    task: L.LightningModule,
+    task: ScoredTask,
     datamodule: L.LightningDataModule,
     stage: str,
     ckpt_path: str | Path | None,
@@ -135,7 +155,7 @@ def evaluate(
     """Score ``ckpt_path`` (or the current weights) on the ``val`` or ``test`` split.
 
     Writes the report files into ``output_dir`` and prints the per-class table (rank 0 only).
-    A task's ``extra_scores[stage]`` dict, if it has one, is added to ``metrics.json``.
+    The task keeps its confusion matrix and extra scores of the split (:class:`ScoredTask`).
 
     Args:
         loaded: ``(path, epoch)`` of a checkpoint whose weights ``task`` already holds
@@ -145,6 +165,11 @@ def evaluate(
     Returns:
         the ``metrics.json`` content, or ``{}`` on other ranks.
     """
+    if not isinstance(task, ScoredTask):
+        raise TypeError(
+            f"{type(task).__name__} cannot be scored: evaluate needs class_names, "
+            "confusion_matrices and extra_scores on the task (segkit.runner.ScoredTask)."
+        )
     run = trainer.validate if stage == "val" else trainer.test
     run(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     if not trainer.is_global_zero:
@@ -154,7 +179,7 @@ def evaluate(
         "checkpoint": str(source) if source else None,
         "epoch": epoch,
         # scores a task keeps beside its confusion matrix (instance task: COCO AP)
-        **getattr(task, "extra_scores", {}).get(stage, {}),
+        **task.extra_scores.get(stage, {}),
     }
     metrics = write_report(
         output_dir,

@@ -156,8 +156,10 @@ class InstanceFolderDataset(FolderDataset):
             )
         super().__init__(
             root, num_classes, split, ignore_index, transform, mean, std,
-            startup_check=startup_check, decoded_cache=decoded_cache, cache_dir=cache_dir,
+            startup_check=0, decoded_cache=decoded_cache, cache_dir=cache_dir,
         )  # fmt: skip
+        if startup_check > 0:  # here, so the check includes the instance maps (inspect)
+            self.check_sample(startup_check)
 
     def _instances(self, name: str, semantic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Binary masks ``[N, H, W]`` and labels ``[N]`` of ``instances/<name>.png``."""

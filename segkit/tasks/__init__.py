@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import hydra
@@ -16,6 +17,9 @@ def build_task(
 ) -> L.LightningModule:
     """Instantiate ``cfg.task`` with the model, loss, optimizer and scheduler groups.
 
+    The loss goes to tasks that take a ``loss`` argument only: Mask R-CNN computes its own
+    losses, so the instance task has none.
+
     With ``datamodule``, named ``loss.class_weights`` (``median_frequency``, ...) are first
     computed from its training split and written into ``cfg.loss`` as numbers
     (:func:`segkit.class_weights.resolve_class_weights`), so the config stored in the
@@ -24,10 +28,8 @@ def build_task(
     if datamodule is not None:
         resolve_class_weights(cfg.loss, datamodule, Path(cfg.paths.data_dir) / "cache")
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return hydra.utils.instantiate(
-        cfg.task,
-        model=hydra.utils.instantiate(cfg.model),
-        loss=hydra.utils.instantiate(cfg.loss),
-        optimizer=hydra.utils.instantiate(cfg.optimizer),
-        scheduler=scheduler,
-    )
+    parts = {"model": hydra.utils.instantiate(cfg.model)}
+    if "loss" in inspect.signature(hydra.utils.get_class(cfg.task._target_)).parameters:
+        parts["loss"] = hydra.utils.instantiate(cfg.loss)
+    optimizer = hydra.utils.instantiate(cfg.optimizer)
+    return hydra.utils.instantiate(cfg.task, **parts, optimizer=optimizer, scheduler=scheduler)

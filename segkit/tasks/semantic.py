@@ -128,6 +128,7 @@ class SemanticSegmentationTask(L.LightningModule):
             {split: ConfusionMatrix(num_classes, ignore_index) for split in ("val", "test")}
         )
         self.confusion_matrices: dict[str, torch.Tensor] = {}
+        self.extra_scores: dict[str, dict[str, Any]] = {}  # none beside the matrix (ScoredTask)
         self._epoch_loss_sum = torch.zeros(())  # running train loss of the epoch
         self._epoch_steps = 0
 
