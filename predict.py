@@ -29,7 +29,7 @@ from rich.progress import track
 
 from segkit.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
 from segkit.colours import colourise, palette_of
-from segkit.data.folder import IMAGE_SUFFIXES, read_image
+from segkit.data.folder import IMAGE_SUFFIXES, image_tensor, read_image, scaled_statistics
 from segkit.runner import print_results
 from segkit.tasks.instance import InstanceSegmentationTask, draw_instances
 from segkit.tasks.semantic import SemanticSegmentationTask
@@ -88,13 +88,11 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmenta
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     palette = palette_of(stored, task.num_classes)
     flat_palette = [v for colour in palette for v in colour]
-    mean = torch.tensor(stored.data.mean).view(1, 3, 1, 1) * 255
-    std = torch.tensor(stored.data.std).view(1, 3, 1, 1) * 255
+    mean, std = scaled_statistics(stored.data.mean, stored.data.std)
     task = task.to(cfg.device)
     for path in track(files, description="predicting"):
         image = read_image(path)  # uint8 [H, W, 3]
-        x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() - mean) / std
-        x = x.to(cfg.device)
+        x = image_tensor(image, mean, std)[None].to(cfg.device)  # as the datasets normalise
         labels = task.class_scores(x).argmax(1)[0].to(torch.uint8).cpu().numpy()  # [H, W]
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(flat_palette)
@@ -122,12 +120,11 @@ def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegment
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     palette = palette_of(stored, task.num_classes)
     flat_palette = [v for colour in palette for v in colour]
-    mean = torch.tensor(stored.data.mean).view(3, 1, 1) * 255
-    std = torch.tensor(stored.data.std).view(3, 1, 1) * 255
+    mean, std = scaled_statistics(stored.data.mean, stored.data.std)
     task = task.to(cfg.device)
     for path in track(files, description="predicting"):
         image = read_image(path)  # uint8 [H, W, 3]
-        x = ((torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std).to(cfg.device)
+        x = image_tensor(image, mean, std).to(cfg.device)
         detections = {k: v.cpu() for k, v in task([x])[0].items()}
         labels = task.semantic_map(detections, image.shape[:2]).to(torch.uint8).numpy()
         mask = Image.fromarray(labels, mode="P")

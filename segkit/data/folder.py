@@ -137,6 +137,19 @@ def _webp_is_lossy(path: Path) -> bool:
     return True  # no image chunk found: do not trust it as a label file
 
 
+def image_tensor(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """float32 ``[3, H, W]`` of a uint8 RGB ``[H, W, 3]`` image, normalised as
+    ``(pixel - mean) / std`` with ``mean``/``std`` per channel on the 0-255 scale
+    (:func:`scaled_statistics`). Every dataset and predict.py normalise through this."""
+    normalised = (np.asarray(image, dtype=np.float32) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+
+
+def scaled_statistics(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Config ``mean``/``std`` (0-1 pixel scale) as float32 arrays on the 0-255 scale."""
+    return np.asarray(mean, np.float32) * 255.0, np.asarray(std, np.float32) * 255.0
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an image file as displayed: uint8 RGB ``[H, W, 3]`` (see the module docstring).
 
@@ -562,8 +575,7 @@ class FolderDataset(Dataset):
         self.split = split
         self.ignore_index = ignore_index
         self.transform = transform
-        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
-        self.std = np.asarray(std, dtype=np.float32) * 255.0
+        self.mean, self.std = scaled_statistics(mean, std)
         self.reduce_zero_label = reduce_zero_label
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         self.decoded_cache = decoded_cache
@@ -795,9 +807,8 @@ class FolderDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        image = (np.asarray(image, dtype=np.float32) - self.mean) / self.std
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": image_tensor(image, self.mean, self.std),
             "mask": torch.from_numpy(np.asarray(mask, dtype=np.int64)),
             "name": name,
         }
