@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny datasets written to tmp folders, paths to shared data."""
+"""Shared fixtures: tiny datasets written to tmp folders, paths to shared data, the one
+Optuna sweep of the session (helpers in ``helpers.py``)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,11 @@ def write_folder_dataset(
 @pytest.fixture
 def folder_dataset(tmp_path: Path) -> Path:
     return write_folder_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sweep dir of :func:`helpers.tiny_optuna_sweep`, run once per session."""
+    from .helpers import tiny_optuna_sweep
+
+    return tiny_optuna_sweep(tmp_path_factory)

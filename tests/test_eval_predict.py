@@ -4,8 +4,6 @@ holding the model's argmax, and overlays."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import hydra
@@ -17,7 +15,7 @@ from PIL import Image
 from segkit.checkpoints import load_checkpoint, task_from_checkpoint
 
 from .conftest import PROJECT_ROOT
-from .test_train import TINY, run_train
+from .helpers import TINY, run_script, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +34,6 @@ def trained(tmp_path_factory) -> Path:
     run = run_train(folder, *TINY, "test=false", f"model.weights_path={start}")
     start.unlink()
     return run
-
-
-def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(PROJECT_ROOT / script), *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        raise AssertionError(f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
 
 
 def test_eval_reproduces_the_final_validation_metrics(trained, tmp_path):

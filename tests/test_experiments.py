@@ -14,7 +14,7 @@ import pytest
 from omegaconf import open_dict
 
 from .conftest import PROJECT_ROOT
-from .test_configs import compose
+from .helpers import compose
 
 SHAPES = [
     "data=shapes",

@@ -2,76 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from segkit.metrics import scores
-
-from .conftest import PROJECT_ROOT
-
-TINY = [
-    "data.prepare.num_train=16",
-    "data.prepare.num_val=8",
-    "data.prepare.num_test=8",
-    "data.prepare.size=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "trainer.max_epochs=2",
-    "trainer.accelerator=cpu",
-]
-
-
-def run_train(tmp_path: Path, *overrides: str, timeout: int = 600) -> Path:
-    """Run train.py with its run dir at tmp_path/run; return the run dir."""
-    run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "train.py"),
-        f"paths.data_dir={tmp_path / 'data'}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    (run_dir / "stdout.txt").write_text(result.stdout)
-    return run_dir
-
-
-def check_report(folder: Path, class_names: list[str], split: str) -> dict:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    matrix = np.load(folder / "confusion_matrix.npy")
-    assert matrix.dtype == np.int64 and matrix.shape == (len(class_names),) * 2
-    assert metrics["split"] == split and metrics["class_names"] == class_names
-    assert metrics["num_classes"] == len(class_names)
-    expected = scores(matrix)
-    for key, value in expected.items():
-        if value.ndim == 0:
-            got = metrics[key]
-            assert (got is None and math.isnan(value)) or got == pytest.approx(value.item()), key
-        else:
-            for name, v in zip(class_names, value.tolist(), strict=False):
-                got = metrics[key][name]
-                assert (got is None and math.isnan(v)) or got == pytest.approx(v), (key, name)
-    with open(folder / "per_class.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [r["class"] for r in rows] == class_names
-    assert [int(r["GT_pixels"]) for r in rows] == matrix.sum(1).tolist()
-    for row in rows:
-        iou = metrics["IoU"][row["class"]]
-        assert (row["IoU"] == "" and iou is None) or float(row["IoU"]) == pytest.approx(
-            iou, abs=1e-6
-        )
-    return metrics
+from .helpers import TINY, check_report, run_train
 
 
 @pytest.mark.slow

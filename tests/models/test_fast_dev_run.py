@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..test_train import TINY, run_train
-from .test_models import MODELS
+from ..helpers import MODELS, TINY, run_train
 
 
 @pytest.mark.slow

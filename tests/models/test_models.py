@@ -21,12 +21,9 @@ from segkit.models.base import SegmentationModel
 from segkit.tasks.semantic import split_outputs
 
 from ..conftest import PROJECT_ROOT
+from ..helpers import MODELS
 
 CONF = PROJECT_ROOT / "conf"
-# Instance models follow torchvision's detection contract, not [B, C, H, W] logits; they are
-# tested in tests/test_maskrcnn.py (model contract and an end-to-end train.py run).
-INSTANCE_MODELS = {"maskrcnn"}
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in INSTANCE_MODELS)
 NUM_CLASSES = 3
 SIZES = {3: (97, 131), 1: (37, 45), 4: (37, 45)}  # odd sides: every model has to pad
 

@@ -31,7 +31,7 @@ from segkit.models.weights import WeightsError, align_keys, load_weights, read_s
 from segkit.tasks import build_task
 
 from ..conftest import PROJECT_ROOT
-from .test_models import MODELS
+from ..helpers import MODELS
 
 CONF = PROJECT_ROOT / "conf"
 SIZE = 32  # image side of the training step and of the logits check
