@@ -147,7 +147,7 @@ def evaluate(
     trainer: L.Trainer,
     task: ScoredTask,
     datamodule: L.LightningDataModule,
-    stage: str,
+    subset: str,
     ckpt_path: str | Path | None,
     output_dir: str | Path,
     loaded: tuple[str | Path, int | None] | None = None,
@@ -170,7 +170,7 @@ def evaluate(
             f"{type(task).__name__} cannot be scored: evaluate needs class_names, "
             "confusion_matrices and extra_scores on the task (segkit.runner.ScoredTask)."
         )
-    run = trainer.validate if stage == "val" else trainer.test
+    run = trainer.validate if subset == "val" else trainer.test
     run(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     if not trainer.is_global_zero:
         return {}
@@ -179,13 +179,13 @@ def evaluate(
         "checkpoint": str(source) if source else None,
         "epoch": epoch,
         # scores a task keeps beside its confusion matrix (instance task: COCO AP)
-        **task.extra_scores.get(stage, {}),
+        **task.extra_scores.get(subset, {}),
     }
     metrics = write_report(
         output_dir,
-        task.confusion_matrices[stage],
+        task.confusion_matrices[subset],
         task.class_names,
-        split=datamodule.splits[stage],
+        split=datamodule.splits[subset],
         extra=extra,
     )
     print_report(metrics)

@@ -9,6 +9,7 @@ other.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -29,6 +30,20 @@ CONF = PROJECT_ROOT / "conf"
 # tested in tests/test_maskrcnn.py (model contract and an end-to-end train.py run).
 INSTANCE_MODELS = {"maskrcnn"}
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in INSTANCE_MODELS)
+
+RESNET18 = ["model.encoder_name=resnet18"]
+# Overrides that keep a model small where its config allows it (the VGG-family configs,
+# deconvnet, segnet and unet, have no smaller variant).
+SMALL = {
+    "deeplabv3": RESNET18,
+    "deeplabv3plus": RESNET18,
+    "fcn16s": RESNET18,
+    "fcn32s": RESNET18,
+    "fcn8s": RESNET18,
+    "pspnet": [*RESNET18, "model.channels=64"],
+    "smp": RESNET18,
+}
+HEAVY = {"deconvnet"}  # 252M parameters: seconds of CPU per step; in the slow tier
 
 # The small run every end-to-end test starts from: 16 training shapes of 64x64 (8 val, 8
 # test), batch 4, no loader workers, on the CPU. Tests add what they vary.
@@ -249,3 +264,11 @@ def tiny_optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     resumed = run_multirun(root, sweep_dir, *common, "hydra.sweeper.n_trials=1", *FAILING_TRIAL)
     (sweep_dir / "log.txt").write_text(first + "\n=== resumed ===\n" + resumed)
     return sweep_dir
+
+
+def load_script(name: str):
+    """train.py / eval.py / predict.py as a module (hydra.main passes a given config through)."""
+    spec = importlib.util.spec_from_file_location(f"segkit_{name}", PROJECT_ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -8,7 +8,6 @@ are tiny shapes runs (16 images of 64 px, batch 4: 4 steps per epoch) on one CPU
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shlex
 import shutil
@@ -37,7 +36,7 @@ from segkit.schedulers import poly_lr, set_total_steps
 from segkit.tasks import build_task
 
 from .conftest import PROJECT_ROOT
-from .helpers import ENV, FAST, SMALL_MODEL, compose_job, load, run, train_command
+from .helpers import ENV, FAST, SMALL_MODEL, compose_job, load, load_script, run, train_command
 
 CONF = PROJECT_ROOT / "conf"
 # 16 images / batch 4 = 4 optimiser steps per epoch; lr logged every step
@@ -47,14 +46,6 @@ STEP_LOGGED = [
     "trainer.log_every_n_steps=1",
     "+trainer.enable_progress_bar=false",
 ]
-
-
-def load_script(name: str):
-    """train.py / eval.py / predict.py as a module (hydra.main passes a given config through)."""
-    spec = importlib.util.spec_from_file_location(f"segkit_{name}", PROJECT_ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def save_checkpoint(tmp_path: Path, overrides: list[str]) -> Path:

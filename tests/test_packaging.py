@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -33,9 +34,16 @@ def test_the_wheel_lists_every_package_and_ships_every_config():
 def test_summary_runs_from_a_wheel_installed_outside_the_checkout(tmp_path):
     wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
+    # a copy of the sources: setuptools writes build/ and *.egg-info next to them
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for folder in ("segkit", "conf"):
+        shutil.copytree(PROJECT_ROOT / folder, source / folder, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(PROJECT_ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels)]
-    subprocess.run([*build, str(PROJECT_ROOT)], check=True, timeout=600, cwd=tmp_path)
+    subprocess.run([*build, str(source)], check=True, timeout=600, cwd=tmp_path)
     wheel = next(wheels.glob("segkit-*.whl"))
     install = [*pip, "install", "--no-deps", "--target", str(site), str(wheel)]
     subprocess.run(install, check=True, timeout=600)

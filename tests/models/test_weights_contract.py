@@ -31,21 +31,10 @@ from segkit.models.weights import WeightsError, align_keys, load_weights, read_s
 from segkit.tasks import build_task
 
 from ..conftest import PROJECT_ROOT
-from ..helpers import MODELS
+from ..helpers import HEAVY, MODELS, RESNET18, SMALL
 
 CONF = PROJECT_ROOT / "conf"
 SIZE = 32  # image side of the training step and of the logits check
-RESNET18 = ["model.encoder_name=resnet18"]
-SMALL = {  # overrides that keep a model small where its config allows it
-    "deeplabv3": RESNET18,
-    "deeplabv3plus": RESNET18,
-    "fcn16s": RESNET18,
-    "fcn32s": RESNET18,
-    "fcn8s": RESNET18,
-    "pspnet": [*RESNET18, "model.channels=64"],
-    "smp": RESNET18,
-}
-HEAVY = {"deconvnet"}  # 252M parameters: seconds of CPU and a 1 GB checkpoint
 CASES = [
     pytest.param(name, SMALL.get(name, []), id=name, marks=[pytest.mark.slow] * (name in HEAVY))
     for name in MODELS
