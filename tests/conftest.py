@@ -44,3 +44,26 @@ def optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from .helpers import tiny_optuna_sweep
 
     return tiny_optuna_sweep(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run dir of the session's one small train.py run (:data:`helpers.TINY`: 2 epochs of
+    U-Net ResNet-18 on 16 shapes, scored on val and test), started from a
+    ``model.weights_path`` file that is deleted once training is done, so eval.py and
+    predict.py must rebuild the model from the checkpoint alone. Shared by the artifact,
+    eval, predict and publish tests; they only read it."""
+    import hydra
+    import torch
+
+    from .helpers import CONF, TINY, run_train
+
+    folder = tmp_path_factory.mktemp("trained_run")
+    torch.manual_seed(0)
+    start = folder / "start.pth"
+    with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra.compose("train", ["data.num_classes=5"])
+    torch.save(hydra.utils.instantiate(cfg.model).state_dict(), start)
+    run = run_train(folder, *TINY, f"model.weights_path={start}")
+    start.unlink()
+    return run

@@ -9,8 +9,8 @@ from .helpers import TINY, check_report, run_train
 
 
 @pytest.mark.slow
-def test_train_leaves_every_artifact(tmp_path):
-    run_dir = run_train(tmp_path, *TINY)
+def test_train_leaves_every_artifact(trained_run):
+    run_dir = trained_run
     names = ["background", "circle", "square", "triangle", "star"]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run_dir / "checkpoints").glob("best_epoch*.ckpt"))) == 1

@@ -109,9 +109,11 @@ class SegmentationDataModule(L.LightningDataModule):
             (outside ``0..C-1``).
         train_transform: albumentations transform for training (augmentation).
         eval_transform: albumentations transform for val/test (usually none or a resize).
-        mean: normalisation mean on the 0-1 scale (the dataset config passes it on).
-        std: normalisation std on the 0-1 scale.
-        palette: optional ``C`` RGB triples for visualisation.
+        mean: normalisation mean on the 0-1 scale; only checked here, the dataset config
+            passes it on to the dataset (``dataset.mean: ${data.mean}``).
+        std: normalisation std on the 0-1 scale, likewise.
+        palette: optional ``C`` RGB triples for pictures; only checked here (predict.py and
+            the published sample grids read it from the config).
         prepare: optional callable run once before the datasets are built (rank 0 only),
             e.g. generating the shapes data or checking a download.
         train_split, val_split, test_split: split names passed to ``dataset``.
@@ -156,8 +158,6 @@ class SegmentationDataModule(L.LightningDataModule):
         self.ignore_index = ignore_index
         self.train_transform = train_transform
         self.eval_transform = eval_transform
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.palette = None if palette is None else [tuple(c) for c in palette]
         self.prepare = prepare
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.batch_size = batch_size
