@@ -102,9 +102,13 @@ class DeepLabV3(SegmentationModel):
         norm_groups: GroupNorm's group count for ``norm="group"``.
         weights_path: state dict of this model, loaded last.
         weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
-        decoder: ``"v3"`` (ASPP, 3x3 conv, classifier at 1/OS) or ``"v3plus"`` (ASPP and
-            the stride-4 decoder, :class:`DecoderV3Plus`; :class:`DeepLabV3Plus` sets it).
+
+    The head is chosen by the class attribute :attr:`decoder_kind` (a constant, so the
+    constructor runs no subclass code): ``"v3"`` here (ASPP, 3x3 conv, classifier at 1/OS),
+    ``"v3plus"`` in :class:`DeepLabV3Plus` (ASPP and the stride-4 :class:`DecoderV3Plus`).
     """
+
+    decoder_kind = "v3"
 
     def __init__(
         self,
@@ -119,19 +123,15 @@ class DeepLabV3(SegmentationModel):
         norm_groups: int = 32,
         weights_path: str | Path | None = None,
         weights_strict: bool = True,
-        decoder: str = "v3",
     ) -> None:
         super().__init__()
-        if decoder not in ("v3", "v3plus"):
-            raise ValueError(f"decoder must be 'v3' or 'v3plus', got {decoder!r}")
         layer = norm_layer(norm, norm_groups)
-        self.decoder_kind = decoder
         self.norm = norm
         self.output_stride = output_stride
         rates = rates_for(atrous_rates, output_stride)
         self.encoder = build_encoder(encoder_name, encoder_weights, in_channels, output_stride)
         encoder_channels = self.encoder.out_channels
-        if decoder == "v3":
+        if self.decoder_kind == "v3":
             self.head = deeplab_v3_head(encoder_channels[-1], rates, num_classes, layer)
         else:
             high, low = encoder_channels[-1], encoder_channels[2]
@@ -190,26 +190,7 @@ class DecoderV3Plus(nn.Module):
 class DeepLabV3Plus(DeepLabV3):
     """DeepLabV3+: DeepLabV3's encoder and ASPP plus a decoder over stride-4 features.
 
-    Takes the same arguments as :class:`DeepLabV3` (paper default: output stride 16) and
-    builds it with ``decoder="v3plus"``.
+    Takes the same arguments as :class:`DeepLabV3` (paper default: output stride 16).
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        encoder_name: str = "resnet50",
-        encoder_weights: str | None = None,
-        in_channels: int = 3,
-        output_stride: int = 16,
-        atrous_rates: Mapping[int, Sequence[int]] = ATROUS_RATES,
-        aux_head: bool = False,
-        norm: str | None = "batch",
-        norm_groups: int = 32,
-        weights_path: str | Path | None = None,
-        weights_strict: bool = True,
-    ) -> None:
-        super().__init__(
-            num_classes, encoder_name, encoder_weights, in_channels, output_stride,
-            atrous_rates, aux_head, norm, norm_groups, weights_path, weights_strict,
-            decoder="v3plus",
-        )  # fmt: skip
+    decoder_kind = "v3plus"
