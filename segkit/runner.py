@@ -9,6 +9,7 @@ read by :mod:`segkit.checkpoints`.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 import warnings
@@ -23,7 +24,14 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.callbacks import ConfigInCheckpoint, LastCheckpoint, ResumeGuard, TrainingBatchesCheck
+from segkit.callbacks import (
+    ConfigInCheckpoint,
+    EpochLines,
+    LastCheckpoint,
+    ResumeGuard,
+    RunOverview,
+    TrainingBatchesCheck,
+)
 from segkit.checkpoints import AtomicCheckpointIO, checkpoint_epoch
 from segkit.config import ConfigError
 from segkit.report import print_report, write_report
@@ -72,6 +80,30 @@ def check_task_kinds(task: L.LightningModule, datamodule: L.LightningDataModule)
         )
 
 
+# Messages of the libraries that say nothing about the run, dropped by exact text (never a
+# whole category): Lightning's advert for its cloud logger, printed at every trainer start,
+# and a deprecation inside Lightning's own pytree helper that torch >= 2.10 reports.
+_NOISE_LOG = "💡 Tip: For seamless cloud logging"
+_NOISE_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def quiet_known_noise() -> None:
+    """Drop the known-noise lines above (idempotent)."""
+    warnings.filterwarnings("ignore", message=_NOISE_WARNING)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropMessage) for f in logger.filters):
+        logger.addFilter(_DropMessage(_NOISE_LOG))
+
+
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Instantiate ``cfg.trainer`` with ``cfg.callbacks`` and ``cfg.logger``.
 
@@ -90,6 +122,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     ]
     config = OmegaConf.to_container(cfg, resolve=True)
     callbacks += [ConfigInCheckpoint(config), ResumeGuard(config), TrainingBatchesCheck()]
+    callbacks += [RunOverview(config), EpochLines(cfg.get("optimized_metric") or "val/mIoU")]
+    quiet_known_noise()
     # LastCheckpoint after ModelCheckpoint (Lightning keeps the order of checkpoint
     # callbacks), so the epoch-end last.ckpt records that epoch's best checkpoint
     callbacks.sort(key=lambda callback: isinstance(callback, LastCheckpoint))
@@ -97,12 +131,20 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     if not loggers:  # LearningRateMonitor raises without a logger; there is nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
 
+    # A progress bar redrawn with \r fills a log file: off when the output is not a
+    # terminal (EpochLines writes one line per epoch), unless the config says otherwise.
+    if "enable_progress_bar" not in cfg.trainer and not sys.stdout.isatty():
+        extra: dict[str, Any] = {"enable_progress_bar": False}
+    else:
+        extra = {}
+
     def make(**overrides: Any) -> L.Trainer:
         return hydra.utils.instantiate(
             cfg.trainer,
             callbacks=callbacks,
             logger=loggers or False,
             plugins=[AtomicCheckpointIO()],
+            **extra,
             **overrides,
         )
 

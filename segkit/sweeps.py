@@ -21,13 +21,15 @@ version on a connection that SQLAlchemy 2 never commits, so a plain ``sqlite:///
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.tasks.semantic import HEADLINE_KEYS
+
+if TYPE_CHECKING:  # optuna (with SQLAlchemy and alembic) loads only when a study is opened,
+    import optuna  # not in every run that imports the Hydra callbacks
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ def check_searched_keys(config: DictConfig) -> None:
 
 def open_study(config: DictConfig) -> optuna.Study:
     """Load the study named in ``config.hydra.sweeper`` from its storage."""
+    import optuna
+
     sweeper = config.hydra.sweeper
     storage = sweeper.storage
     if OmegaConf.is_dict(storage):
@@ -104,6 +108,8 @@ def open_study(config: DictConfig) -> optuna.Study:
 
 def best_params_dict(study: optuna.Study) -> dict[str, Any]:
     """``best_params.yaml`` content: best value and parameters, and the trial counts."""
+    import optuna
+
     states = [trial.state for trial in study.trials]
     result: dict[str, Any] = {
         "study_name": study.study_name,

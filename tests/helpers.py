@@ -74,7 +74,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_train(tmp_path: Path, *overrides: str, timeout: int = 600) -> Path:
-    """Run train.py with its run dir at tmp_path/run; return the run dir."""
+    """Run train.py with its run dir at tmp_path/run (its output kept there as stdout.txt and
+    stderr.txt); return the run dir."""
     run_dir = tmp_path / "run"
     command = [
         sys.executable,
@@ -88,6 +89,7 @@ def run_train(tmp_path: Path, *overrides: str, timeout: int = 600) -> Path:
     if result.returncode != 0:
         raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     (run_dir / "stdout.txt").write_text(result.stdout)
+    (run_dir / "stderr.txt").write_text(result.stderr)
     return run_dir
 
 

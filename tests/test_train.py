@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .helpers import TINY, check_report, run_train
+from .helpers import SMALL_MODEL, TINY, check_report, run_train
 
 
 @pytest.mark.slow
@@ -61,3 +61,29 @@ def test_train_stops_on_bad_mask_with_the_file_name(tmp_path, folder_dataset):
 def test_train_without_logger_still_scores(tmp_path):
     run_dir = run_train(tmp_path, *TINY, "trainer.max_epochs=1", "logger=none", "test=false")
     assert (run_dir / "metrics.json").is_file() and not (run_dir / "csv").exists()
+
+
+NOISE = (
+    "💡 Tip",  # Lightning's cloud-logger advert
+    "LeafSpec",  # a deprecation inside Lightning's pytree helper
+    "`weights_only` was not set",  # Lightning, at every checkpoint save without the argument
+    "Total FLOPs",  # Lightning's summary table, zeros without an example input
+    "setup plugin",  # alembic, when optuna is imported
+)
+
+
+@pytest.mark.slow
+def test_console_of_a_run_without_a_terminal_is_one_line_per_epoch(tmp_path):
+    run_dir = run_train(tmp_path, *TINY, *SMALL_MODEL, "logger=csv", "test=false")
+    stdout = (run_dir / "stdout.txt").read_text()  # run_train captures: not a terminal
+    epochs = [line for line in stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2, stdout[-3000:]
+    for number, line in enumerate(epochs, start=1):
+        assert line.startswith(f"epoch {number}/2 | step {4 * number} | train loss ")
+        assert " | val mIoU " in line and " PA " in line and " | best mIoU " in line
+    output = stdout + (run_dir / "stderr.txt").read_text()
+    assert "\r" not in output  # no progress bar redrawn into the file
+    assert not [noise for noise in NOISE if noise in output], output[:3000]
+    assert "model segkit.models.smp.smp_model(arch=Linknet" in stdout
+    log = (run_dir / "train.log").read_text()  # the run's own lines, with time and source
+    assert sum("[segkit.progress][INFO] - epoch " in line for line in log.splitlines()) == 2
