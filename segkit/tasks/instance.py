@@ -315,4 +315,5 @@ class InstanceSegmentationTask(L.LightningModule):
             build_optimizer(self.optimizer_factory, [g for g in groups if g["params"]]),
             self.scheduler_factory,
             total_steps=int(self.trainer.estimated_stepping_batches),
+            val_every_n_epochs=self.trainer.check_val_every_n_epoch or 1,
         )

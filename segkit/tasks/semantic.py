@@ -264,6 +264,7 @@ class SemanticSegmentationTask(L.LightningModule):
             optimizer,
             self.scheduler_factory,
             total_steps=int(self.trainer.estimated_stepping_batches),
+            val_every_n_epochs=self.trainer.check_val_every_n_epoch or 1,
         )
 
 
