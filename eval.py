@@ -9,7 +9,7 @@ Rebuilds the data module and the task from the config stored in the checkpoint (
 that whole data config, except the normalisation and eval transform the model was trained
 with (``mean``, ``std``, ``eval_transform``: :func:`keep_trained_input`). Class counts and
 names that differ from the checkpoint's stop the run
-(:func:`segkit.runner.checkpoint_overrides`). ``split=test`` scores a real test split: when
+(:func:`segkit.checkpoints.checkpoint_overrides`). ``split=test`` scores a real test split: when
 the stored ``data.test_split`` is only the validation split standing in for a missing one
 (CamVid's shared copy, Cityscapes), the root's own ``test`` split is scored if it has one,
 and the run stops saying so if it has none (:func:`choose_test_split`).
@@ -20,22 +20,18 @@ and the run stops saying so if it has none (:func:`choose_test_split`).
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
-os.environ.setdefault("SEGKIT_ROOT", str(Path(__file__).resolve().parent))
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from segkit.data.folder import DataError  # noqa: E402
-from segkit.inference import load_checkpoint, task_from_checkpoint  # noqa: E402
-from segkit.runner import checkpoint_overrides, evaluate, print_results  # noqa: E402
-from segkit.tasks.instance import InstanceSegmentationTask  # noqa: E402
-from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
+from segkit.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
+from segkit.data.folder import DataError
+from segkit.runner import evaluate, print_results
+from segkit.tasks.instance import InstanceSegmentationTask
+from segkit.tasks.semantic import SemanticSegmentationTask
 
 # data keys conf/eval.yaml declares as null, so they can be set without '+'
 PLACEHOLDERS = ("dataset.root", "val_split", "test_split")

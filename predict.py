@@ -18,24 +18,21 @@ The model, normalisation and palette come from the config stored in the checkpoi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("SEGKIT_ROOT", str(Path(__file__).resolve().parent))
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from rich.progress import track
 
-import hydra  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
-from rich.progress import track  # noqa: E402
-
-from segkit.colours import colourise, palette_of  # noqa: E402
-from segkit.data.folder import IMAGE_SUFFIXES, read_image  # noqa: E402
-from segkit.inference import load_checkpoint, task_from_checkpoint  # noqa: E402
-from segkit.runner import checkpoint_overrides, print_results  # noqa: E402
-from segkit.tasks.instance import InstanceSegmentationTask, draw_instances  # noqa: E402
-from segkit.tasks.semantic import SemanticSegmentationTask  # noqa: E402
+from segkit.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
+from segkit.colours import colourise, palette_of
+from segkit.data.folder import IMAGE_SUFFIXES, image_tensor, read_image, scaled_statistics
+from segkit.runner import print_results
+from segkit.tasks.instance import InstanceSegmentationTask, draw_instances
+from segkit.tasks.semantic import SemanticSegmentationTask
 
 
 def input_files(path: Path) -> list[Path]:
@@ -91,13 +88,11 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmenta
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     palette = palette_of(stored, task.num_classes)
     flat_palette = [v for colour in palette for v in colour]
-    mean = torch.tensor(stored.data.mean).view(1, 3, 1, 1) * 255
-    std = torch.tensor(stored.data.std).view(1, 3, 1, 1) * 255
+    mean, std = scaled_statistics(stored.data.mean, stored.data.std)
     task = task.to(cfg.device)
     for path in track(files, description="predicting"):
         image = read_image(path)  # uint8 [H, W, 3]
-        x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() - mean) / std
-        x = x.to(cfg.device)
+        x = image_tensor(image, mean, std)[None].to(cfg.device)  # as the datasets normalise
         labels = task.class_scores(x).argmax(1)[0].to(torch.uint8).cpu().numpy()  # [H, W]
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(flat_palette)
@@ -125,12 +120,11 @@ def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegment
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     palette = palette_of(stored, task.num_classes)
     flat_palette = [v for colour in palette for v in colour]
-    mean = torch.tensor(stored.data.mean).view(3, 1, 1) * 255
-    std = torch.tensor(stored.data.std).view(3, 1, 1) * 255
+    mean, std = scaled_statistics(stored.data.mean, stored.data.std)
     task = task.to(cfg.device)
     for path in track(files, description="predicting"):
         image = read_image(path)  # uint8 [H, W, 3]
-        x = ((torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std).to(cfg.device)
+        x = image_tensor(image, mean, std).to(cfg.device)
         detections = {k: v.cpu() for k, v in task([x])[0].items()}
         labels = task.semantic_map(detections, image.shape[:2]).to(torch.uint8).numpy()
         mask = Image.fromarray(labels, mode="P")

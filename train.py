@@ -3,7 +3,8 @@
 Instantiates the data module, model, loss, optimiser, schedule and Lightning trainer from
 conf/, fits, scores the best checkpoint on the validation split (and the test split with
 test=true), writes metrics.json, confusion_matrix.npy and per_class.csv into the run folder,
-prints the per-class table, and returns cfg.optimized_metric for Hydra sweepers.
+prints the per-class table, and returns cfg.optimized_metric for Hydra sweepers (an error
+when it was never logged). :func:`train` is the same run as a function.
 
 Start-up checks stop a run before anything is trained: keys that are no argument of their
 ``_target_`` (``+optimizer.learning_rate``), a task, model and data of different kinds, a
@@ -14,30 +15,32 @@ command that continues the run; the last line names the folder with the results.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("SEGKIT_ROOT", str(Path(__file__).resolve().parent))
+import hydra
+import lightning as L
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-import lightning as L  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from segkit.runner import (  # noqa: E402
-    best_checkpoint,
-    build_task,
-    build_trainer,
-    check_arguments,
-    check_task_kinds,
-    evaluate,
-    fit,
-    print_results,
-    resume_checkpoint,
-)
+from segkit.checkpoints import best_checkpoint, resume_checkpoint
+from segkit.config import check_arguments
+from segkit.runner import build_trainer, check_task_kinds, evaluate, fit, print_results
+from segkit.tasks import build_task
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit ``cfg`` (a composed ``conf/train.yaml``) and score its best checkpoint.
+
+    The whole of ``python train.py``, callable in-process: compose the config with
+    :func:`segkit.config.compose` and give ``paths.output_dir=<folder>`` (outside a Hydra
+    app ``${hydra:runtime.output_dir}`` does not resolve).
+
+    Returns:
+        ``{"metrics": the val metrics.json dict ({} on DDP ranks > 0), "test_metrics": the
+        test one (None with test=false), "optimized": float value of cfg.optimized_metric
+        (None when it was never logged), "ckpt_path": the scored checkpoint (None: the
+        weights in memory), "trainer", "task", "datamodule"}``.
+    """
     check_arguments(cfg)  # before anything is built
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -59,14 +62,36 @@ def main(cfg: DictConfig) -> float | None:
     # Score the best checkpoint (by cfg.optimized_metric) when one was written.
     ckpt_path = best_checkpoint(trainer) or (None if cfg.train else start)
 
-    evaluate(trainer, task, datamodule, "val", ckpt_path, output_dir)
+    metrics = evaluate(trainer, task, datamodule, "val", ckpt_path, output_dir)
     optimized = trainer.callback_metrics.get(cfg.optimized_metric)
+    test_metrics = None
     if cfg.test:
-        evaluate(trainer, task, datamodule, "test", ckpt_path, output_dir / "test")
+        test_metrics = evaluate(trainer, task, datamodule, "test", ckpt_path, output_dir / "test")
     if trainer.is_global_zero:
         scored = f"scores of {Path(ckpt_path).name}" if ckpt_path else "scores"
         print_results(output_dir, f"{scored}: metrics.json, per_class.csv; checkpoints/")
-    return None if optimized is None else float(optimized)
+    return {
+        "metrics": metrics,
+        "test_metrics": test_metrics,
+        "optimized": None if optimized is None else float(optimized),
+        "ckpt_path": ckpt_path,
+        "trainer": trainer,
+        "task": task,
+        "datamodule": datamodule,
+    }
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    """The Hydra app: :func:`train`, returning ``cfg.optimized_metric`` to Hydra's sweepers."""
+    result = train(cfg)
+    if result["optimized"] is None:
+        logged = sorted(result["trainer"].callback_metrics)
+        raise KeyError(
+            f"optimized_metric={cfg.optimized_metric} was never logged, so a sweeper would get "
+            f"no value; logged metrics: {', '.join(logged)}. Set optimized_metric to one of them."
+        )
+    return result["optimized"]
 
 
 if __name__ == "__main__":

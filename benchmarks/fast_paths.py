@@ -5,9 +5,10 @@ python -m benchmarks.fast_paths [--quick]
 Models are built from their shipped configs (composed as train.py does, 19 classes): U-Net
 ResNet-34 (``model=smp``), DeepLabV3 ResNet-50 (output stride 16), PSPNet ResNet-50 (output
 stride 8, auxiliary head) and LR-ASPP MobileNetV3-Large. One step is what the task's
-``training_step`` computes - forward, cross-entropy (+ ``task.aux_weight`` x the auxiliary
-loss), backward, AdamW step - in a bare loop (the Lightning overhead is measured separately in the
-training-step section). The switches are those a run sets in its config:
+``training_step`` computes - forward and the task's loss (``training_loss``: cross-entropy
++ ``task.aux_weight`` x the auxiliary loss), backward, AdamW step - in a bare loop (the
+Lightning overhead is measured separately in the training-step section). The switches are
+those a run sets in its config:
 
 * ``trainer.precision=bf16-mixed`` / ``16-mixed``: ``torch.autocast`` around forward and
   loss (what Lightning's mixed-precision plugin does; 16-mixed adds a ``GradScaler``),
@@ -26,13 +27,12 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
-from hydra.utils import instantiate
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
-from segkit.speed import compile_supported
-from segkit.summary import compose
-from segkit.tasks.semantic import split_outputs
+from segkit.callbacks import compile_supported
+from segkit.config import compose
+from segkit.tasks import build_task
+from segkit.tasks.semantic import SemanticSegmentationTask
 
 NUM_CLASSES = 19
 TITLE = "Training throughput with speed switches: ratios against fp32 eager"
@@ -96,28 +96,28 @@ def switches(device: torch.device, with_compile: bool) -> list[Switch]:
 
 
 def trainer_step(
-    model: torch.nn.Module,
+    task: SemanticSegmentationTask,
     switch: Switch,
     images: torch.Tensor,
     masks: torch.Tensor,
-    aux_weight: float,
 ) -> Callable[[], torch.Tensor]:
-    """A zero-argument training step of ``model`` under ``switch``; returns the loss."""
+    """A zero-argument training step of ``task`` under ``switch``; returns the loss.
+
+    The loss is the task's own (:meth:`SemanticSegmentationTask.training_loss`, as
+    ``training_step`` computes it), so the benchmark times what training runs.
+    """
     device = images.device
     if switch.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        task.model = task.model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    network = torch.compile(model) if switch.compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if switch.compile:
+        task.model.compile()  # in place, as callbacks.fast_paths does
+    optimizer = torch.optim.AdamW(task.model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=switch.autocast == torch.float16)
 
     def step() -> torch.Tensor:
         with switch.context(device):
-            logits, aux = split_outputs(network(images))
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=255)
-            if aux is not None:
-                aux = F.interpolate(aux.float(), size=masks.shape[-2:], mode="bilinear")
-                loss = loss + aux_weight * F.cross_entropy(aux, masks, ignore_index=255)
+            loss, _ = task.training_loss(images, masks)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -140,18 +140,15 @@ def measure(
     """Rows ``[model, switch, ms/step, img/s, speed-up, peak MiB]`` of one model."""
     cfg = compose([f"data.num_classes={NUM_CLASSES}", *MODELS[label]])
     torch.manual_seed(0)
-    base = instantiate(cfg.model).to(device).train()
+    base = build_task(cfg).to(device).train()
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, *size, generator=generator).to(device)
     masks = torch.randint(0, NUM_CLASSES, (batch, *size), generator=generator).to(device)
     chosen = switches(device, with_compile)
-    steps = {
-        s.name: trainer_step(copy.deepcopy(base), s, images, masks, cfg.task.aux_weight)
-        for s in chosen
-    }
+    steps = {s.name: trainer_step(copy.deepcopy(base), s, images, masks) for s in chosen}
     # first step of every switch from the same weights: the losses must agree
     losses, peak_mib = {}, {}
-    parameter_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
+    parameter_bytes = sum(p.numel() * p.element_size() for p in base.model.parameters())
     for name, step in steps.items():
         torch.manual_seed(1)  # the same dropout masks in eager mode
         if device.type == "cuda":  # what this step adds to memory, plus its own weights

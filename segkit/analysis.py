@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -80,10 +79,9 @@ class Run:
     def config(self) -> Any:
         """The run's composed config (``.hydra/config.yaml``) as an OmegaConf object.
 
-        ``${paths.root_dir}`` resolves as in train.py (``SEGKIT_ROOT``, default: the
-        project folder); ``${hydra:...}`` values do not resolve outside Hydra.
+        ``${paths.root_dir}`` resolves as in train.py (:func:`segkit.config.project_root`);
+        ``${hydra:...}`` values do not resolve outside Hydra.
         """
-        os.environ.setdefault("SEGKIT_ROOT", str(Path(__file__).resolve().parents[1]))
         return OmegaConf.load(self.path / ".hydra" / "config.yaml")
 
 

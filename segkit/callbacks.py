@@ -1,34 +1,53 @@
-"""Lightning callbacks and the checkpoint writer used by train.py.
+"""Every Lightning callback of segkit (Hydra's callbacks are in :mod:`segkit.hydra_callbacks`).
 
 * :class:`ConfigInCheckpoint` stores the composed config in every checkpoint.
-* :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the target folder
-  and renames it into place, so a killed process never leaves a half-written ``.ckpt``.
+* :class:`ResumeGuard` compares a resumed run's config with the checkpoint's and applies,
+  refuses or accepts each change (the rules: :mod:`segkit.checkpoints`).
 * :class:`LastCheckpoint` keeps ``last.ckpt`` current within an epoch (every N optimiser
   steps) and after each epoch, so ``ckpt_path=last`` / ``resume=auto`` lose little work, and
   writes it when the run is interrupted (Ctrl-C / SIGINT, or SIGTERM before pre-emption).
 * :class:`TrainingBatchesCheck` stops a run whose training split gives no batch at all.
 * :class:`NonFiniteGuard` stops the run on a NaN/Inf loss with the step, batch names and
   learning rate in the message, or skips the optimiser update when ``skip_nonfinite=true``.
+* :class:`EpochLines` and :class:`RunOverview`: the console of a run, one line naming what
+  trains and one line per epoch (also in ``train.log``).
+* :class:`FastPaths`: the speed switches that leave the results unchanged, channels_last
+  memory format and ``torch.compile``
+  (``python train.py 'callbacks=[default,fast_paths]' callbacks.fast_paths.compile=true``).
+  Mixed precision and cuDNN autotuning are Lightning trainer arguments already
+  (``trainer.precision=bf16-mixed``, ``trainer.benchmark=true``). ``channels_last`` stores
+  the model's 4-D weights and every image batch as NHWC, the layout that cuDNN tensor cores
+  and oneDNN prefer; ``compile`` compiles the task's ``model``. Both give the same logits up
+  to float rounding (``tests/test_speed.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
-import tempfile
 import threading
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
-PARTIAL_SUFFIX = ".partial"  # temporary checkpoint files; never matched by *.ckpt globs
+from segkit.checkpoints import (
+    PARTIAL_SUFFIX,
+    RUN_LENGTH,
+    ResumeError,
+    config_changes,
+    move_superseded_checkpoints,
+    refused_changes,
+)
+from segkit.schedulers import scheduled_total_steps, set_total_steps
 
 
 class ConfigInCheckpoint(L.Callback):
@@ -45,60 +64,6 @@ class ConfigInCheckpoint(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["config"] = self.config
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``.<name>.<random>.partial`` next to the target, fsync, then rename.
-
-    ``os.replace`` is atomic within one filesystem, so a reader (or a resumed run) sees
-    either the previous complete file or the new complete file, never a truncated one. The
-    temporary name ends in ``.partial`` (not ``.ckpt``) and starts with a dot, so neither
-    Lightning's ``last*.ckpt`` search nor segkit's resume logic can pick it up. Remote paths
-    (``s3://`` etc.) go to Lightning's writer unchanged.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
-    ) -> None:
-        if "://" in str(path):
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX
-        )
-        try:
-            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; match open()
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Persist a rename: fsync the directory entry (a no-op where the OS does not allow it)."""
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -176,7 +141,8 @@ class LastCheckpoint(Checkpoint):
         )
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        # the full state, said explicitly: left unset, Lightning logs its default every save
+        trainer.save_checkpoint(self.path, weights_only=False)
         self._saved_step = trainer.global_step
 
     # --- signals ---------------------------------------------------------------------
@@ -424,3 +390,348 @@ class NonFiniteGuard(L.Callback):
                 "callbacks.nonfinite_guard.skip_nonfinite=true to skip such steps."
             )
         return text
+
+
+def compile_supported() -> str | None:
+    """``None`` if ``torch.compile`` works here, else the reason it does not.
+
+    Compiles and runs a one-line function, so a missing C++ compiler or an unsupported
+    Python version shows up at start-up instead of at the first training step.
+    """
+    try:
+        torch.compile(lambda x: x + 1)(torch.zeros(1))
+    except Exception as error:  # noqa: BLE001 - any failure means: run eagerly
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def to_channels_last(batch: Any) -> None:
+    """Convert ``batch["image"]`` (a 4-D tensor) to channels_last in place of the dict."""
+    if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor):
+        if batch["image"].ndim == 4:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+
+
+class FastPaths(L.Callback):
+    """Put the task's ``model`` in channels_last layout and/or compile it.
+
+    Args:
+        channels_last: store 4-D weights and image batches ``[B, 3, H, W]`` as NHWC.
+        compile: compile ``pl_module.model`` in place (``nn.Module.compile``, so checkpoint
+            keys do not change); where compilation is unsupported, warn with the reason and
+            keep the eager model.
+
+    The task must keep its network in ``pl_module.model`` and take batches as dicts with
+    an ``"image"`` entry (:class:`segkit.tasks.semantic.SemanticSegmentationTask`).
+    """
+
+    def __init__(self, channels_last: bool = False, compile: bool = False) -> None:
+        self.channels_last = channels_last
+        self.compile = compile
+        self._compiled = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        model = getattr(pl_module, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(
+                "FastPaths needs the task's network in `pl_module.model`; "
+                f"{type(pl_module).__name__} has none. Remove callbacks.fast_paths."
+            )
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.compile and not self._compiled:
+            self._compiled = True  # setup runs again for validate/test: compile once
+            reason = compile_supported()
+            if reason is None:
+                model.compile()  # in place: state_dict keys (checkpoints) stay unchanged
+            else:
+                rank_zero_warn(
+                    f"callbacks.fast_paths.compile=true but torch.compile is unsupported "
+                    f"here ({reason}); training the eager model. Set compile=false to "
+                    "silence this."
+                )
+
+    def _batch(self, batch: Any) -> None:
+        if self.channels_last:
+            to_channels_last(batch)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch(batch)
+
+    def on_validation_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch(batch)
+
+    def on_test_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch(batch)
+
+
+def _describe(changes: list[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+
+
+def _new_run_hint(ckpt_path: str | None) -> str:
+    return (
+        "Resume with the checkpoint's values, or start a new run from its weights: "
+        f"python train.py <new settings> model.weights_path={ckpt_path or '<ckpt>'}"
+    )
+
+
+def _steps_per_epoch(trainer: L.Trainer) -> int | None:
+    batches = trainer.num_training_batches
+    if not batches or math.isinf(batches):
+        return None
+    return math.ceil(batches / trainer.accumulate_grad_batches)
+
+
+def _total_steps(trainer: L.Trainer) -> int | None:
+    total = trainer.estimated_stepping_batches
+    return None if math.isinf(total) else int(total)
+
+
+class ResumeGuard(L.Callback):
+    """Compare, apply or refuse config changes of a resumed run (see the module docstring).
+
+    Added to every trainer by :func:`segkit.runner.build_trainer`; does nothing in a fresh
+    run. Its state (optimiser steps per epoch and the run length) is stored in every
+    checkpoint, so the next resume can compare them.
+
+    Args:
+        config: this run's resolved config (as stored by ``ConfigInCheckpoint``).
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+        self.stored_config: Mapping[str, Any] | None = None
+        self.stored_state: dict[str, Any] = {}
+        self.changes: list[tuple[str, Any, Any]] = []
+        self._position: tuple[Any, Any] = (None, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return {}
+        return {
+            "steps_per_epoch": _steps_per_epoch(trainer),
+            "total_steps": _total_steps(trainer),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.stored_state = dict(state_dict)
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.stored_config = checkpoint.get("config")
+        self._position = (checkpoint.get("epoch"), checkpoint.get("global_step"))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        source = trainer.ckpt_path
+        say = print if trainer.is_global_zero else (lambda *_: None)
+        self.changes = (
+            [] if self.stored_config is None else config_changes(self.stored_config, self.config)
+        )
+        listing = "".join(f"\n  {key}: {old!r} -> {new!r}" for key, old, new in self.changes)
+        epoch, step = self._position
+        say(
+            f"Resuming from {source} (epoch {epoch}, step {step}); config changes since that "
+            f"run:{listing or ' none'}"
+        )
+        refused = refused_changes(self.changes)
+        if refused:
+            raise ResumeError(
+                f"resuming from {source} with {_describe(refused)}: the restored optimiser and "
+                "learning-rate schedule keep the checkpoint's values, so the new ones would be "
+                f"ignored. {_new_run_hint(source)}"
+            )
+        before = self.stored_state.get("steps_per_epoch")
+        now = _steps_per_epoch(trainer)
+        if before is not None and now is not None and before != now:
+            related = [
+                c
+                for c in self.changes
+                if c[0].startswith("data.")
+                or c[0]
+                in (
+                    "trainer.accumulate_grad_batches",
+                    "trainer.devices",
+                    "trainer.num_nodes",
+                    "trainer.limit_train_batches",
+                )
+            ]
+            changed = f" (changed: {_describe(related)})" if related else ""
+            raise ResumeError(
+                f"resuming from {source}: an epoch now has {now} optimiser steps, the "
+                f"checkpoint's run had {before}{changed}; the restored epoch, step and "
+                f"schedule positions would no longer line up. {_new_run_hint(source)}"
+            )
+        if trainer.is_global_zero:
+            moved = move_superseded_checkpoints(trainer)
+            if moved:
+                say(
+                    f"Moved {len(moved)} checkpoint(s) of the interrupted run, written after "
+                    f"{Path(source).name}, to {moved[0].parent}: "
+                    f"{', '.join(p.name for p in moved)}"
+                )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        total = _total_steps(trainer)
+        if total is None:
+            return
+        for config in trainer.lr_scheduler_configs:
+            before = scheduled_total_steps(config.scheduler)
+            if set_total_steps(config.scheduler, total) and before != total:
+                rates = ", ".join(f"{r:.6g}" for r in config.scheduler.get_last_lr())
+                length = [c for c in self.changes if c[0] in RUN_LENGTH]
+                why = f" ({_describe(length)})" if length else ""
+                if trainer.is_global_zero:
+                    print(
+                        f"Run length changed{why}: the learning-rate schedule now spans "
+                        f"{total} optimiser steps (was {before}); learning rate at step "
+                        f"{trainer.global_step}: {rates}."
+                    )
+
+
+# --- the console: one line per epoch and what the run trains --------------------------------
+
+progress_log = logging.getLogger("segkit.progress")  # Hydra: console and <run>/train.log
+
+
+def _format_rate(trainer: L.Trainer) -> str:
+    """The largest learning rate of the first optimiser (the head's, with a backbone
+    multiplier below 1)."""
+    if not trainer.optimizers:
+        return "-"
+    return f"{max(group['lr'] for group in trainer.optimizers[0].param_groups):.3g}"
+
+
+class EpochLines(L.Callback):
+    """One log line per training epoch, on rank 0 (here wrapped)::
+
+        epoch 3/45 | step 135 | train loss 0.4123 | val mIoU 61.23 PA 88.10
+            | best mIoU 61.23 (epoch 3) | lr 0.00182 | 2.1 min
+
+    The train loss is the mean of the epoch's step losses (accumulated on the device, read
+    once per epoch); the val figures are those of this epoch's validation, left out in
+    epochs without one; "best" is the best ``monitor`` so far (maximised). Written through
+    the ``segkit.progress`` logger, which Hydra sends to the console and to the run's
+    ``train.log``; the progress bar is off when the output is not a terminal
+    (:func:`segkit.runner.build_trainer`), so a log file reads one line per epoch.
+
+    Args:
+        monitor: the validation metric followed for "best" (the config's
+            ``optimized_metric``).
+    """
+
+    def __init__(self, monitor: str = "val/mIoU") -> None:
+        self.monitor = monitor
+        self.best: tuple[float, int] | None = None
+        self._loss_sum: torch.Tensor | None = None
+        self._steps = 0
+        self._started = 0.0
+        self._validated = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._loss_sum, self._steps, self._validated = None, 0, False
+        self._started = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:  # fmt: skip
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._steps += 1
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == TrainerFn.FITTING:
+            self._validated = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        epoch = trainer.current_epoch + 1
+        parts = [f"epoch {epoch}/{trainer.max_epochs}", f"step {trainer.global_step}"]
+        if self._steps:
+            parts.append(f"train loss {float(self._loss_sum) / self._steps:.4f}")
+        metrics = trainer.callback_metrics
+        if self._validated:
+            shown = [(k, metrics.get(f"val/{k}")) for k in ("mIoU", "PA")]
+            parts.append(
+                "val " + " ".join(f"{k} {100 * float(v):.2f}" for k, v in shown if v is not None)
+            )
+            value = metrics.get(self.monitor)
+            if value is not None and (self.best is None or float(value) > self.best[0]):
+                self.best = (float(value), epoch)
+            if self.best is not None:
+                name = self.monitor.split("/", 1)[-1]
+                parts.append(f"best {name} {100 * self.best[0]:.2f} (epoch {self.best[1]})")
+        parts += [
+            f"lr {_format_rate(trainer)}",
+            f"{(time.monotonic() - self._started) / 60:.1f} min",
+        ]
+        progress_log.info(" | ".join(parts))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
+
+
+class RunOverview(L.Callback):
+    """At the start of fitting, one log line naming what trains: the model config's
+    ``_target_`` and its architecture keys (``arch``, ``encoder_name``, ``backbone``), the
+    parameter counts of ``pl_module.model``, the loss and the optimiser. It stands in for
+    Lightning's summary table (``trainer.enable_model_summary: false``), which names only
+    wrapper classes and prints a FLOPs column of zeros without an example input;
+    ``python -m segkit.summary`` counts FLOPs.
+
+    Args:
+        config: the composed config (plain containers).
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        model_cfg = self.config.get("model") or {}
+        keys = ("arch", "encoder_name", "backbone", "variant", "num_classes")
+        details = ", ".join(f"{k}={model_cfg[k]}" for k in keys if k in model_cfg)
+        network = getattr(pl_module, "model", pl_module)
+        total = sum(p.numel() for p in network.parameters())
+        trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+        optimizer = (self.config.get("optimizer") or {}).get("_target_", "-")
+        loss = getattr(pl_module, "loss", None)
+        progress_log.info(
+            f"model {model_cfg.get('_target_', type(network).__name__)}({details}): "
+            f"{total:,} parameters ({trainable:,} trainable) | task {type(pl_module).__name__}"
+            f" | loss {type(loss).__name__ if loss is not None else '-'}"
+            f" | optimiser {optimizer.rsplit('.', 1)[-1]}"
+        )

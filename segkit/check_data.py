@@ -36,25 +36,22 @@ every validation and test mask.
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from segkit.config import compose
 from segkit.data import checks
-from segkit.data.folder import DataError
+from segkit.data.folder import DataError, InspectableDataset
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CITYSCAPES_LABEL_IDS = 34  # labelIds 0..33; the 19 trainIds are a subset of them
 MAX_FILES_LISTED = 5
 
@@ -137,7 +134,7 @@ def scan_split(
     to count labels and skips finding truncated image files. Any other dataset (COCO) is
     read sample by sample (``dataset[i]["mask"]``).
     """
-    if not hasattr(dataset, "inspect"):
+    if not isinstance(dataset, InspectableDataset):
         for index in range(len(dataset)):
             stats.images += 1
             try:
@@ -347,13 +344,6 @@ def print_report(
             for line in lines:
                 print(f"- {line}")
     print("\nno problems found" if not report.problems else f"\n{len(report.problems)} problems")
-
-
-def compose(overrides: Sequence[str]) -> DictConfig:
-    """``conf/train.yaml`` composed with ``overrides`` (no run folder is made)."""
-    os.environ.setdefault("SEGKIT_ROOT", str(PROJECT_ROOT))
-    with hydra.initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return hydra.compose("train", overrides=list(overrides))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segkit.check_data import Report, SplitStats, build_split, scan_split
-from segkit.data.folder import DataError
+from segkit.data.folder import DataError, InspectableDataset
 
 CHOICES = ("median_frequency", "inverse_frequency")
 CACHE_VERSION = 1  # bump when the counting changes, so old cache files are not read
@@ -157,7 +157,7 @@ def count_training_split(datamodule: Any, cache_dir: Path | str | None = None) -
     split = datamodule.splits["train"]
     num_classes, ignore_index = int(datamodule.num_classes), int(datamodule.ignore_index)
     dataset = build_split(datamodule.dataset, split)
-    if not (hasattr(dataset, "samples") and hasattr(dataset, "inspect")):
+    if not isinstance(dataset, InspectableDataset):
         raise ValueError(
             f"cannot count the labels of {type(dataset).__name__}: computed class weights "
             "(loss.class_weights=median_frequency|inverse_frequency) need a dataset with "

@@ -26,13 +26,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -211,77 +207,3 @@ class Inference:
                 views += 1
         assert total is not None
         return total - math.log(views) if views > 1 else total
-
-
-def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint written by train.py onto the CPU.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        KeyError: the checkpoint holds no ``"config"`` (not written by segkit's train.py).
-    """
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt file.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "config" not in checkpoint:
-        raise KeyError(
-            f"checkpoint {path} has no 'config' entry, so the model cannot be rebuilt; it "
-            "must come from segkit's train.py (ConfigInCheckpoint callback)."
-        )
-    return checkpoint
-
-
-# Model config keys that fetch weights at build time (the last two: Mask R-CNN configs
-# written before the one weights contract).
-WEIGHT_SOURCE_KEYS = ("weights_path", "encoder_weights", "weights", "weights_backbone")
-
-
-def without_weight_sources(cfg: DictConfig) -> DictConfig:
-    """A copy of ``cfg`` whose ``model`` reads no weights: every key of
-    :data:`WEIGHT_SOURCE_KEYS` that it has set to null."""
-    cfg = cfg.copy()
-    for key in WEIGHT_SOURCE_KEYS:
-        if OmegaConf.select(cfg, f"model.{key}") is not None:
-            cfg.model[key] = None
-    return cfg
-
-
-def task_from_checkpoint(
-    checkpoint: dict[str, Any], overrides: DictConfig | dict[str, Any] | None = None
-) -> tuple[DictConfig, L.LightningModule]:
-    """Rebuild the task stored in ``checkpoint`` and load its weights.
-
-    The model is built with every weight source of its training run cleared
-    (:data:`WEIGHT_SOURCE_KEYS` set to null): the checkpoint holds every weight, so eval and
-    predict never need the training-time ``weights_path`` file, the offline encoder package
-    or the Hub. The state dict is then loaded strictly, once.
-
-    Args:
-        checkpoint: from :func:`load_checkpoint`.
-        overrides: config merged over the stored one (e.g. ``{"task": {"inference": ...}}``).
-
-    Returns:
-        ``(config, task)``: the merged config and the task in eval mode on the CPU. The
-        config keeps the stored weight sources (it describes the run); only the build
-        ignores them.
-    """
-    from segkit.runner import build_task  # runner imports Lightning trainer bits; keep lazy
-
-    cfg = OmegaConf.create(checkpoint["config"])
-    if overrides:
-        cfg = OmegaConf.merge(cfg, overrides)
-    task = build_task(without_weight_sources(cfg))
-    # Strict, except BatchNorm step counters: a backbone trained with frozen BatchNorm
-    # (Mask R-CNN on ImageNet weights) is rebuilt with plain BatchNorm, whose eval-mode output
-    # is the same and which alone has num_batches_tracked.
-    result = task.load_state_dict(checkpoint["state_dict"], strict=False)
-    wrong = [
-        k
-        for k in (*result.missing_keys, *result.unexpected_keys)
-        if not k.endswith("num_batches_tracked")
-    ]
-    if wrong:
-        raise KeyError(f"the checkpoint's state dict does not fit its own config: {wrong[:5]}")
-    task.eval()
-    return cfg, task

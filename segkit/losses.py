@@ -5,8 +5,8 @@ gradient, and a batch where every pixel is ignored gives a loss of exactly 0 (no
 
 * :class:`CrossEntropyLoss`: mean over non-ignored pixels, weighted as in PyTorch
   (``sum_i w[y_i] l_i / sum_i w[y_i]``), optional label smoothing.
-* :class:`DiceLoss`: segmentation-models-pytorch's soft Dice (``1 - Dice``, averaged over the
-  classes present in the batch's ground truth).
+* :class:`DiceLoss`: soft Dice as the study notes define it (``smooth=1``, per image,
+  ``1 - Dice`` averaged over all classes; absent classes may be excluded instead).
 * :class:`FocalLoss`: softmax focal loss ``(1 - p_t)^gamma * CE`` (Lin et al., 2017, in its
   multi-class softmax form), mean over non-ignored pixels. We do not use smp's
   ``FocalLoss(mode="multiclass")``: it sums one-vs-rest *sigmoid* focal losses over classes.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,21 +78,76 @@ class CrossEntropyLoss(nn.Module):
 
 
 class DiceLoss(nn.Module):
-    """Soft multi-class Dice loss from segmentation-models-pytorch (``mode="multiclass"``).
+    """Soft multi-class Dice loss: ``1 - Dice`` of the softmax probabilities, as the study
+    notes define it.
+
+    For image ``b`` (``per_image=True``) or the whole batch (``False``) and class ``c``, with
+    ``p`` the softmax probability of ``c`` and ``g`` the one-hot target, over the
+    non-ignored pixels::
+
+        Dice_bc = (2 * sum(p * g) + smooth) / (sum(p) + sum(g) + smooth)
+
+    The loss is ``1 - Dice_bc`` averaged over the classes, then over the images. Classes
+    absent from an image's ground truth (``sum(g) = 0``):
+
+    * ``absent="include"`` (the notes' rule, default): averaged in like every class, so
+      probability put on an absent class is penalised (``Dice = smooth / (sum(p) +
+      smooth)``); the mean is over all ``C`` classes.
+    * ``absent="exclude"``: left out; the mean is over the classes present in that image
+      (batch). An image with no labelled pixel adds 0.
+
+    A class with neither probability nor ground truth has Dice 1 (loss 0), also with
+    ``smooth=0`` (0/0 is taken as a perfect match). Ignored pixels add nothing to any sum,
+    so their gradient is 0; a batch where every pixel is ignored gives 0.
+
+    segmentation-models-pytorch's ``DiceLoss`` differs (no smoothing by default, whole-batch
+    sums, absent classes given loss 0 but still counted in the mean), hence this one.
 
     Args:
         ignore_index: target value excluded from the loss.
-        smooth: additive smoothing of numerator and denominator.
+        smooth: added to numerator and denominator (the notes: 1).
+        per_image: Dice per image, averaged over the batch (the notes); ``False`` sums the
+            whole batch first.
+        absent: ``"include"`` or ``"exclude"``, see above.
     """
 
-    def __init__(self, ignore_index: int = 255, smooth: float = 0.0) -> None:
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        smooth: float = 1.0,
+        per_image: bool = True,
+        absent: str = "include",
+    ) -> None:
         super().__init__()
-        self.dice = smp.losses.DiceLoss(
-            mode="multiclass", from_logits=True, ignore_index=ignore_index, smooth=smooth
-        )
+        if absent not in ("include", "exclude"):
+            raise ValueError(f"loss.absent must be 'include' or 'exclude', got {absent!r}")
+        if smooth < 0:
+            raise ValueError(f"loss.smooth must be >= 0, got {smooth}")
+        self.ignore_index = ignore_index
+        self.smooth = float(smooth)
+        self.per_image = per_image
+        self.absent = absent
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.dice(logits, target)
+        num_classes = logits.shape[1]
+        valid = (target != self.ignore_index).unsqueeze(1)  # [B,1,H,W]
+        probs = F.softmax(logits.float(), dim=1) * valid
+        safe_target = torch.where(valid.squeeze(1), target, 0)
+        truth = F.one_hot(safe_target, num_classes).permute(0, 3, 1, 2).to(probs.dtype) * valid
+        dims = (2, 3) if self.per_image else (0, 2, 3)
+        overlap = (probs * truth).sum(dims)  # [B,C] or [C]
+        predicted, present = probs.sum(dims), truth.sum(dims)
+        numerator = 2 * overlap + self.smooth
+        denominator = predicted + present + self.smooth
+        empty = denominator == 0  # smooth=0, nothing predicted, nothing present
+        dice = torch.where(empty, 1.0, numerator / torch.where(empty, 1.0, denominator))
+        loss = 1 - dice
+        if self.absent == "include":
+            per_group = loss.mean(-1)
+        else:
+            keep = (present > 0).to(loss.dtype)
+            per_group = (loss * keep).sum(-1) / keep.sum(-1).clamp_min(1)
+        return per_group.mean()
 
 
 class FocalLoss(nn.Module):

@@ -5,7 +5,7 @@
 * ``model.pt``: the best checkpoint's weights alone, in the layout of a train.py checkpoint
   (``config``, ``state_dict``, ``epoch``, ``global_step``) so that
   ``python eval.py ckpt_path=<result folder>/model.pt`` and predict.py read it unchanged
-  (:func:`segkit.inference.load_checkpoint`). A run that kept an EMA of its weights
+  (:func:`segkit.checkpoints.load_checkpoint`). A run that kept an EMA of its weights
   (``task.ema_decay``) is published with the EMA weights, the ones it was validated and
   selected with, as ``model.*``, and ``task.ema_decay`` null in the stored config; optimiser
   state, the second weight copy and the callbacks' state are left out (a 76 MB checkpoint
@@ -42,8 +42,8 @@ import torch
 from omegaconf import OmegaConf
 
 from segkit.analysis import load_run
+from segkit.checkpoints import load_checkpoint, task_from_checkpoint
 from segkit.colours import colourise
-from segkit.inference import load_checkpoint, task_from_checkpoint
 from segkit.metrics import confusion_matrix
 from segkit.models.weights import EMA_PREFIX
 

@@ -1,102 +1,40 @@
-"""Building blocks of the entry points (train.py, eval.py, predict.py): config -> task/trainer,
-start-up checks, fitting, scoring, and the line that says where a run's results are.
+"""What train.py and eval.py run: the trainer built from the config, the start-up check that
+task, model and data are of one kind, fitting (with the command that continues an
+interrupted run, :func:`continue_command`), scoring a split into the report files, and the
+line that says where a run's results are.
 
-Also the reliability pieces that need the whole config: which checkpoint a run resumes
-from (:func:`resume_checkpoint`), what to type to continue an interrupted run
-(:func:`continue_command`, printed by :func:`fit`), and the Hydra callbacks
-:class:`DDPJobCallback` (each job of a multirun in its own DDP world and folder),
-:class:`KeepEarlierConfigs` (a run started again in its folder keeps the earlier
-``.hydra`` files) and :class:`SweepSummary` (a multirun ends with its folder and the
-leaderboard command).
+The task is built by :func:`segkit.tasks.build_task`; checkpoints are chosen, checked and
+read by :mod:`segkit.checkpoints`.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import os
+import logging
 import shlex
 import sys
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback as HydraCallback
-from hydra.types import RunMode
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
 
 from segkit.callbacks import (
-    AtomicCheckpointIO,
     ConfigInCheckpoint,
+    EpochLines,
     LastCheckpoint,
+    ResumeGuard,
+    RunOverview,
     TrainingBatchesCheck,
 )
-from segkit.class_weights import resolve_class_weights
+from segkit.checkpoints import AtomicCheckpointIO, checkpoint_epoch
+from segkit.config import ConfigError
 from segkit.report import print_report, write_report
-from segkit.resume import ResumeGuard
-
-# Keys of a Hydra node that are Hydra's, not the callable's.
-_HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
-# Arguments the code passes itself, per group (the task builds the optimiser and schedule).
-_SUPPLIED = {
-    "optimizer": ("params",),
-    "scheduler": ("optimizer", "total_steps"),
-    "task": ("model", "loss", "optimizer", "scheduler"),
-    "loss": (),
-    "model": (),
-}
-
-
-class ConfigError(ValueError):
-    """A config key that cannot work, found at start-up (before data or model are built)."""
-
-
-def check_arguments(cfg: DictConfig, groups: tuple[str, ...] = tuple(_SUPPLIED)) -> None:
-    """Check that every key of the ``groups`` nodes is an argument of its ``_target_``.
-
-    ``+optimizer.learning_rate=1e-3`` would otherwise fail with a ``TypeError`` of AdamW
-    once the data and the model are built. Callables that take ``**kwargs`` are not
-    checked; nested nodes (``loss.losses``) are checked when they are instantiated.
-
-    Raises:
-        ConfigError: naming the key, the callable and its valid keys.
-    """
-    for group in groups:
-        node = cfg.get(group)
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
-        target = node._target_
-        try:
-            parameters = inspect.signature(hydra.utils.get_object(target)).parameters
-        except (ImportError, ValueError, TypeError, AttributeError):
-            continue  # an unknown target fails with Hydra's own message when built
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            continue
-        valid = [n for n in parameters if n not in _SUPPLIED[group] and n != "self"]
-        unknown = [k for k in node if k not in _HYDRA_KEYS and k not in valid]
-        if unknown:
-            keys = ", ".join(f"{group}.{k}" for k in unknown)
-            raise ConfigError(
-                f"{keys} {'is not an argument' if len(unknown) == 1 else 'are not arguments'} "
-                f"of {target}; its arguments are {', '.join(f'{group}.{n}' for n in valid)}. "
-                f"Fix the name (e.g. {group}.{_closest(unknown[0], valid)}=...) and drop the '+'."
-            )
-
-
-def _closest(name: str, valid: list[str]) -> str:
-    """The valid key most like ``name`` (learning_rate -> lr), for the hint."""
-    initials = "".join(part[0] for part in name.split("_") if part)
-    if initials in valid:  # an abbreviation: learning_rate -> lr
-        return initials
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
-    return close[0] if close else (valid[0] if valid else name)
 
 
 def check_task_kinds(task: L.LightningModule, datamodule: L.LightningDataModule) -> None:
@@ -142,26 +80,28 @@ def check_task_kinds(task: L.LightningModule, datamodule: L.LightningDataModule)
         )
 
 
-def build_task(
-    cfg: DictConfig, datamodule: L.LightningDataModule | None = None
-) -> L.LightningModule:
-    """Instantiate ``cfg.task`` with the model, loss, optimizer and scheduler groups.
+# Messages of the libraries that say nothing about the run, dropped by exact text (never a
+# whole category): Lightning's advert for its cloud logger, printed at every trainer start,
+# and a deprecation inside Lightning's own pytree helper that torch >= 2.10 reports.
+_NOISE_LOG = "💡 Tip: For seamless cloud logging"
+_NOISE_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
-    With ``datamodule``, named ``loss.class_weights`` (``median_frequency``, ...) are first
-    computed from its training split and written into ``cfg.loss`` as numbers
-    (:func:`segkit.class_weights.resolve_class_weights`), so the config stored in the
-    checkpoints holds them and rebuilding the task never needs the training data.
-    """
-    if datamodule is not None:
-        resolve_class_weights(cfg.loss, datamodule, Path(cfg.paths.data_dir) / "cache")
-    scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    return hydra.utils.instantiate(
-        cfg.task,
-        model=hydra.utils.instantiate(cfg.model),
-        loss=hydra.utils.instantiate(cfg.loss),
-        optimizer=hydra.utils.instantiate(cfg.optimizer),
-        scheduler=scheduler,
-    )
+
+class _DropMessage(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def quiet_known_noise() -> None:
+    """Drop the known-noise lines above (idempotent)."""
+    warnings.filterwarnings("ignore", message=_NOISE_WARNING)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropMessage) for f in logger.filters):
+        logger.addFilter(_DropMessage(_NOISE_LOG))
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -170,7 +110,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     With no logger (``logger=none``) a ``LearningRateMonitor`` is left out.
 
     The resolved config is stored in every checkpoint (:class:`ConfigInCheckpoint`), a
-    resumed run checks its config changes against it (:class:`~segkit.resume.ResumeGuard`),
+    resumed run checks its config changes against it (:class:`~segkit.callbacks.ResumeGuard`),
     a training split without a single batch stops the run
     (:class:`~segkit.callbacks.TrainingBatchesCheck`), and checkpoints are written
     atomically (:class:`AtomicCheckpointIO`). ``trainer.
@@ -182,6 +122,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     ]
     config = OmegaConf.to_container(cfg, resolve=True)
     callbacks += [ConfigInCheckpoint(config), ResumeGuard(config), TrainingBatchesCheck()]
+    callbacks += [RunOverview(config), EpochLines(cfg.get("optimized_metric") or "val/mIoU")]
+    quiet_known_noise()
     # LastCheckpoint after ModelCheckpoint (Lightning keeps the order of checkpoint
     # callbacks), so the epoch-end last.ckpt records that epoch's best checkpoint
     callbacks.sort(key=lambda callback: isinstance(callback, LastCheckpoint))
@@ -189,12 +131,20 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     if not loggers:  # LearningRateMonitor raises without a logger; there is nothing to log to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
 
+    # A progress bar redrawn with \r fills a log file: off when the output is not a
+    # terminal (EpochLines writes one line per epoch), unless the config says otherwise.
+    if "enable_progress_bar" not in cfg.trainer and not sys.stdout.isatty():
+        extra: dict[str, Any] = {"enable_progress_bar": False}
+    else:
+        extra = {}
+
     def make(**overrides: Any) -> L.Trainer:
         return hydra.utils.instantiate(
             cfg.trainer,
             callbacks=callbacks,
             logger=loggers or False,
             plugins=[AtomicCheckpointIO()],
+            **extra,
             **overrides,
         )
 
@@ -215,181 +165,31 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return trainer
 
 
-def best_checkpoint(trainer: L.Trainer) -> str:
-    """The best checkpoint of the first ``ModelCheckpoint`` (``""`` when none was written)."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            return callback.best_model_path
-    return ""
+@runtime_checkable
+class ScoredTask(Protocol):
+    """What :func:`evaluate` reads from a task once ``trainer.validate``/``test`` has run.
 
+    Both tasks (:mod:`segkit.tasks`) keep these; a new task must too.
 
-def checkpoint_epoch(ckpt_path: str | Path | None) -> int | None:
-    """The epoch stored in a Lightning checkpoint (memory-mapped, so cheap for big models)."""
-    if not ckpt_path:
-        return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
-    return checkpoint.get("epoch")
-
-
-def newest_last_checkpoint(run_dir: str | Path) -> Path | None:
-    """The most recently written ``last*.ckpt`` anywhere under ``run_dir``, or ``None``.
-
-    ``last-v1.ckpt`` etc. count too (Lightning's names when ``last.ckpt`` already existed);
-    ``*.partial`` temporary files of :class:`AtomicCheckpointIO` never do.
-    """
-    candidates = [p for p in Path(run_dir).rglob("last*.ckpt") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
-
-
-def resume_checkpoint(cfg: DictConfig, task: torch.nn.Module | None = None) -> str | None:
-    """The checkpoint this run starts from, from ``cfg.ckpt_path`` and ``cfg.resume``.
-
-    * ``ckpt_path=<file>``: that file (it must exist).
-    * ``ckpt_path=last``: the newest ``last*.ckpt`` under this run's folder
-      ``cfg.paths.output_dir``; an error if there is none (you asked to resume).
-    * ``resume=auto``: the same search, but a fresh start when nothing is there, so one
-      command serves the first submission of a cluster job and every requeue.
-    * neither: ``None`` (a fresh start).
-
-    The run folder is Hydra's output dir. Its default name is the launch time, so a
-    requeued job must pin it (``hydra.run.dir=logs/train/runs/${oc.env:SLURM_JOB_ID}``);
-    other runs' folders are never searched, since they may hold a different config.
-
-    With ``task``, the chosen checkpoint is checked against it first
-    (:func:`check_checkpoint_fits`), so a wrong file fails with a readable report.
-    """
-    ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
-    if resume not in (None, "auto"):
-        raise ValueError(f"resume must be null or 'auto', got {resume!r}")
-    if ckpt_path is not None and resume is not None:
-        raise ValueError(
-            f"both ckpt_path={ckpt_path} and resume={resume} are set; keep one of them."
-        )
-    run_dir = Path(cfg.paths.output_dir)
-    if ckpt_path == "last" or resume == "auto":
-        found = newest_last_checkpoint(run_dir)
-        if found is None and ckpt_path == "last":
-            raise FileNotFoundError(
-                f"ckpt_path=last: no last*.ckpt under this run's folder {run_dir}. Point "
-                "hydra.run.dir at the folder of the run to continue, give ckpt_path=<file>, "
-                "or use resume=auto to start fresh when nothing is there."
-            )
-        ckpt_path = None if found is None else str(found)
-    elif ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
-    if ckpt_path is not None and task is not None:
-        check_checkpoint_fits(task, ckpt_path, cfg)
-    return ckpt_path
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's weights do not fit the model this run builds."""
-
-
-def _model_summary(config: Any) -> str:
-    """``_target_`` plus the arguments that usually differ (arch, encoder, classes)."""
-    if not isinstance(config, dict | DictConfig):
-        return "(unknown: the checkpoint stores no config)"
-    model = config.get("model") or {}
-    keys = ("_target_", "arch", "encoder_name", "backbone", "num_classes")
-    return ", ".join(f"{k}={model[k]}" for k in keys if k in model) or "(no model config)"
-
-
-def check_checkpoint_fits(
-    task: torch.nn.Module, ckpt_path: str | Path, cfg: DictConfig | None = None
-) -> None:
-    """Compare a Lightning checkpoint's ``state_dict`` with ``task``'s, key by key and shape
-    by shape, before Lightning loads it (memory-mapped, ``weights_only=True``).
-
-    Raises:
-        CheckpointMismatchError: listing shape mismatches, missing and unexpected keys, the
-            model the checkpoint was written for (from its stored config) and this run's.
-    """
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if state is None:
-        raise CheckpointMismatchError(
-            f"{ckpt_path} has no 'state_dict', so it is not a training checkpoint; load plain "
-            "weights with model.weights_path=<file> instead of ckpt_path."
-        )
-    own = task.state_dict()
-    shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and own[k].shape != v.shape
-    ]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    problems = [
-        f"{len(found)} {what}, e.g. {found[:3]}"
-        for what, found in (
-            ("shape mismatches", shapes),
-            ("keys missing from the checkpoint", missing),
-            ("unexpected keys", unexpected),
-        )
-        if found
-    ]
-    if not problems:
-        return
-    here = "" if cfg is None else f"; this run builds {_model_summary(cfg)}"
-    raise CheckpointMismatchError(
-        f"checkpoint {ckpt_path} does not fit this run's model: {'; '.join(problems)}. It was "
-        f"written for {_model_summary(checkpoint.get('config'))}{here}. Resume with the "
-        "config it was trained with (model=..., data.num_classes=...), or start a new run "
-        "from its weights with model.weights_path=<file>."
-    )
-
-
-class DDPJobCallback(HydraCallback):
-    """Hydra callback that gives every job of a multirun its own DDP world and folder.
-
-    Lightning's DDP launcher starts ranks > 0 by re-running ``sys.argv`` with
-    ``hydra.run.dir=<hydra.run.dir>``. In a multirun (``-m``) that would start the whole
-    sweep again in a new timestamped folder, and the next job would find the previous
-    job's process group and environment variables. So, around each job:
-
-    * ``on_job_start`` (multirun only): ``sys.argv`` becomes this job's own overrides plus
-      ``hydra.mode=RUN``, and ``hydra.run.dir`` this job's output dir, so the extra ranks
-      run this job and write only into its folder.
-    * ``on_job_end``: destroy the process group and restore ``sys.argv`` and the
-      environment variables the launcher set (``MASTER_PORT``, ``LOCAL_RANK``, ...).
+    Attributes:
+        class_names: the ``C`` class names, in class-index order.
+        confusion_matrices: ``{split: int64 [C, C]}`` of the last finished epoch of that
+            split (``"val"``/``"test"``), on the CPU; rows = ground truth, columns =
+            prediction, ignored pixels left out.
+        extra_scores: ``{split: {name: value}}`` written into ``metrics.json`` beside the
+            confusion-matrix scores (instance task: COCO AP; ``{}`` for the semantic task).
     """
 
-    _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-
-    def __init__(self) -> None:
-        self._argv: list[str] | None = None
-        self._env: dict[str, str | None] = {}
-
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._env = {key: os.environ.get(key) for key in self._DDP_ENV}
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            return
-        self._argv = list(sys.argv)
-        sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra.mode=RUN"]
-        output_dir = hydra_cfg.runtime.output_dir
-        for node in (hydra_cfg, config.hydra):  # HydraConfig's copy and the job's config
-            with read_write(node), open_dict(node):
-                node.run.dir = output_dir
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        for key, value in self._env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if self._argv is not None:
-            sys.argv, self._argv = self._argv, None
+    class_names: list[str]
+    confusion_matrices: dict[str, torch.Tensor]
+    extra_scores: dict[str, dict[str, Any]]
 
 
 def evaluate(
     trainer: L.Trainer,
-    task: L.LightningModule,
+    task: ScoredTask,
     datamodule: L.LightningDataModule,
-    stage: str,
+    subset: str,
     ckpt_path: str | Path | None,
     output_dir: str | Path,
     loaded: tuple[str | Path, int | None] | None = None,
@@ -397,7 +197,7 @@ def evaluate(
     """Score ``ckpt_path`` (or the current weights) on the ``val`` or ``test`` split.
 
     Writes the report files into ``output_dir`` and prints the per-class table (rank 0 only).
-    A task's ``extra_scores[stage]`` dict, if it has one, is added to ``metrics.json``.
+    The task keeps its confusion matrix and extra scores of the split (:class:`ScoredTask`).
 
     Args:
         loaded: ``(path, epoch)`` of a checkpoint whose weights ``task`` already holds
@@ -407,7 +207,12 @@ def evaluate(
     Returns:
         the ``metrics.json`` content, or ``{}`` on other ranks.
     """
-    run = trainer.validate if stage == "val" else trainer.test
+    if not isinstance(task, ScoredTask):
+        raise TypeError(
+            f"{type(task).__name__} cannot be scored: evaluate needs class_names, "
+            "confusion_matrices and extra_scores on the task (segkit.runner.ScoredTask)."
+        )
+    run = trainer.validate if subset == "val" else trainer.test
     run(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
     if not trainer.is_global_zero:
         return {}
@@ -416,13 +221,13 @@ def evaluate(
         "checkpoint": str(source) if source else None,
         "epoch": epoch,
         # scores a task keeps beside its confusion matrix (instance task: COCO AP)
-        **getattr(task, "extra_scores", {}).get(stage, {}),
+        **task.extra_scores.get(subset, {}),
     }
     metrics = write_report(
         output_dir,
-        task.confusion_matrices[stage],
+        task.confusion_matrices[subset],
         task.class_names,
-        split=datamodule.splits[stage],
+        split=datamodule.splits[subset],
         extra=extra,
     )
     print_report(metrics)
@@ -512,81 +317,4 @@ def print_results(folder: str | Path, what: str) -> None:
     print(f"Results: {Path(folder).resolve()} ({what})", flush=True)
 
 
-class KeepEarlierConfigs(HydraCallback):
-    """Hydra callback: a run started again in an existing folder (``hydra.run.dir=<run>
-    ckpt_path=last``) keeps the earlier ``.hydra/{config,hydra,overrides}.yaml`` as
-    ``config.<n>.yaml`` etc. (n = 1, 2, ... in start order) instead of letting Hydra
-    overwrite them; the plain names describe the newest start.
-
-    DDP ranks > 0 (started with ``hydra.output_subdir=null``) write no files and move none.
-    """
-
-    NAMES = ("config", "hydra", "overrides")
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        subdir = config.hydra.output_subdir
-        if subdir is None or os.environ.get("LOCAL_RANK", "0") != "0":
-            return
-        folder = Path(config.hydra.run.dir) / subdir
-        if not (folder / "config.yaml").is_file():
-            return
-        number = 1
-        while any((folder / f"{name}.{number}.yaml").exists() for name in self.NAMES):
-            number += 1
-        for name in self.NAMES:
-            if (folder / f"{name}.yaml").is_file():
-                (folder / f"{name}.yaml").rename(folder / f"{name}.{number}.yaml")
-
-
-class SweepSummary(HydraCallback):
-    """Hydra callback: a multirun ends with its folder and the leaderboard command."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep = Path(config.hydra.sweep.dir)
-        print_results(sweep, "one folder per job")
-        print(f"Leaderboard: python -m segkit.leaderboard {shlex.quote(str(sweep))}", flush=True)
-
-
 # --- eval.py / predict.py: config merged over a checkpoint's ---------------------------
-
-
-# Keys fixed by the trained weights: an override that differs cannot be honoured.
-CLASS_KEYS = ("num_classes", "class_names")
-
-
-def checkpoint_overrides(given: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``data``/``task`` overrides of eval.py or predict.py, checked against the config
-    stored in the checkpoint.
-
-    A ``num_classes`` or ``class_names`` that differs from the
-    checkpoint's is refused: the classes are fixed by the trained weights, and the report
-    would otherwise show the checkpoint's classes under the new names.
-
-    Args:
-        given: ``{"data": {...}, "task": {...}}`` from the command line (plain containers).
-        stored: the checkpoint's ``config``.
-
-    Raises:
-        ConfigError: naming each contradicting key, its value and the checkpoint's.
-    """
-
-    overrides = {k: v for k, v in given.items() if v}
-    contradictions = []
-    for group, node in overrides.items():
-        for key in CLASS_KEYS:
-            if key not in node:
-                continue
-            mine, theirs = node[key], (stored.get(group) or {}).get(key)
-            mine = list(mine) if isinstance(mine, list | tuple) else mine
-            theirs = list(theirs) if isinstance(theirs, list | tuple) else theirs
-            if theirs is not None and mine != theirs:
-                contradictions.append(f"{group}.{key}={mine} (the checkpoint has {theirs})")
-    if contradictions:
-        data = stored.get("data") or {}
-        raise ConfigError(
-            f"{'; '.join(contradictions)}: the classes of a trained model are fixed by its "
-            f"weights (data.num_classes={data.get('num_classes')}, data.class_names="
-            f"{data.get('class_names')}). Drop these overrides, or train a model with the "
-            "new classes."
-        )
-    return overrides

@@ -1,4 +1,5 @@
-"""Learning-rate schedules stepped once per optimiser step.
+"""Learning-rate schedules stepped once per optimiser step, and :func:`plateau_lr`, stepped
+once per validation on its score.
 
 Each factory takes ``(optimizer, total_steps, ...)``; the task passes ``total_steps`` from
 ``trainer.estimated_stepping_batches`` so configs never repeat the run length.
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 
 class _PolyFactor:
@@ -115,6 +116,37 @@ def multistep_lr(
     return LambdaLR(optimizer, factor)
 
 
+class PlateauSchedule(ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` that knows the metric it follows (:attr:`monitor`), so
+    :func:`lightning_schedule` steps it after each validation with that value."""
+
+    def __init__(self, optimizer: Optimizer, monitor: str, **kwargs: Any) -> None:
+        super().__init__(optimizer, **kwargs)
+        self.monitor = monitor
+
+
+def plateau_lr(
+    optimizer: Optimizer,
+    total_steps: int,
+    monitor: str = "val/mIoU",
+    mode: str = "max",
+    factor: float = 0.1,
+    patience: int = 5,
+    threshold: float = 1e-4,
+    min_lr: float = 0.0,
+) -> PlateauSchedule:
+    """Reduce the rate by ``factor`` when ``monitor`` has not improved (by more than
+    ``threshold``, relative) for ``patience`` validations; stepped once per validation, not
+    per optimiser step. ``total_steps`` is accepted for the common factory signature and
+    unused: the schedule follows the scores, not the run length.
+    """
+    del total_steps
+    return PlateauSchedule(
+        optimizer, monitor, mode=mode, factor=factor, patience=patience,
+        threshold=threshold, min_lr=min_lr,
+    )  # fmt: skip
+
+
 def scheduled_total_steps(scheduler: LRScheduler) -> int | None:
     """The run length (optimiser steps) a segkit schedule holds, or ``None`` for another
     scheduler (whose length, if any, segkit cannot change)."""
@@ -154,6 +186,7 @@ def lightning_schedule(
     optimizer: Optimizer,
     scheduler: Callable[..., LRScheduler] | None,
     total_steps: int,
+    val_every_n_epochs: int = 1,
 ) -> Any:
     """What a LightningModule's ``configure_optimizers`` returns for a built optimiser.
 
@@ -161,8 +194,14 @@ def lightning_schedule(
         optimizer: the optimiser (its groups' ``lr`` already final: schedules scale them).
         scheduler: partial ``scheduler(optimizer, total_steps=...)`` or ``None`` (constant lr).
         total_steps: optimiser steps of the whole run (``trainer.estimated_stepping_batches``).
+        val_every_n_epochs: ``trainer.check_val_every_n_epoch``: how often a
+            :class:`PlateauSchedule` gets a score to step on.
     """
     if scheduler is None:
         return optimizer
     schedule = scheduler(optimizer, total_steps=total_steps)
+    if isinstance(schedule, PlateauSchedule):  # once per validation, with its score
+        config = {"scheduler": schedule, "interval": "epoch", "monitor": schedule.monitor}
+        config["frequency"] = val_every_n_epochs
+        return {"optimizer": optimizer, "lr_scheduler": config}
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

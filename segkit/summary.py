@@ -24,7 +24,6 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import hydra
 import torch
@@ -33,9 +32,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from segkit.config import CONF_DIR, compose
 from segkit.models.smp import SMPModel
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TABLE_INPUT_SIZE = (512, 1024)
 TABLE_NUM_CLASSES = 19
 
@@ -52,12 +51,6 @@ class Summary:
     total_params: int
     trainable_params: int
     block_params: dict[str, int]
-
-
-def compose(overrides: Sequence[str]) -> DictConfig:
-    """Compose ``conf/train.yaml`` with Hydra command-line overrides."""
-    with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra.compose("train", overrides=list(overrides))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -200,7 +193,7 @@ def model_table(overrides: Sequence[str] = (), names: Sequence[str] | None = Non
     base = [f"data.num_classes={TABLE_NUM_CLASSES}", *overrides]
     input_size = TABLE_INPUT_SIZE
     if names is None:
-        names = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+        names = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
     for name in names:
         cfg = compose([*base, f"model={name}"])
         input_size = tuple(cfg.get("input_size", TABLE_INPUT_SIZE))

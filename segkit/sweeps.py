@@ -1,4 +1,4 @@
-"""Optuna sweeps that survive failing trials: the Hydra callback used by ``conf/hparams_search``.
+"""Optuna sweeps that survive failing trials: checks and study access for ``conf/hparams_search``.
 
 ``python train.py -m hparams_search=shapes_optuna`` runs the hydra-optuna-sweeper with
 
@@ -8,8 +8,9 @@
 * ``max_failure_rate: 1.0``: a trial that raises (any exception, CUDA out of memory, or the
   ``NonFiniteLossError`` of ``callbacks.nonfinite_guard`` on a NaN/Inf loss) is told to
   Optuna as ``FAIL`` (Hydra catches the job's exception) and the sweep goes on;
-* :class:`SweepCallback`, which checks ``optimized_metric`` and the searched keys before the
-  first trial and writes ``best_params.yaml`` into the sweep dir at the end.
+* :class:`~segkit.hydra_callbacks.SweepCallback`, which checks ``optimized_metric`` and the
+  searched keys before the first trial and writes ``best_params.yaml`` into the sweep dir
+  at the end.
 
 SQLite with optuna 2.10 and SQLAlchemy >= 2: optuna's ``RDBStorage`` stamps its schema
 version on a connection that SQLAlchemy 2 never commits, so a plain ``sqlite:///`` URL fails
@@ -19,20 +20,16 @@ version on a connection that SQLAlchemy 2 never commits, so a plain ``sqlite:///
 
 from __future__ import annotations
 
-import gc
 import logging
-import traceback
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import optuna
-import torch
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from segkit.tasks.semantic import HEADLINE_KEYS
+
+if TYPE_CHECKING:  # optuna (with SQLAlchemy and alembic) loads only when a study is opened,
+    import optuna  # not in every run that imports the Hydra callbacks
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +97,8 @@ def check_searched_keys(config: DictConfig) -> None:
 
 def open_study(config: DictConfig) -> optuna.Study:
     """Load the study named in ``config.hydra.sweeper`` from its storage."""
+    import optuna
+
     sweeper = config.hydra.sweeper
     storage = sweeper.storage
     if OmegaConf.is_dict(storage):
@@ -109,6 +108,8 @@ def open_study(config: DictConfig) -> optuna.Study:
 
 def best_params_dict(study: optuna.Study) -> dict[str, Any]:
     """``best_params.yaml`` content: best value and parameters, and the trial counts."""
+    import optuna
+
     states = [trial.state for trial in study.trials]
     result: dict[str, Any] = {
         "study_name": study.study_name,
@@ -123,49 +124,3 @@ def best_params_dict(study: optuna.Study) -> dict[str, Any]:
         # the same parameters as command-line overrides, ready to paste after train.py
         result["overrides"] = " ".join(f"{key}={value}" for key, value in best.params.items())
     return result
-
-
-class SweepCallback(Callback):
-    """Hydra callback (``hydra.callbacks``) for Optuna sweeps of train.py.
-
-    * ``on_multirun_start``: validates ``optimized_metric`` and the searched keys (so a typo
-      fails before the first trial), creates the sweep dir for the SQLite study and, when the
-      study already has trials (a resumed sweep), sends new jobs to ``resume<K>/<num>``.
-    * ``on_job_end``: after a failed trial, drops the frames its exception holds (they keep
-      the model and batches alive, on the GPU after an out-of-memory error).
-    * ``on_multirun_end``: writes ``best_params.yaml`` into the sweep dir.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_optimized_metric(config)
-        check_searched_keys(config)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            done = len(open_study(config).trials)
-        except KeyError:  # no such study yet: a fresh sweep
-            return
-        if done:
-            log.info(
-                "Resuming study with %d trials; new jobs in %s/resume%d", done, sweep_dir, done
-            )
-            with read_write(config.hydra), open_dict(config.hydra):
-                # the launcher recomposes every job from these overrides
-                config.hydra.overrides.hydra.append(
-                    f"hydra.sweep.subdir=resume{done}/${{hydra.job.num}}"
-                )
-
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.FAILED:
-            error = job_return._return_value  # the property would re-raise it
-            log.warning("Trial failed (%s: %s)", type(error).__name__, error)
-            traceback.clear_frames(error.__traceback__)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        result = best_params_dict(open_study(config))
-        path = Path(config.hydra.sweep.dir) / "best_params.yaml"
-        OmegaConf.save(OmegaConf.create(result), path)
-        log.info("Best parameters written to %s", path)

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny datasets written to tmp folders, paths to shared data."""
+"""Shared fixtures: tiny datasets written to tmp folders, paths to shared data, the one
+Optuna sweep of the session (helpers in ``helpers.py``)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,34 @@ def write_folder_dataset(
 @pytest.fixture
 def folder_dataset(tmp_path: Path) -> Path:
     return write_folder_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sweep dir of :func:`helpers.tiny_optuna_sweep`, run once per session."""
+    from .helpers import tiny_optuna_sweep
+
+    return tiny_optuna_sweep(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run dir of the session's one small train.py run (:data:`helpers.TINY`: 2 epochs of
+    U-Net ResNet-18 on 16 shapes, scored on val and test), started from a
+    ``model.weights_path`` file that is deleted once training is done, so eval.py and
+    predict.py must rebuild the model from the checkpoint alone. Shared by the artifact,
+    eval, predict and publish tests; they only read it."""
+    import hydra
+    import torch
+
+    from .helpers import CONF, TINY, run_train
+
+    folder = tmp_path_factory.mktemp("trained_run")
+    torch.manual_seed(0)
+    start = folder / "start.pth"
+    with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra.compose("train", ["data.num_classes=5"])
+    torch.save(hydra.utils.instantiate(cfg.model).state_dict(), start)
+    run = run_train(folder, *TINY, f"model.weights_path={start}")
+    start.unlink()
+    return run

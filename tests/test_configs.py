@@ -8,13 +8,12 @@ import hydra
 import lightning as L
 import pytest
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict, read_write
 
 from segkit.class_weights import CHOICES as CLASS_WEIGHT_CHOICES
-from segkit.runner import build_task
+from segkit.tasks import build_task
 
 from .conftest import PROJECT_ROOT
+from .helpers import compose
 
 CONF = PROJECT_ROOT / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -22,19 +21,6 @@ GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra.compose(
-            "train",
-            overrides=[f"paths.root_dir={tmp_path}", *overrides],
-            return_hydra_config=True,
-        )
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-    HydraConfig.instance().set_config(cfg)  # lets ${hydra:runtime.output_dir} resolve
-    return cfg
 
 
 def folder_overrides(root: Path) -> list[str]:

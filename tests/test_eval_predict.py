@@ -4,63 +4,35 @@ holding the model's argmax, and overlays."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from segkit.inference import load_checkpoint, task_from_checkpoint
+from segkit.checkpoints import load_checkpoint, task_from_checkpoint
 
-from .conftest import PROJECT_ROOT
-from .test_train import TINY, run_train
+from .helpers import run_script
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """Run dir of a tiny shapes run (2 epochs, scored on val at the end) that started from a
-    ``model.weights_path`` file, deleted once training is done: eval and predict below must
-    rebuild the model from the checkpoint alone."""
-    folder = tmp_path_factory.mktemp("train")
-    torch.manual_seed(0)
-    start = folder / "start.pth"
-    with hydra.initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = hydra.compose("train", ["data.num_classes=5"])
-    torch.save(hydra.utils.instantiate(cfg.model).state_dict(), start)
-    run = run_train(folder, *TINY, "test=false", f"model.weights_path={start}")
-    start.unlink()
-    return run
-
-
-def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(PROJECT_ROOT / script), *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        raise AssertionError(f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-def test_eval_reproduces_the_final_validation_metrics(trained, tmp_path):
-    trained_metrics = json.loads((trained / "metrics.json").read_text())
+def test_eval_reproduces_the_final_validation_metrics(trained_run, tmp_path):
+    trained_metrics = json.loads((trained_run / "metrics.json").read_text())
     ckpt = trained_metrics["checkpoint"]
     out = tmp_path / "eval"
     result = run_script("eval.py", f"ckpt_path={ckpt}", f"hydra.run.dir={out}")
     np.testing.assert_array_equal(
-        np.load(out / "confusion_matrix.npy"), np.load(trained / "confusion_matrix.npy")
+        np.load(out / "confusion_matrix.npy"), np.load(trained_run / "confusion_matrix.npy")
     )
     assert json.loads((out / "metrics.json").read_text()) == trained_metrics
-    assert (out / "per_class.csv").read_text() == (trained / "per_class.csv").read_text()
+    assert (out / "per_class.csv").read_text() == (trained_run / "per_class.csv").read_text()
     assert "val scores (%)" in result.stdout and "circle" in result.stdout
 
 
-def test_predict_writes_the_argmax_as_palette_png_and_overlays(trained, tmp_path):
-    ckpt = trained / "checkpoints" / "last.ckpt"
+def test_predict_writes_the_argmax_as_palette_png_and_overlays(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
     data_root = Path(load_checkpoint(ckpt)["config"]["data"]["dataset"]["root"])
     images = sorted((data_root / "images").glob("*.png"))[:3]
     source = tmp_path / "photos"
@@ -87,22 +59,22 @@ def test_predict_writes_the_argmax_as_palette_png_and_overlays(trained, tmp_path
     assert sorted(p.name for p in source.iterdir()) == [p.name for p in images]  # untouched
 
 
-def test_predict_refuses_to_write_into_the_input_folder(trained, tmp_path):
+def test_predict_refuses_to_write_into_the_input_folder(trained_run, tmp_path):
     source = tmp_path / "photos"
     source.mkdir()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(source / "a.png")
-    ckpt = trained / "checkpoints" / "last.ckpt"
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
     with pytest.raises(AssertionError, match="lies inside the input folder"):
         run_script("predict.py", f"ckpt_path={ckpt}", f"input={source}",
                    f"output={source / 'preds'}", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
 
 
-def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained, tmp_path):
+def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained_run, tmp_path):
     from segkit.publish import publish
 
     out = tmp_path / "result"
-    info = publish(trained, out)
-    trained_metrics = json.loads((trained / "metrics.json").read_text())
+    info = publish(trained_run, out)
+    trained_metrics = json.loads((trained_run / "metrics.json").read_text())
     assert info["published_from"] == "checkpoints/" + Path(trained_metrics["checkpoint"]).name
     assert info["epochs_trained"] == 2 and info["val_mIoU"] == trained_metrics["mIoU"]
     for name in ("config.yaml", "curve.png", "samples.png", "per_class.csv"):
@@ -111,7 +83,7 @@ def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained, t
     scored = tmp_path / "eval"
     run_script("eval.py", f"ckpt_path={out / 'model.pt'}", f"hydra.run.dir={scored}")
     np.testing.assert_array_equal(
-        np.load(scored / "confusion_matrix.npy"), np.load(trained / "confusion_matrix.npy")
+        np.load(scored / "confusion_matrix.npy"), np.load(trained_run / "confusion_matrix.npy")
     )
     # each sample's matrix: a numpy count of the model's argmax on a frame read here
     record = json.loads((out / "samples.json").read_text())
@@ -132,18 +104,18 @@ def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained, t
         np.testing.assert_array_equal(np.asarray(matrix), expected, err_msg=name)
 
 
-def test_publish_refuses_a_run_whose_reported_checkpoint_is_gone(trained, tmp_path):
+def test_publish_refuses_a_run_whose_reported_checkpoint_is_gone(trained_run, tmp_path):
     from segkit.publish import best_checkpoint_of
 
-    metrics = json.loads((trained / "metrics.json").read_text())
-    assert best_checkpoint_of(trained, metrics).is_file()
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert best_checkpoint_of(trained_run, metrics).is_file()
     name = Path(metrics["checkpoint"]).name
     moved = {**metrics, "checkpoint": f"/elsewhere/checkpoints/{name}"}  # run folder moved
-    assert best_checkpoint_of(trained, moved) == trained / "checkpoints" / name
+    assert best_checkpoint_of(trained_run, moved) == trained_run / "checkpoints" / name
     with pytest.raises(FileNotFoundError, match="neither there nor in"):
-        best_checkpoint_of(trained, {**metrics, "checkpoint": "/elsewhere/best_epoch999.ckpt"})
+        best_checkpoint_of(trained_run, {**metrics, "checkpoint": "/elsewhere/best_epoch999.ckpt"})
     with pytest.raises(FileNotFoundError, match="names no checkpoint"):
-        best_checkpoint_of(trained, {**metrics, "checkpoint": ""})
+        best_checkpoint_of(trained_run, {**metrics, "checkpoint": ""})
 
 
 def test_weights_only_keeps_the_ema_weights_as_the_model():

@@ -7,14 +7,12 @@ optimiser, schedule) is the recipe's own.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 from omegaconf import open_dict
 
-from .conftest import PROJECT_ROOT
-from .test_configs import compose
+from .helpers import compose, load_script
 
 SHAPES = [
     "data=shapes",
@@ -38,13 +36,6 @@ RECIPES = {
 }
 
 
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("segkit_train", PROJECT_ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_runs_with_fast_dev_run(name, tmp_path):
@@ -52,6 +43,6 @@ def test_recipe_runs_with_fast_dev_run(name, tmp_path):
     assert cfg.hydra.runtime.choices.experiment == name
     with open_dict(cfg):  # a job's config has no hydra node (HydraConfig holds it)
         del cfg["hydra"]
-    value = load_train_module().main(cfg)  # hydra.main passes a given config straight through
+    value = load_script("train").train(cfg)["optimized"]
     assert value is not None and math.isfinite(value)
     assert (tmp_path / "run" / "metrics.json").is_file()

@@ -15,8 +15,6 @@ from segkit.analysis import load_runs
 from segkit.leaderboard import BEST, leaderboard_rows, leaderboard_table, main, varying_overrides
 from segkit.report import write_report
 
-from .test_sweeps import optuna_sweep  # noqa: F401  (the shared session fixture)
-
 
 def fake_run(folder: Path, confmat: list[list[int]] | None, overrides: list[str]) -> Path:
     """A run dir as train.py leaves it: .hydra/ files, and the report unless confmat is None."""
@@ -94,7 +92,7 @@ def test_cli_names_a_missing_or_empty_folder(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_leaderboard_of_a_sweep_matches_every_metrics_json(optuna_sweep, tmp_path):  # noqa: F811
+def test_leaderboard_of_a_sweep_matches_every_metrics_json(optuna_sweep, tmp_path):
     job_dirs = sorted(p.parent.parent for p in optuna_sweep.rglob(".hydra/overrides.yaml"))
     assert main([str(optuna_sweep), "--csv", str(tmp_path / "lb.csv")]) == 0
     with open(tmp_path / "lb.csv") as handle:

@@ -8,7 +8,6 @@ are tiny shapes runs (16 images of 64 px, batch 4: 4 steps per epoch) on one CPU
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shlex
 import shutil
@@ -22,64 +21,36 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import OmegaConf
 from PIL import Image
 
 from segkit.callbacks import NoTrainingBatchesError
+from segkit.checkpoints import ResumeError, checkpoint_overrides, config_changes, refused_changes
+from segkit.config import ConfigError, check_arguments
 from segkit.data.folder import DataError
+from segkit.hydra_callbacks import SweepSummary
 from segkit.loggers import CSVLogger
 from segkit.report import write_report
-from segkit.resume import ResumeError, config_changes, refused_changes
-from segkit.runner import (
-    ConfigError,
-    SweepSummary,
-    build_task,
-    check_arguments,
-    checkpoint_overrides,
-    continue_command,
-)
+from segkit.runner import continue_command
 from segkit.schedulers import poly_lr, set_total_steps
+from segkit.tasks import build_task
 
 from .conftest import PROJECT_ROOT
-from .test_reliability import ENV, FAST, load, run, train_command
+from .helpers import ENV, FAST, SMALL_MODEL, compose_job, load, load_script, run, train_command
 
 CONF = PROJECT_ROOT / "conf"
 # 16 images / batch 4 = 4 optimiser steps per epoch; lr logged every step
-TINY = [
+STEP_LOGGED = [
     *FAST,
     "data.prepare.num_train=16",
     "trainer.log_every_n_steps=1",
     "+trainer.enable_progress_bar=false",
 ]
-SMALL_MODEL = ["model=smp", "model.arch=Linknet", "model.encoder_name=tu-mobilenetv3_small_050"]
-
-
-def load_script(name: str):
-    """train.py / eval.py / predict.py as a module (hydra.main passes a given config through)."""
-    spec = importlib.util.spec_from_file_location(f"segkit_{name}", PROJECT_ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def compose(config: str, root: Path, run_dir: Path, overrides: list[str]) -> DictConfig:
-    """A job's config as Hydra hands it to main(): HydraConfig set, no hydra node."""
-    with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra.compose(
-            config, overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True
-        )
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
 
 
 def save_checkpoint(tmp_path: Path, overrides: list[str]) -> Path:
     """A train.py-style checkpoint (weights + resolved config) of an untrained model."""
-    cfg = compose("train", tmp_path, tmp_path / "train_run", [*SMALL_MODEL, *overrides])
+    cfg = compose_job("train", tmp_path, tmp_path / "train_run", [*SMALL_MODEL, *overrides])
     torch.manual_seed(0)
     task = build_task(cfg)
     path = tmp_path / "model.ckpt"
@@ -97,9 +68,9 @@ def csv_rows(run_dir: Path) -> list[dict]:
 
 
 def test_batch_size_larger_than_the_training_split_stops_at_start_up(tmp_path):
-    cfg = compose("train", tmp_path, tmp_path / "run", [*TINY, "data.batch_size=32"])
+    cfg = compose_job("train", tmp_path, tmp_path / "run", [*STEP_LOGGED, "data.batch_size=32"])
     with pytest.raises(NoTrainingBatchesError, match=r"data.batch_size=32 .* its 16 images"):
-        load_script("train").main(cfg)
+        load_script("train").train(cfg)
     assert not (tmp_path / "run" / "metrics.json").exists()  # no untrained "result"
 
 
@@ -111,9 +82,9 @@ def test_unknown_optimizer_key_stops_before_data_and_model_are_built(tmp_path):
     overrides = ["+optimizer.learning_rate=1e-3", "data=folder"]
     overrides += [f"data.dataset.root={tmp_path / 'nowhere'}", "data.num_classes=3"]
     overrides += ["data.class_names=[a,b,c]"]
-    cfg = compose("train", tmp_path, tmp_path / "run", overrides)
+    cfg = compose_job("train", tmp_path, tmp_path / "run", overrides)
     with pytest.raises(ConfigError) as error:
-        load_script("train").main(cfg)
+        load_script("train").train(cfg)
     message = str(error.value)
     assert "optimizer.learning_rate is not an argument of torch.optim.AdamW" in message
     assert "optimizer.lr" in message and "optimizer.weight_decay" in message
@@ -128,16 +99,28 @@ def test_unknown_optimizer_key_stops_before_data_and_model_are_built(tmp_path):
 
 def test_model_maskrcnn_selects_the_instance_task_or_stops_naming_it(tmp_path):
     overrides = ["model=maskrcnn", "data=shapes_instances", "model.backbone=resnet18"]
-    cfg = compose("train", tmp_path, tmp_path / "run", overrides)
+    cfg = compose_job("train", tmp_path, tmp_path / "run", overrides)
     assert cfg.task._target_ == "segkit.tasks.instance.InstanceSegmentationTask"
     # the experiment that also sets it still composes
-    cfg = compose("train", tmp_path, tmp_path / "run", ["experiment=shapes_maskrcnn"])
+    cfg = compose_job("train", tmp_path, tmp_path / "run", ["experiment=shapes_maskrcnn"])
     assert cfg.task._target_ == "segkit.tasks.instance.InstanceSegmentationTask"
     # task=semantic forced on the command line: stop before training, naming the fix
-    cfg = compose("train", tmp_path, tmp_path / "run", [*overrides, "task=semantic"])
+    cfg = compose_job("train", tmp_path, tmp_path / "run", [*overrides, "task=semantic"])
     with pytest.raises(ConfigError, match="use task=instance"):
-        load_script("train").main(cfg)
+        load_script("train").train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+# --- the value train.py returns to sweepers ---------------------------------------------
+
+
+def test_main_refuses_an_optimized_metric_that_was_never_logged(tmp_path):
+    overrides = [*STEP_LOGGED, "trainer.max_epochs=1", "optimized_metric=val/mIoU_typo"]
+    overrides += ["callbacks.model_checkpoint.monitor=val/mIoU"]  # else Lightning stops first
+    cfg = compose_job("train", tmp_path, tmp_path / "run", overrides)
+    with pytest.raises(KeyError, match=r"val/mIoU_typo was never logged.*val/mIoU"):
+        load_script("train").main(cfg)
+    assert (tmp_path / "run" / "metrics.json").is_file()  # the run itself trained and scored
 
 
 # --- case 4 and 13: resume ------------------------------------------------------------
@@ -153,7 +136,7 @@ def resumed(tmp_path_factory) -> dict:
     """
     tmp_path = tmp_path_factory.mktemp("resume")
     run_dir = tmp_path / "run"
-    run(train_command(tmp_path, run_dir, *TINY, "trainer.max_epochs=1"))
+    run(train_command(tmp_path, run_dir, *STEP_LOGGED, "trainer.max_epochs=1"))
     first = {
         "config": (run_dir / ".hydra" / "config.yaml").read_text(),
         "rows": csv_rows(run_dir),
@@ -161,7 +144,9 @@ def resumed(tmp_path_factory) -> dict:
     }
     stale = run_dir / "checkpoints" / "best_epoch001.ckpt"
     shutil.copy(run_dir / "checkpoints" / "best_epoch000.ckpt", stale)
-    command = train_command(tmp_path, run_dir, *TINY, "trainer.max_epochs=2", "ckpt_path=last")
+    command = train_command(
+        tmp_path, run_dir, *STEP_LOGGED, "trainer.max_epochs=2", "ckpt_path=last"
+    )
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
     assert result.returncode == 0, result.stderr[-5000:]
     output = result.stdout + result.stderr
@@ -237,9 +222,9 @@ def test_resume_refuses_changes_the_restored_state_cannot_follow(
     run_dir = tmp_path / "run"
     shutil.copytree(resumed["run"], run_dir)
     data = [f"paths.data_dir={resumed['tmp'] / 'data'}"]
-    cfg = compose("train", tmp_path, run_dir, [*data, *TINY, "ckpt_path=last", *change])
+    cfg = compose_job("train", tmp_path, run_dir, [*data, *STEP_LOGGED, "ckpt_path=last", *change])
     with pytest.raises(ResumeError, match=expected):
-        load_script("train").main(cfg)
+        load_script("train").train(cfg)
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 8  # untouched
 
 
@@ -296,7 +281,7 @@ def test_interrupt_in_the_first_epoch_saves_last_ckpt_and_the_printed_command_co
     # Poly warm-up of 100 steps never ends, so the final lr pins the exact scheduler step:
     # an uninterrupted run takes 2 epochs x 4 steps, lr = 1e-3 * (8 + 1) / 100.
     step_file = tmp_path / "step.txt"
-    args = [*TINY, "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=0"]
+    args = [*STEP_LOGGED, "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=0"]
     args += ["scheduler.warmup_steps=100", "optimizer.lr=1e-3"]
     args += ["+callbacks.probe._target_=tests.lifecycle_probe.StepFile"]
     args += [f"+callbacks.probe.path={step_file}", "+callbacks.probe.delay=0.5"]
@@ -335,7 +320,9 @@ def test_interrupt_in_the_first_epoch_saves_last_ckpt_and_the_printed_command_co
 
 
 def test_continue_command_pins_the_run_folder(tmp_path):
-    cfg = compose("train", tmp_path, tmp_path / "my run", ["trainer.max_epochs=3", "resume=auto"])
+    cfg = compose_job(
+        "train", tmp_path, tmp_path / "my run", ["trainer.max_epochs=3", "resume=auto"]
+    )
     words = shlex.split(continue_command(cfg))
     assert words[0] == "python" and words[-1] == "ckpt_path=last"
     assert f"hydra.run.dir={tmp_path / 'my run'}" in words  # quoted: the space survives
@@ -349,7 +336,7 @@ def test_eval_and_predict_refuse_class_overrides_that_contradict_the_checkpoint(
     ckpt = save_checkpoint(tmp_path, ["data.num_classes=5"])
     for script, extra in (("eval", []), ("predict", [f"input={tmp_path}", "output=out"])):
         overrides = [f"ckpt_path={ckpt}", "+data.num_classes=3", *extra]
-        cfg = compose(script, tmp_path, tmp_path / script, overrides)
+        cfg = compose_job(script, tmp_path, tmp_path / script, overrides)
         with pytest.raises(ConfigError, match=r"data.num_classes=3 \(the checkpoint has 5\)"):
             load_script(script).main(cfg)
     stored = torch.load(ckpt, weights_only=True)["config"]
@@ -398,14 +385,14 @@ def test_eval_split_test_scores_the_roots_test_split_or_says_it_has_none(tmp_pat
     }
     for name, overrides in cases.items():
         out = tmp_path / name
-        cfg = compose("eval", tmp_path, out, [f"ckpt_path={ckpt}", "split=test", *overrides])
+        cfg = compose_job("eval", tmp_path, out, [f"ckpt_path={ckpt}", "split=test", *overrides])
         evaluate(cfg)
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["split"] == "test", name
         assert np.load(out / "confusion_matrix.npy").sum() == 3 * 32 * 64, name  # 3 test frames
         assert f"Results: {out}" in capsys.readouterr().out
 
-    cfg = compose("eval", tmp_path, tmp_path / "none", [f"ckpt_path={ckpt}", "split=test"])
+    cfg = compose_job("eval", tmp_path, tmp_path / "none", [f"ckpt_path={ckpt}", "split=test"])
     with pytest.raises(DataError, match=rf"data.dataset.root={shared} has no test split"):
         evaluate(cfg)
     assert not (tmp_path / "none" / "metrics.json").exists()
@@ -492,4 +479,5 @@ def test_multirun_ends_with_the_sweep_folder_and_the_leaderboard_command(tmp_pat
     with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra.compose("train", return_hydra_config=True)
     targets = [c._target_ for c in cfg.hydra.callbacks.values()]
-    assert "segkit.runner.SweepSummary" in targets and "segkit.runner.KeepEarlierConfigs" in targets
+    assert "segkit.hydra_callbacks.SweepSummary" in targets
+    assert "segkit.hydra_callbacks.KeepEarlierConfigs" in targets

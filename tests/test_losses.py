@@ -93,3 +93,52 @@ def test_weighted_sum_is_the_weighted_sum():
     assert total.item() == pytest.approx((ce + 0.5 * dice).item())
     with pytest.raises(ValueError, match="unknown"):
         WeightedSumLoss({"ce": CrossEntropyLoss()}, {"dice": 1.0})
+
+
+def probabilities_as_logits(probs: list[list[list[float]]]) -> torch.Tensor:
+    """``[B, C, 1, W]`` logits whose softmax over C is ``probs[b][w]`` exactly (log p)."""
+    return torch.tensor(probs).log().permute(0, 2, 1).unsqueeze(2)
+
+
+# 2 images of 1x2 pixels, 3 classes; class 2 absent from image 0, class 1 from image 1
+DICE_PROBS = [[[0.8, 0.1, 0.1], [0.2, 0.6, 0.2]], [[0.5, 0.25, 0.25], [0.1, 0.3, 0.6]]]
+DICE_TARGET = torch.tensor([[[0, 1]], [[0, 2]]])
+
+
+def test_dice_follows_the_notes_hand_computed():
+    # smooth 1, per image: Dice_c = (2 sum(p g) + 1) / (sum p + sum g + 1), loss = 1 - Dice
+    # image 0: class 0 (2*0.8+1)/(1.0+1+1), class 1 (2*0.6+1)/(0.7+1+1), class 2 1/(0.3+1)
+    image0 = [1 - 2.6 / 3.0, 1 - 2.2 / 2.7, 1 - 1 / 1.3]
+    # image 1: class 0 (2*0.5+1)/(0.6+1+1), class 1 1/(0.55+1), class 2 (2*0.6+1)/(0.85+1+1)
+    image1 = [1 - 2.0 / 2.6, 1 - 1 / 1.55, 1 - 2.2 / 2.85]
+    logits = probabilities_as_logits(DICE_PROBS)
+    included = (sum(image0) / 3 + sum(image1) / 3) / 2  # the notes: all C classes
+    assert DiceLoss(IGNORE)(logits, DICE_TARGET).item() == pytest.approx(included, rel=1e-6)
+    excluded = ((image0[0] + image0[1]) / 2 + (image1[0] + image1[2]) / 2) / 2
+    loss = DiceLoss(IGNORE, absent="exclude")(logits, DICE_TARGET)
+    assert loss.item() == pytest.approx(excluded, rel=1e-6)
+    # whole-batch sums: class 0 overlap 1.3, sum p 1.6, sum g 2; class 1 0.6, 1.25, 1;
+    # class 2 0.6, 1.15, 1
+    batch = [1 - 3.6 / 4.6, 1 - 2.2 / 3.25, 1 - 2.2 / 3.15]
+    loss = DiceLoss(IGNORE, per_image=False)(logits, DICE_TARGET)
+    assert loss.item() == pytest.approx(sum(batch) / 3, rel=1e-6)
+    # smooth 0 on image 0 alone: an absent class gets Dice 0 once predicted
+    loss = DiceLoss(IGNORE, smooth=0.0)(logits[:1], DICE_TARGET[:1])
+    assert loss.item() == pytest.approx((1 - 1.6 / 2.0 + 1 - 1.2 / 1.7 + 1) / 3, rel=1e-6)
+
+
+def test_dice_ignores_ignored_pixels_in_value_and_gradient():
+    logits = probabilities_as_logits(DICE_PROBS).requires_grad_()
+    target = DICE_TARGET.clone()
+    target[1, 0, 1] = IGNORE  # image 1 keeps only its first pixel
+    DiceLoss(IGNORE)(logits, target).backward()
+    assert torch.all(logits.grad[1, :, 0, 1] == 0) and logits.grad[1, :, 0, 0].abs().sum() > 0
+    # equal to the loss of image 1 cropped to its labelled pixel
+    cropped = DiceLoss(IGNORE)(logits[1:, :, :, :1].detach(), target[1:, :, :1])
+    # image 1 now: class 0 (2*0.5+1)/(0.5+1+1), class 1 1/(0.25+1), class 2 1/(0.25+1)
+    expected = (1 - 2.0 / 2.5 + 2 * (1 - 1 / 1.25)) / 3
+    assert cropped.item() == pytest.approx(expected, rel=1e-6)
+    everything_ignored = torch.full_like(DICE_TARGET, IGNORE)
+    for smooth in (1.0, 0.0):
+        loss = DiceLoss(IGNORE, smooth=smooth)(logits.detach(), everything_ignored)
+        assert loss.item() == 0.0

@@ -15,7 +15,6 @@ from segkit import analysis
 from segkit.report import write_report
 
 from .conftest import PROJECT_ROOT, write_folder_dataset
-from .test_sweeps import optuna_sweep  # noqa: F401  (the shared session fixture)
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "per_class_iou.ipynb"
 
@@ -97,7 +96,7 @@ def save_predictions(sweep_dir: Path) -> str:
 
 
 @pytest.mark.slow
-def test_notebook_runs_top_to_bottom_on_a_sweep(optuna_sweep, monkeypatch):  # noqa: F811
+def test_notebook_runs_top_to_bottom_on_a_sweep(optuna_sweep, monkeypatch):
     import nbclient
     import nbformat
 

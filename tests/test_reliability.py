@@ -20,53 +20,11 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segkit.callbacks import AtomicCheckpointIO, NonFiniteGuard, NonFiniteLossError
-from segkit.runner import CheckpointMismatchError, build_trainer, resume_checkpoint
+from segkit.callbacks import NonFiniteGuard, NonFiniteLossError
+from segkit.checkpoints import AtomicCheckpointIO, CheckpointMismatchError, resume_checkpoint
+from segkit.runner import build_trainer
 
-from .conftest import PROJECT_ROOT
-from .test_configs import compose
-
-# A tiny shapes run (Linknet on a 0.4M-parameter MobileNetV3: 5 MB checkpoints) with one
-# thread per process, so several train.py runs fit in the test budget.
-FAST = [
-    "data.prepare.num_val=8",
-    "data.prepare.num_test=8",
-    "data.prepare.size=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "trainer.accelerator=cpu",
-    "model=smp",
-    "model.arch=Linknet",
-    "model.encoder_name=tu-mobilenetv3_small_050",
-    "logger=csv",
-    "test=false",
-]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def train_command(tmp_path: Path, run_dir: Path, *overrides: str) -> list[str]:
-    return [
-        sys.executable,
-        str(PROJECT_ROOT / "train.py"),
-        f"paths.data_dir={tmp_path / 'data'}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"hydra.run.dir={run_dir}",
-        *FAST,
-        *overrides,
-    ]
-
-
-def run(command: list[str], timeout: int = 600) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV)
-    if result.returncode != 0:
-        raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result.stdout + result.stderr
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
+from .helpers import ENV, compose, load, run, train_command
 
 # --- atomic checkpoint writes -------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit.inference import load_checkpoint, task_from_checkpoint
+from segkit.checkpoints import load_checkpoint, task_from_checkpoint
 
 from .conftest import PROJECT_ROOT, SHARED_DATA
 

@@ -6,7 +6,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from segkit.summary import compose, count_parameters, main, measure, model_table, summarize
+from segkit.config import compose
+from segkit.summary import count_parameters, main, measure, model_table, summarize
 
 
 def tiny_model() -> nn.Sequential:

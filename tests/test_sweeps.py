@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import hydra
@@ -18,73 +16,13 @@ import optuna
 import pytest
 from omegaconf import OmegaConf, open_dict, read_write
 
-from segkit.sweeps import SweepCallback, check_optimized_metric, check_searched_keys
+from segkit.hydra_callbacks import SweepCallback
+from segkit.sweeps import check_optimized_metric, check_searched_keys
 
 from .conftest import PROJECT_ROOT
-from .test_train import check_report
+from .helpers import SWEEP_TINY, check_report, run_multirun
 
 CLASS_NAMES = ["background", "circle", "square", "triangle", "star"]
-
-# one epoch of 2 batches on 32x32 shapes; no test split, CSV logger, no last.ckpt
-SWEEP_TINY = [
-    "data.prepare.num_train=8",
-    "data.prepare.num_val=4",
-    "data.prepare.num_test=4",
-    "data.prepare.size=32",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "logger=csv",
-    "callbacks.model_checkpoint.save_last=false",
-    "test=false",
-]
-
-# loss.weights.ce=-inf makes the loss non-finite: callbacks.nonfinite_guard raises, the trial
-# fails.
-# With TPE seed 4 the three trials draw ce weights 1.0, -inf, 0.5 (optuna 2.10.1).
-FAILING_TRIAL = ["loss=ce_dice", "loss.weights.ce=choice(1.0,0.5,-inf)"]
-
-
-def run_multirun(tmp_path: Path, sweep_dir: Path, *overrides: str) -> str:
-    """Run ``train.py -m`` with its sweep dir at ``sweep_dir``; return stdout + stderr."""
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "train.py"),
-        "-m",
-        f"paths.data_dir={tmp_path / 'data'}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"hydra.sweep.dir={sweep_dir}",
-        *overrides,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise AssertionError(f"train.py -m failed:\n{output[-6000:]}")
-    return output
-
-
-def tiny_optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3-trial Optuna sweep (trial 1 fails), then 1 more trial resumed in the same dir.
-
-    Made once per session; returns the sweep dir (``log.txt`` holds both commands' output).
-    """
-    root = tmp_path_factory.getbasetemp() / "tiny_optuna_sweep"
-    sweep_dir = root / "sweep"
-    if (sweep_dir / "log.txt").is_file():
-        return sweep_dir
-    common = ["hparams_search=shapes_optuna", "hydra.sweeper.sampler.seed=4", *SWEEP_TINY]
-    first = run_multirun(root, sweep_dir, *common, "hydra.sweeper.n_trials=3", *FAILING_TRIAL)
-    (sweep_dir / "best_params_first.yaml").write_text((sweep_dir / "best_params.yaml").read_text())
-    resumed = run_multirun(root, sweep_dir, *common, "hydra.sweeper.n_trials=1", *FAILING_TRIAL)
-    (sweep_dir / "log.txt").write_text(first + "\n=== resumed ===\n" + resumed)
-    return sweep_dir
-
-
-@pytest.fixture(scope="session")
-def optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_optuna_sweep(tmp_path_factory)
 
 
 def load_study(sweep_dir: Path) -> optuna.Study:

@@ -2,81 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from segkit.metrics import scores
-
-from .conftest import PROJECT_ROOT
-
-TINY = [
-    "data.prepare.num_train=16",
-    "data.prepare.num_val=8",
-    "data.prepare.num_test=8",
-    "data.prepare.size=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "trainer.max_epochs=2",
-    "trainer.accelerator=cpu",
-]
-
-
-def run_train(tmp_path: Path, *overrides: str, timeout: int = 600) -> Path:
-    """Run train.py with its run dir at tmp_path/run; return the run dir."""
-    run_dir = tmp_path / "run"
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "train.py"),
-        f"paths.data_dir={tmp_path / 'data'}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise AssertionError(f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    (run_dir / "stdout.txt").write_text(result.stdout)
-    return run_dir
-
-
-def check_report(folder: Path, class_names: list[str], split: str) -> dict:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    matrix = np.load(folder / "confusion_matrix.npy")
-    assert matrix.dtype == np.int64 and matrix.shape == (len(class_names),) * 2
-    assert metrics["split"] == split and metrics["class_names"] == class_names
-    assert metrics["num_classes"] == len(class_names)
-    expected = scores(matrix)
-    for key, value in expected.items():
-        if value.ndim == 0:
-            got = metrics[key]
-            assert (got is None and math.isnan(value)) or got == pytest.approx(value.item()), key
-        else:
-            for name, v in zip(class_names, value.tolist(), strict=False):
-                got = metrics[key][name]
-                assert (got is None and math.isnan(v)) or got == pytest.approx(v), (key, name)
-    with open(folder / "per_class.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [r["class"] for r in rows] == class_names
-    assert [int(r["GT_pixels"]) for r in rows] == matrix.sum(1).tolist()
-    for row in rows:
-        iou = metrics["IoU"][row["class"]]
-        assert (row["IoU"] == "" and iou is None) or float(row["IoU"]) == pytest.approx(
-            iou, abs=1e-6
-        )
-    return metrics
+from .helpers import SMALL_MODEL, TINY, check_report, run_train
 
 
 @pytest.mark.slow
-def test_train_leaves_every_artifact(tmp_path):
-    run_dir = run_train(tmp_path, *TINY)
+def test_train_leaves_every_artifact(trained_run):
+    run_dir = trained_run
     names = ["background", "circle", "square", "triangle", "star"]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run_dir / "checkpoints").glob("best_epoch*.ckpt"))) == 1
@@ -127,3 +61,29 @@ def test_train_stops_on_bad_mask_with_the_file_name(tmp_path, folder_dataset):
 def test_train_without_logger_still_scores(tmp_path):
     run_dir = run_train(tmp_path, *TINY, "trainer.max_epochs=1", "logger=none", "test=false")
     assert (run_dir / "metrics.json").is_file() and not (run_dir / "csv").exists()
+
+
+NOISE = (
+    "💡 Tip",  # Lightning's cloud-logger advert
+    "LeafSpec",  # a deprecation inside Lightning's pytree helper
+    "`weights_only` was not set",  # Lightning, at every checkpoint save without the argument
+    "Total FLOPs",  # Lightning's summary table, zeros without an example input
+    "setup plugin",  # alembic, when optuna is imported
+)
+
+
+@pytest.mark.slow
+def test_console_of_a_run_without_a_terminal_is_one_line_per_epoch(tmp_path):
+    run_dir = run_train(tmp_path, *TINY, *SMALL_MODEL, "logger=csv", "test=false")
+    stdout = (run_dir / "stdout.txt").read_text()  # run_train captures: not a terminal
+    epochs = [line for line in stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2, stdout[-3000:]
+    for number, line in enumerate(epochs, start=1):
+        assert line.startswith(f"epoch {number}/2 | step {4 * number} | train loss ")
+        assert " | val mIoU " in line and " PA " in line and " | best mIoU " in line
+    output = stdout + (run_dir / "stderr.txt").read_text()
+    assert "\r" not in output  # no progress bar redrawn into the file
+    assert not [noise for noise in NOISE if noise in output], output[:3000]
+    assert "model segkit.models.smp.smp_model(arch=Linknet" in stdout
+    log = (run_dir / "train.log").read_text()  # the run's own lines, with time and source
+    assert sum("[segkit.progress][INFO] - epoch " in line for line in log.splitlines()) == 2

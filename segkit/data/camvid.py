@@ -56,8 +56,8 @@ class CamVidDataset(FolderDataset):
 
     Args:
         root: CamVid folder.
-        split: ``train``, ``val`` or ``test`` (any ``<split>.txt`` in ``root``).
         num_classes: 11.
+        split: ``train``, ``val`` or ``test`` (any ``<split>.txt`` in ``root``).
         ignore_index: value that void (11) becomes.
         transform, mean, std, startup_check, decoded_cache, cache_dir: as in
             :class:`FolderDataset`.
@@ -66,8 +66,8 @@ class CamVidDataset(FolderDataset):
     def __init__(
         self,
         root: str | Path,
-        split: str = "train",
         num_classes: int = 11,
+        split: str = "train",
         ignore_index: int = 255,
         transform: Callable[..., dict[str, Any]] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -88,38 +88,43 @@ class CamVidDataset(FolderDataset):
             startup_check=startup_check,
             decoded_cache=decoded_cache,
             cache_dir=cache_dir,
+            samples=camvid_samples(Path(root).expanduser(), split),
         )
 
-    def find_samples(self) -> list[tuple[str, Path, Path]]:
-        list_file = self.root / f"{self.split}.txt"
-        if not list_file.is_file():
-            available = (
-                sorted(p.stem for p in self.root.glob("*.txt")) if self.root.is_dir() else []
-            )
-            raise DataError(
-                f"CamVid split list {list_file} does not exist (lists found: {available}). "
-                "Set data.dataset.root to a CamVid folder, or pick an existing split, e.g. "
-                "data.test_split=val."
-            )
-        samples, bad_lines, missing = [], [], []
-        for number, line in enumerate(list_file.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                bad_lines.append(number)
-                continue
-            image, label = (self.root / part.lstrip("/") for part in parts)
-            missing += [str(p) for p in (image, label) if not p.is_file()]
-            samples.append((image.stem, image, label))
-        if bad_lines:
-            raise DataError(
-                f"{list_file} lines {bad_lines[:5]} are not '<image> <label>' pairs; fix them."
-            )
-        if missing:
-            raise DataError(
-                f"{list_file} names {len(missing)} files that do not exist, e.g. {missing[:3]}."
-            )
-        if not samples:
-            raise DataError(f"split list {list_file} is empty: it must list image/label pairs.")
-        return samples
+
+def camvid_samples(root: Path, split: str) -> list[tuple[str, Path, Path]]:
+    """The ``(name, image path, label path)`` pairs listed in ``root/<split>.txt``.
+
+    Raises:
+        DataError: the list is missing or empty, a line is no pair, a named file is missing.
+    """
+    list_file = root / f"{split}.txt"
+    if not list_file.is_file():
+        available = sorted(p.stem for p in root.glob("*.txt")) if root.is_dir() else []
+        raise DataError(
+            f"CamVid split list {list_file} does not exist (lists found: {available}). "
+            "Set data.dataset.root to a CamVid folder, or pick an existing split, e.g. "
+            "data.test_split=val."
+        )
+    samples, bad_lines, missing = [], [], []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            bad_lines.append(number)
+            continue
+        image, label = (root / part.lstrip("/") for part in parts)
+        missing += [str(p) for p in (image, label) if not p.is_file()]
+        samples.append((image.stem, image, label))
+    if bad_lines:
+        raise DataError(
+            f"{list_file} lines {bad_lines[:5]} are not '<image> <label>' pairs; fix them."
+        )
+    if missing:
+        raise DataError(
+            f"{list_file} names {len(missing)} files that do not exist, e.g. {missing[:3]}."
+        )
+    if not samples:
+        raise DataError(f"split list {list_file} is empty: it must list image/label pairs.")
+    return samples

@@ -345,21 +345,21 @@ def training_label_findings(datamodule: Any) -> tuple[list[str], list[str]]:
     return label_findings(stats, datamodule.class_names, datamodule.ignore_index, dataset)
 
 
-def loader_findings(datamodule: Any, stages: Sequence[str]) -> tuple[list[str], list[str]]:
+def loader_findings(datamodule: Any, subsets: Sequence[str]) -> tuple[list[str], list[str]]:
     """Batches of mixed image sizes (problems) and train/val overlap (warning)."""
     problems: list[str] = []
     found: list[str] = []
     if type(datamodule).collate is None:  # default collate stacks: one size per batch
-        for stage in stages:
-            train = stage == "train"
+        for subset in subsets:
+            train = subset == "train"
             problems += batch_size_problem(
-                datamodule.datasets[stage],
+                datamodule.datasets[subset],
                 datamodule.batch_size if train else datamodule.eval_batch_size,
                 datamodule.train_transform if train else datamodule.eval_transform,
                 "data.batch_size" if train else "data.eval_batch_size",
-                f"data.{stage}_split={datamodule.splits[stage]!r}",
+                f"data.{subset}_split={datamodule.splits[subset]!r}",
             )
-    if "train" in stages and "val" in stages:
+    if "train" in subsets and "val" in subsets:
         found += overlap_warning(
             datamodule.datasets["train"],
             datamodule.datasets["val"],

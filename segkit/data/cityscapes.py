@@ -15,6 +15,7 @@ they are. The test split's labels are all void (the benchmark server holds them)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,8 @@ class CityscapesDataset(FolderDataset):
 
     Args:
         root: folder holding ``leftImg8bit/`` and ``gtFine/``.
-        split: ``train``, ``val`` or ``test``.
         num_classes: 19.
+        split: ``train``, ``val`` or ``test``.
         ignore_index: what non-evaluated labelIds become.
         transform, mean, std, startup_check, decoded_cache, cache_dir: as in
             :class:`FolderDataset`.
@@ -93,8 +94,8 @@ class CityscapesDataset(FolderDataset):
     def __init__(
         self,
         root: str | Path,
-        split: str = "train",
         num_classes: int = 19,
+        split: str = "train",
         ignore_index: int = 255,
         transform: Callable[..., dict[str, Any]] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -105,7 +106,6 @@ class CityscapesDataset(FolderDataset):
     ) -> None:
         if num_classes != len(CLASS_NAMES):
             raise ValueError(f"Cityscapes has {len(CLASS_NAMES)} classes, got {num_classes}")
-        self.lut = label_id_lut(ignore_index)
         super().__init__(
             root,
             num_classes=num_classes,
@@ -117,38 +117,49 @@ class CityscapesDataset(FolderDataset):
             startup_check=startup_check,
             decoded_cache=decoded_cache,
             cache_dir=cache_dir,
+            samples=cityscapes_samples(Path(root).expanduser(), split),
+            map_raw_mask=partial(train_ids, lut=label_id_lut(ignore_index)),
         )
 
-    def find_samples(self) -> list[tuple[str, Path, Path]]:
-        image_dir = self.root / "leftImg8bit" / self.split
-        label_dir = self.root / "gtFine" / self.split
-        for folder in (image_dir, label_dir):
-            if not folder.is_dir():
-                raise DataError(
-                    f"Cityscapes folder {folder} does not exist. Set data.dataset.root to the "
-                    "folder holding leftImg8bit/ and gtFine/ (the unpacked official zips)."
-                )
-        samples, missing = [], []
-        for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
-            stem = image.name[: -len("_leftImg8bit.png")]
-            folder = label_dir / image.parent.name
-            label = folder / f"{stem}_gtFine_labelTrainIds.png"
-            if not label.is_file():
-                label = folder / f"{stem}_gtFine_labelIds.png"
-            if not label.is_file():
-                missing.append(str(label))
-            samples.append((stem, image, label))
-        if missing:
-            raise DataError(
-                f"{len(missing)} Cityscapes images have no label file, e.g. {missing[0]} (nor "
-                "*_gtFine_labelTrainIds.png). Unpack gtFine_trainvaltest.zip into the root."
-            )
-        if not samples:
-            raise DataError(f"no *_leftImg8bit.png images under {image_dir}/<city>/.")
-        return samples
 
-    def map_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        """labelIds -> trainIds for ``*_labelIds.png``; ``*_labelTrainIds.png`` as stored."""
-        if path.name.endswith("_labelIds.png") and raw.size and raw.max() < len(self.lut):
-            return self.lut[raw]
-        return raw
+def cityscapes_samples(root: Path, split: str) -> list[tuple[str, Path, Path]]:
+    """The ``(stem, leftImg8bit image, gtFine label)`` of every image of ``split``; the label
+    is ``*_gtFine_labelTrainIds.png`` where present, else ``*_gtFine_labelIds.png``.
+
+    Raises:
+        DataError: a folder is missing, an image has no label file, the split is empty.
+    """
+    image_dir = root / "leftImg8bit" / split
+    label_dir = root / "gtFine" / split
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise DataError(
+                f"Cityscapes folder {folder} does not exist. Set data.dataset.root to the "
+                "folder holding leftImg8bit/ and gtFine/ (the unpacked official zips)."
+            )
+    samples, missing = [], []
+    for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
+        stem = image.name[: -len("_leftImg8bit.png")]
+        folder = label_dir / image.parent.name
+        label = folder / f"{stem}_gtFine_labelTrainIds.png"
+        if not label.is_file():
+            label = folder / f"{stem}_gtFine_labelIds.png"
+        if not label.is_file():
+            missing.append(str(label))
+        samples.append((stem, image, label))
+    if missing:
+        raise DataError(
+            f"{len(missing)} Cityscapes images have no label file, e.g. {missing[0]} (nor "
+            "*_gtFine_labelTrainIds.png). Unpack gtFine_trainvaltest.zip into the root."
+        )
+    if not samples:
+        raise DataError(f"no *_leftImg8bit.png images under {image_dir}/<city>/.")
+    return samples
+
+
+def train_ids(raw: np.ndarray, path: Path, lut: np.ndarray) -> np.ndarray:
+    """labelIds -> trainIds (``lut``, :func:`label_id_lut`) for ``*_labelIds.png``;
+    ``*_labelTrainIds.png`` as stored."""
+    if path.name.endswith("_labelIds.png") and raw.size and raw.max() < len(lut):
+        return lut[raw]
+    return raw

@@ -109,9 +109,11 @@ class SegmentationDataModule(L.LightningDataModule):
             (outside ``0..C-1``).
         train_transform: albumentations transform for training (augmentation).
         eval_transform: albumentations transform for val/test (usually none or a resize).
-        mean: normalisation mean on the 0-1 scale (the dataset config passes it on).
-        std: normalisation std on the 0-1 scale.
-        palette: optional ``C`` RGB triples for visualisation.
+        mean: normalisation mean on the 0-1 scale; only checked here, the dataset config
+            passes it on to the dataset (``dataset.mean: ${data.mean}``).
+        std: normalisation std on the 0-1 scale, likewise.
+        palette: optional ``C`` RGB triples for pictures; only checked here (predict.py and
+            the published sample grids read it from the config).
         prepare: optional callable run once before the datasets are built (rank 0 only),
             e.g. generating the shapes data or checking a download.
         train_split, val_split, test_split: split names passed to ``dataset``.
@@ -156,8 +158,6 @@ class SegmentationDataModule(L.LightningDataModule):
         self.ignore_index = ignore_index
         self.train_transform = train_transform
         self.eval_transform = eval_transform
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.palette = None if palette is None else [tuple(c) for c in palette]
         self.prepare = prepare
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.batch_size = batch_size
@@ -175,21 +175,21 @@ class SegmentationDataModule(L.LightningDataModule):
             self.prepare()
         self._prepared = True  # once per process, however many callers ask
 
-    def build_dataset(self, stage: str) -> Dataset:
-        """The dataset of ``stage`` (``train``, ``val`` or ``test``), built once.
+    def build_dataset(self, subset: str) -> Dataset:
+        """The dataset of ``subset`` (``train``, ``val`` or ``test``), built once.
 
         Raises:
             DataError: the dataset's own error, prefixed with the split key
                 (``data.train_split='train': ...``).
         """
-        if stage not in self.datasets:
-            transform = self.train_transform if stage == "train" else self.eval_transform
-            split = self.splits[stage]
+        if subset not in self.datasets:
+            transform = self.train_transform if subset == "train" else self.eval_transform
+            split = self.splits[subset]
             try:
-                self.datasets[stage] = self.dataset(split=split, transform=transform)
+                self.datasets[subset] = self.dataset(split=split, transform=transform)
             except DataError as error:
-                raise DataError(f"data.{stage}_split={split!r}: {error}") from error
-        return self.datasets[stage]
+                raise DataError(f"data.{subset}_split={split!r}: {error}") from error
+        return self.datasets[subset]
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -217,8 +217,8 @@ class SegmentationDataModule(L.LightningDataModule):
         for split in splits:
             self._open_decoded_cache(split)
 
-    def _open_decoded_cache(self, stage: str) -> None:
-        """Build or open the decoded cache of ``stage``'s dataset if it has one switched on.
+    def _open_decoded_cache(self, subset: str) -> None:
+        """Build or open the decoded cache of ``subset``'s dataset if it has one switched on.
 
         Done in ``setup``, after the checks, so a build runs once at start-up in the main
         process (DDP ranks queue on its lock) rather than in a loader worker.
@@ -226,12 +226,12 @@ class SegmentationDataModule(L.LightningDataModule):
         Raises:
             DataError: the build's error, prefixed with the split key.
         """
-        dataset = self.datasets[stage]
+        dataset = self.datasets[subset]
         if isinstance(dataset, FolderDataset) and dataset.decoded_cache:
             try:
                 dataset.open_decoded_cache()
             except DataError as error:
-                raise DataError(f"data.{stage}_split={self.splits[stage]!r}: {error}") from error
+                raise DataError(f"data.{subset}_split={self.splits[subset]!r}: {error}") from error
 
     def _world(self) -> tuple[int, int]:
         """``(number of processes, this rank)`` of the running trainer (or process group)."""
@@ -241,10 +241,10 @@ class SegmentationDataModule(L.LightningDataModule):
             return dist.get_world_size(), dist.get_rank()
         return 1, 0
 
-    def _loader(self, stage: str) -> DataLoader:
-        """The one loader of every stage and data kind: sampler, seeding, collate."""
-        train = stage == "train"
-        dataset = self.build_dataset(stage)
+    def _loader(self, subset: str) -> DataLoader:
+        """The one loader of every subset and data kind: sampler, seeding, collate."""
+        train = subset == "train"
+        dataset = self.build_dataset(subset)
         world, rank = self._world()
         sampler = None
         if not train and world > 1:  # each image scored by one process, once

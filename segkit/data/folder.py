@@ -52,7 +52,7 @@ import random
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import PIL
@@ -135,6 +135,19 @@ def _webp_is_lossy(path: Path) -> bool:
             return True
         offset += 8 + size + (size & 1)
     return True  # no image chunk found: do not trust it as a label file
+
+
+def image_tensor(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """float32 ``[3, H, W]`` of a uint8 RGB ``[H, W, 3]`` image, normalised as
+    ``(pixel - mean) / std`` with ``mean``/``std`` per channel on the 0-255 scale
+    (:func:`scaled_statistics`). Every dataset and predict.py normalise through this."""
+    normalised = (np.asarray(image, dtype=np.float32) - mean) / std
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+
+
+def scaled_statistics(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Config ``mean``/``std`` (0-1 pixel scale) as float32 arrays on the 0-255 scale."""
+    return np.asarray(mean, np.float32) * 255.0, np.asarray(std, np.float32) * 255.0
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -381,6 +394,25 @@ class Inspection(NamedTuple):
     palette: dict[int, tuple[int, int, int]] | None = None
 
 
+@runtime_checkable
+class InspectableDataset(Protocol):
+    """A dataset whose files ``python -m segkit.check_data`` and the class-weight counts
+    read one by one, beyond ``len``/``[i]``: :class:`FolderDataset` and every dataset built
+    on it. Other datasets are checked from ``dataset[i]["mask"]`` only.
+
+    Attributes:
+        samples: ``(name, image path, mask path)`` of every sample, in index order.
+    """
+
+    samples: list[tuple[str, Path, Path]]
+
+    def __len__(self) -> int: ...
+
+    def inspect(self, index: int, decode_image: bool = True) -> Inspection:
+        """Read and check sample ``index`` without raising (:meth:`FolderDataset.inspect`)."""
+        ...
+
+
 def mask_palette(path: Path, indices: np.ndarray) -> dict[int, tuple[int, int, int]] | None:
     """``{index: RGB}`` of the ``indices`` in a palette (mode ``P``) file, else ``None``."""
     try:
@@ -397,12 +429,93 @@ def mask_palette(path: Path, indices: np.ndarray) -> dict[int, tuple[int, int, i
     return colours
 
 
+def folder_samples(
+    root: Path, split: str | None
+) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
+    """The ``(name, image path, mask path)`` of every sample of ``split`` in the
+    ``images/``/``masks/`` layout of ``root``, and the files skipped for their suffix.
+
+    Raises:
+        DataError: a folder or split list is missing, an image has no mask, a mask is JPEG.
+    """
+    image_dir, mask_dir = root / "images", root / "masks"
+    for folder in (root, image_dir, mask_dir):
+        if not folder.is_dir():
+            hint = ""
+            if root.is_dir() and image_files(root)[0]:
+                hint = f" {root} itself holds images: give its parent folder."
+            raise DataError(
+                f"data folder {folder} does not exist. Set data.dataset.root=/path/to/"
+                f"dataset, a folder holding images/ and masks/.{hint}"
+            )
+    images, skipped = image_files(image_dir)
+    masks, skipped_masks = image_files(mask_dir, MASK_SUFFIXES + LOSSY_SUFFIXES)
+    stems = sorted(images) if split is None else _read_split_list(root, split, images, image_dir)
+    if not stems:
+        raise DataError(
+            f"no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)}) found for split "
+            f"{split!r} in {image_dir}."
+        )
+    missing = [images[stem] for stem in stems if stem not in masks]
+    if missing:
+        raise DataError(
+            f"{len(missing)} images have no mask in {mask_dir}, e.g. image {missing[0]} "
+            f"has no mask {mask_dir / (missing[0].stem + '.png')}. Add the masks or remove "
+            "the images (or leave them out of the split list)."
+        )
+    lossy = [masks[stem] for stem in stems if masks[stem].suffix.lower() in LOSSY_SUFFIXES]
+    if lossy:
+        raise DataError(
+            f"{len(lossy)} mask(s) are JPEG files, e.g. {lossy[0]}: JPEG is lossy and "
+            "changes the label values along every edge. Masks must be lossless PNG: export "
+            "them again as PNG from the annotation source (converting the JPEGs would keep "
+            "the damaged edges)."
+        )
+    return [(stem, images[stem], masks[stem]) for stem in stems], skipped + skipped_masks
+
+
+def _read_split_list(
+    root: Path, split: str, images: Mapping[str, Path], image_dir: Path
+) -> list[str]:
+    split_file = root / "splits" / f"{split}.txt"
+    if not split_file.is_file():
+        raise DataError(
+            f"split list {split_file} does not exist. Each split a run uses "
+            "(data.train_split, data.val_split, data.test_split) needs "
+            f"splits/<split>.txt with one image stem per line; "
+            f"{split_command(root)} writes train.txt and val.txt. Or set that split "
+            "to null to use every image."
+        )
+    stems = []
+    for line in split_file.read_text().splitlines():
+        entry = line.strip()
+        if not entry:
+            continue
+        name = Path(entry).name  # "images/a.png" and "a.png" name the stem "a"
+        if name not in images and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            name = Path(name).stem
+        stems.append(name)
+    if not stems:
+        raise DataError(
+            f"split list {split_file} is empty: add one image stem per line, or "
+            "choose another split."
+        )
+    missing = [stem for stem in stems if stem not in images]
+    if missing:
+        raise DataError(
+            f"{split_file} names {len(missing)} images not in {image_dir}, e.g. "
+            f"{missing[:3]}. Fix the list or add the images."
+        )
+    return stems
+
+
 class FolderDataset(Dataset):
     """Images and class-index masks from a folder (see the module docstring).
 
-    Subclasses for official layouts (Cityscapes, VOC, CamVid) override :meth:`find_samples`
-    and, where the files hold something other than class indices, :meth:`read_raw_mask`
-    or :meth:`map_mask`; checks, transforms and normalisation are shared.
+    The datasets of official layouts (Cityscapes, VOC, CamVid) are this class given their
+    own ``samples`` and, where the files hold something other than class indices, their
+    ``read_raw_mask``/``map_raw_mask`` functions; checks, transforms, normalisation and the
+    decoded cache are shared. The constructor calls no method a subclass overrides.
 
     Args:
         root: dataset folder with ``images/`` and ``masks/``.
@@ -424,6 +537,12 @@ class FolderDataset(Dataset):
         cache_dir: folder for decoded caches (``<cache_dir>/decoded/``), needed when
             ``decoded_cache`` is on (the configs give ``${paths.data_dir}/cache``, so the
             data folder itself is never written to).
+        samples: the ``(name, image path, mask path)`` of every sample; ``None`` reads the
+            ``images/``/``masks/`` layout of ``root`` (:func:`folder_samples`).
+        read_raw_mask: ``path -> [H, W]`` stored label values (default :func:`read_mask`).
+        map_raw_mask: ``(values [H, W], path) -> values [H, W]``, applied to the stored
+            values before ``label_map``/``reduce_zero_label`` (e.g. Cityscapes labelIds to
+            trainIds); ``None`` keeps them.
     """
 
     def __init__(
@@ -440,6 +559,10 @@ class FolderDataset(Dataset):
         startup_check: int = 8,
         decoded_cache: bool = False,
         cache_dir: str | Path | None = None,
+        *,
+        samples: Sequence[tuple[str, Path, Path]] | None = None,
+        read_raw_mask: Callable[[Path], np.ndarray] = read_mask,
+        map_raw_mask: Callable[[np.ndarray, Path], np.ndarray] | None = None,
     ) -> None:
         if decoded_cache and cache_dir is None:
             raise ValueError(
@@ -452,91 +575,21 @@ class FolderDataset(Dataset):
         self.split = split
         self.ignore_index = ignore_index
         self.transform = transform
-        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
-        self.std = np.asarray(std, dtype=np.float32) * 255.0
+        self.mean, self.std = scaled_statistics(mean, std)
         self.reduce_zero_label = reduce_zero_label
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
-        self.skipped_files: list[Path] = []  # files ignored for their suffix (check_data)
         self.decoded_cache = decoded_cache
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self._decoded: DecodedCache | None = None  # opened on first use
-        self.samples = self.find_samples()
+        self._read_raw_mask = read_raw_mask
+        self._map_raw_mask = map_raw_mask
+        self.skipped_files: list[Path] = []  # files ignored for their suffix (check_data)
+        if samples is None:
+            samples, self.skipped_files = folder_samples(self.root, split)
+        self.samples = list(samples)
         self._check_unique_names()
         if startup_check > 0:
             self.check_sample(startup_check)
-
-    def find_samples(self) -> list[tuple[str, Path, Path]]:
-        """The ``(name, image path, mask path)`` of every sample of ``self.split``."""
-        image_dir, mask_dir = self.root / "images", self.root / "masks"
-        for folder in (self.root, image_dir, mask_dir):
-            if not folder.is_dir():
-                hint = ""
-                if self.root.is_dir() and image_files(self.root)[0]:
-                    hint = f" {self.root} itself holds images: give its parent folder."
-                raise DataError(
-                    f"data folder {folder} does not exist. Set data.dataset.root=/path/to/"
-                    f"dataset, a folder holding images/ and masks/.{hint}"
-                )
-        images, skipped = image_files(image_dir)
-        masks, skipped_masks = image_files(mask_dir, MASK_SUFFIXES + LOSSY_SUFFIXES)
-        self.skipped_files = skipped + skipped_masks
-        if self.split is None:
-            stems = sorted(images)
-        else:
-            stems = self._read_split_list(images, image_dir)
-        if not stems:
-            raise DataError(
-                f"no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)}) found for split "
-                f"{self.split!r} in {image_dir}."
-            )
-        missing = [images[stem] for stem in stems if stem not in masks]
-        if missing:
-            raise DataError(
-                f"{len(missing)} images have no mask in {mask_dir}, e.g. image {missing[0]} "
-                f"has no mask {mask_dir / (missing[0].stem + '.png')}. Add the masks or remove "
-                "the images (or leave them out of the split list)."
-            )
-        lossy = [masks[stem] for stem in stems if masks[stem].suffix.lower() in LOSSY_SUFFIXES]
-        if lossy:
-            raise DataError(
-                f"{len(lossy)} mask(s) are JPEG files, e.g. {lossy[0]}: JPEG is lossy and "
-                "changes the label values along every edge. Masks must be lossless PNG: export "
-                "them again as PNG from the annotation source (converting the JPEGs would keep "
-                "the damaged edges)."
-            )
-        return [(stem, images[stem], masks[stem]) for stem in stems]
-
-    def _read_split_list(self, images: Mapping[str, Path], image_dir: Path) -> list[str]:
-        split_file = self.root / "splits" / f"{self.split}.txt"
-        if not split_file.is_file():
-            raise DataError(
-                f"split list {split_file} does not exist. Each split a run uses "
-                "(data.train_split, data.val_split, data.test_split) needs "
-                f"splits/<split>.txt with one image stem per line; "
-                f"{split_command(self.root)} writes train.txt and val.txt. Or set that split "
-                "to null to use every image."
-            )
-        stems = []
-        for line in split_file.read_text().splitlines():
-            entry = line.strip()
-            if not entry:
-                continue
-            name = Path(entry).name  # "images/a.png" and "a.png" name the stem "a"
-            if name not in images and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                name = Path(name).stem
-            stems.append(name)
-        if not stems:
-            raise DataError(
-                f"split list {split_file} is empty: add one image stem per line, or "
-                "choose another split."
-            )
-        missing = [stem for stem in stems if stem not in images]
-        if missing:
-            raise DataError(
-                f"{split_file} names {len(missing)} images not in {image_dir}, e.g. "
-                f"{missing[:3]}. Fix the list or add the images."
-            )
-        return stems
 
     def _check_unique_names(self) -> None:
         seen: dict[str, Path] = {}
@@ -551,10 +604,13 @@ class FolderDataset(Dataset):
 
     def read_raw_mask(self, path: Path) -> np.ndarray:
         """The label file's values as stored (EXIF orientation applied), ``[H, W]``."""
-        return read_mask(path)
+        return self._read_raw_mask(path)
 
     def map_mask(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        """Class indices ``[H, W]`` from stored values (``label_map``, ``reduce_zero_label``)."""
+        """Class indices ``[H, W]`` from stored values (``map_raw_mask``, then ``label_map``
+        and ``reduce_zero_label``)."""
+        if self._map_raw_mask is not None:
+            raw = self._map_raw_mask(raw, path)
         size = max(256, int(raw.max()) + 1) if raw.size else 256
         lut = label_lut(self.label_map, self.reduce_zero_label, self.ignore_index, size)
         return raw if lut is None else lut[raw]
@@ -751,9 +807,8 @@ class FolderDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        image = (np.asarray(image, dtype=np.float32) - self.mean) / self.std
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "image": image_tensor(image, self.mean, self.std),
             "mask": torch.from_numpy(np.asarray(mask, dtype=np.int64)),
             "name": name,
         }

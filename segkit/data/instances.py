@@ -48,8 +48,10 @@ from segkit.data.folder import (
     DataError,
     FolderDataset,
     Inspection,
+    image_tensor,
     read_image,
     read_mask,
+    scaled_statistics,
 )
 
 
@@ -111,9 +113,8 @@ def make_sample(
         image, semantic = out["image"], out["mask"]
     labels = np.asarray(labels)
     crowd = np.zeros(len(masks), bool) if iscrowd is None else np.asarray(iscrowd, bool)
-    image = (np.asarray(image, dtype=np.float32) - mean) / std
     return {
-        "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+        "image": image_tensor(image, mean, std),
         "target": _objects(masks[~crowd], labels[~crowd]),
         "crowd": _objects(masks[crowd], labels[crowd]),
         "mask": torch.from_numpy(np.asarray(semantic, dtype=np.int64)),
@@ -156,8 +157,10 @@ class InstanceFolderDataset(FolderDataset):
             )
         super().__init__(
             root, num_classes, split, ignore_index, transform, mean, std,
-            startup_check=startup_check, decoded_cache=decoded_cache, cache_dir=cache_dir,
+            startup_check=0, decoded_cache=decoded_cache, cache_dir=cache_dir,
         )  # fmt: skip
+        if startup_check > 0:  # here, so the check includes the instance maps (inspect)
+            self.check_sample(startup_check)
 
     def _instances(self, name: str, semantic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Binary masks ``[N, H, W]`` and labels ``[N]`` of ``instances/<name>.png``."""
@@ -237,8 +240,7 @@ class CocoInstances(Dataset):
         self.annotation_file = self.root / "annotations" / f"instances_{split}.json"
         self.ignore_index = ignore_index
         self.transform = transform
-        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
-        self.std = np.asarray(std, dtype=np.float32) * 255.0
+        self.mean, self.std = scaled_statistics(mean, std)
         if not self.annotation_file.is_file():
             raise DataError(
                 f"COCO annotations {self.annotation_file} do not exist. Set data.dataset.root "

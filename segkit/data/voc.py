@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from segkit.data.folder import IMAGENET_MEAN, IMAGENET_STD, DataError, FolderDataset, oriented
+from segkit.data.folder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataError,
+    FolderDataset,
+    oriented,
+    read_mask,
+)
 
 CLASS_NAMES = (
     "background",
@@ -105,21 +112,20 @@ class VOCDataset(FolderDataset):
 
     Args:
         root: the ``VOC2012`` folder.
+        num_classes: 21.
         split: a list in ``ImageSets/Segmentation`` (``train``, ``val``, ``trainval``) or
             ``train_aug`` (needs ``sbd_root``).
-        sbd_root: SBD ``benchmark_RELEASE/dataset`` folder, or ``None``.
-        num_classes: 21.
         ignore_index: 255, VOC's void value.
         transform, mean, std, startup_check, decoded_cache, cache_dir: as in
             :class:`FolderDataset`.
+        sbd_root: SBD ``benchmark_RELEASE/dataset`` folder, or ``None``.
     """
 
     def __init__(
         self,
         root: str | Path,
-        split: str = "train",
-        sbd_root: str | Path | None = None,
         num_classes: int = 21,
+        split: str = "train",
         ignore_index: int = 255,
         transform: Callable[..., dict[str, Any]] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -127,6 +133,7 @@ class VOCDataset(FolderDataset):
         startup_check: int = 8,
         decoded_cache: bool = False,
         cache_dir: str | Path | None = None,
+        sbd_root: str | Path | None = None,
     ) -> None:
         self.sbd_root = None if sbd_root is None else Path(sbd_root).expanduser()
         super().__init__(
@@ -141,59 +148,70 @@ class VOCDataset(FolderDataset):
             startup_check=startup_check,
             decoded_cache=decoded_cache,
             cache_dir=cache_dir,
+            samples=voc_samples(Path(root).expanduser(), split, self.sbd_root),
+            read_raw_mask=read_voc_mask,
         )
 
-    def _read_list(self, path: Path) -> list[str]:
-        if not path.is_file():
-            raise DataError(
-                f"split list {path} does not exist. Set data.dataset.root to the VOC2012 "
-                "folder (and data.dataset.sbd_root for train_aug)."
-            )
-        return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
-    def find_samples(self) -> list[tuple[str, Path, Path]]:
-        lists = self.root / "ImageSets" / "Segmentation"
-        if self.split == "train_aug":
-            if self.sbd_root is None:
-                raise DataError(
-                    "split train_aug needs the SBD annotations: set data.dataset.sbd_root to "
-                    "benchmark_RELEASE/dataset (with cls/ and train.txt, val.txt)."
-                )
-            stems = self._read_list(lists / "train.txt")
-            stems += self._read_list(self.sbd_root / "train.txt")
-            stems += self._read_list(self.sbd_root / "val.txt")
-            held_out = set(self._read_list(lists / "val.txt"))
-            stems = sorted(set(stems) - held_out)
-        else:
-            stems = self._read_list(lists / f"{self.split}.txt")
-        samples, missing = [], []
-        for stem in stems:
-            image = self.root / "JPEGImages" / f"{stem}.jpg"
-            label = self.root / "SegmentationClass" / f"{stem}.png"
-            if self.sbd_root is not None:
-                if not image.is_file():
-                    image = self.sbd_root / "img" / f"{stem}.jpg"
-                if not label.is_file():
-                    label = self.sbd_root / "cls" / f"{stem}.mat"
-            missing += [str(p) for p in (image, label) if not p.is_file()]
-            samples.append((stem, image, label))
-        if missing:
-            raise DataError(
-                f"VOC split {self.split!r} names {len(missing)} files that do not exist, e.g. "
-                f"{missing[:3]}."
-            )
-        if not samples:
-            raise DataError(f"VOC split {self.split!r} is empty.")
-        return samples
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(
+            f"split list {path} does not exist. Set data.dataset.root to the VOC2012 "
+            "folder (and data.dataset.sbd_root for train_aug)."
+        )
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
-    def read_raw_mask(self, path: Path) -> np.ndarray:
-        """Palette index PNG, SBD ``.mat``, or VOC-coloured RGB PNG -> ``[H, W]`` values."""
-        if path.suffix == ".mat":
-            return read_sbd_mat(path)
-        try:
-            with Image.open(path) as mask:
-                if mask.mode == "RGB":
-                    return decode_colours(np.asarray(oriented(mask)), path)
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise DataError(f"cannot read mask {path}: {error}. Replace the file.") from error
-        return super().read_raw_mask(path)
+
+def voc_samples(root: Path, split: str, sbd_root: Path | None) -> list[tuple[str, Path, Path]]:
+    """The ``(stem, JPEG image, label)`` of every image of ``split``: a list in
+    ``ImageSets/Segmentation``, or ``train_aug`` (VOC train + SBD train/val minus VOC val,
+    images and ``cls/*.mat`` labels from ``sbd_root`` where VOC has none).
+
+    Raises:
+        DataError: a list or a named file is missing, the split is empty.
+    """
+    lists = root / "ImageSets" / "Segmentation"
+    if split == "train_aug":
+        if sbd_root is None:
+            raise DataError(
+                "split train_aug needs the SBD annotations: set data.dataset.sbd_root to "
+                "benchmark_RELEASE/dataset (with cls/ and train.txt, val.txt)."
+            )
+        stems = _read_list(lists / "train.txt")
+        stems += _read_list(sbd_root / "train.txt")
+        stems += _read_list(sbd_root / "val.txt")
+        held_out = set(_read_list(lists / "val.txt"))
+        stems = sorted(set(stems) - held_out)
+    else:
+        stems = _read_list(lists / f"{split}.txt")
+    samples, missing = [], []
+    for stem in stems:
+        image = root / "JPEGImages" / f"{stem}.jpg"
+        label = root / "SegmentationClass" / f"{stem}.png"
+        if sbd_root is not None:
+            if not image.is_file():
+                image = sbd_root / "img" / f"{stem}.jpg"
+            if not label.is_file():
+                label = sbd_root / "cls" / f"{stem}.mat"
+        missing += [str(p) for p in (image, label) if not p.is_file()]
+        samples.append((stem, image, label))
+    if missing:
+        raise DataError(
+            f"VOC split {split!r} names {len(missing)} files that do not exist, e.g. {missing[:3]}."
+        )
+    if not samples:
+        raise DataError(f"VOC split {split!r} is empty.")
+    return samples
+
+
+def read_voc_mask(path: Path) -> np.ndarray:
+    """Palette index PNG, SBD ``.mat``, or VOC-coloured RGB PNG -> ``[H, W]`` values."""
+    if path.suffix == ".mat":
+        return read_sbd_mat(path)
+    try:
+        with Image.open(path) as mask:
+            if mask.mode == "RGB":
+                return decode_colours(np.asarray(oriented(mask)), path)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise DataError(f"cannot read mask {path}: {error}. Replace the file.") from error
+    return read_mask(path)

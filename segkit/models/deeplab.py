@@ -75,6 +75,16 @@ def rates_for(atrous_rates: Mapping[int, Sequence[int]], output_stride: int) -> 
     return rates[output_stride]
 
 
+def deeplab_v3_head(
+    in_channels: int, rates: Sequence[int], num_classes: int, norm: NormLayer | None
+) -> nn.Module:
+    """torchvision's ``DeepLabHead`` (ASPP, 3x3 conv, classifier) with the paper's dropout
+    and ``norm`` in place of its BatchNorm."""
+    head = DeepLabHead(in_channels, num_classes, list(rates))
+    head[0].project[-1].p = ASPP_DROPOUT
+    return replace_batch_norm(head, norm)
+
+
 class DeepLabV3(SegmentationModel):
     """DeepLabV3: atrous encoder, ASPP, 3x3 conv, classifier, bilinear upsampling.
 
@@ -92,7 +102,13 @@ class DeepLabV3(SegmentationModel):
         norm_groups: GroupNorm's group count for ``norm="group"``.
         weights_path: state dict of this model, loaded last.
         weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
+
+    The head is chosen by the class attribute :attr:`decoder_kind` (a constant, so the
+    constructor runs no subclass code): ``"v3"`` here (ASPP, 3x3 conv, classifier at 1/OS),
+    ``"v3plus"`` in :class:`DeepLabV3Plus` (ASPP and the stride-4 :class:`DecoderV3Plus`).
     """
+
+    decoder_kind = "v3"
 
     def __init__(
         self,
@@ -115,23 +131,18 @@ class DeepLabV3(SegmentationModel):
         rates = rates_for(atrous_rates, output_stride)
         self.encoder = build_encoder(encoder_name, encoder_weights, in_channels, output_stride)
         encoder_channels = self.encoder.out_channels
-        self.head = self._build_head(encoder_channels, rates, num_classes, layer)
+        if self.decoder_kind == "v3":
+            self.head = deeplab_v3_head(encoder_channels[-1], rates, num_classes, layer)
+        else:
+            high, low = encoder_channels[-1], encoder_channels[2]
+            self.head = DecoderV3Plus(high, low, rates, num_classes, layer)
         self.aux = auxiliary_head(encoder_channels[-2], num_classes, layer) if aux_head else None
         if weights_path is not None:
             load_weights(self, weights_path, strict=weights_strict)
 
-    def _build_head(
-        self,
-        encoder_channels: Sequence[int],
-        rates: Sequence[int],
-        num_classes: int,
-        norm: NormLayer | None,
-    ) -> nn.Module:
-        head = DeepLabHead(encoder_channels[-1], num_classes, list(rates))
-        head[0].project[-1].p = ASPP_DROPOUT
-        return replace_batch_norm(head, norm)
-
     def _logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if self.decoder_kind == "v3plus":
+            return self.head(features[-1], features[2])  # [B,C,H/4,W/4]
         return self.head(features[-1])  # [B,C,H/OS,W/OS]
 
     def predict(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -182,14 +193,4 @@ class DeepLabV3Plus(DeepLabV3):
     Takes the same arguments as :class:`DeepLabV3` (paper default: output stride 16).
     """
 
-    def _build_head(
-        self,
-        encoder_channels: Sequence[int],
-        rates: Sequence[int],
-        num_classes: int,
-        norm: NormLayer | None,
-    ) -> nn.Module:
-        return DecoderV3Plus(encoder_channels[-1], encoder_channels[2], rates, num_classes, norm)
-
-    def _logits(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(features[-1], features[2])  # [B,C,H/4,W/4]
+    decoder_kind = "v3plus"

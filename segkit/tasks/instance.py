@@ -176,8 +176,6 @@ class InstanceSegmentationTask(L.LightningModule):
         ignore_index: semantic-mask value excluded from the semantic view.
         score_threshold: minimum detection score pasted into the semantic view.
         mask_threshold: mask probability above which a pixel belongs to a detection.
-        loss: unused (Mask R-CNN computes its own losses); accepted because
-            :func:`segkit.runner.build_task` hands every task the ``loss`` group.
         backbone_lr_mult: learning rate of ``model.backbone`` (ResNet + FPN) = lr * this.
         head_lr_mult: learning rate of the RPN and RoI heads = lr * this.
         no_decay_norm_bias: weight decay 0 on norm-layer weights and biases
@@ -194,7 +192,6 @@ class InstanceSegmentationTask(L.LightningModule):
         ignore_index: int = 255,
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
-        loss: Callable[..., torch.Tensor] | None = None,
         backbone_lr_mult: float = 1.0,
         head_lr_mult: float = 1.0,
         no_decay_norm_bias: bool = True,
@@ -318,4 +315,5 @@ class InstanceSegmentationTask(L.LightningModule):
             build_optimizer(self.optimizer_factory, [g for g in groups if g["params"]]),
             self.scheduler_factory,
             total_steps=int(self.trainer.estimated_stepping_batches),
+            val_every_n_epochs=self.trainer.check_val_every_n_epoch or 1,
         )

@@ -128,6 +128,7 @@ class SemanticSegmentationTask(L.LightningModule):
             {split: ConfusionMatrix(num_classes, ignore_index) for split in ("val", "test")}
         )
         self.confusion_matrices: dict[str, torch.Tensor] = {}
+        self.extra_scores: dict[str, dict[str, Any]] = {}  # none beside the matrix (ScoredTask)
         self._epoch_loss_sum = torch.zeros(())  # running train loss of the epoch
         self._epoch_steps = 0
 
@@ -165,22 +166,34 @@ class SemanticSegmentationTask(L.LightningModule):
             aux = F.interpolate(aux, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return logits, aux
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits, aux = self._logits(batch["image"])
-        loss = self.loss(logits, batch["mask"])
+    def training_loss(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(loss, aux_loss)`` of one training batch (``images [B, 3, H, W]``, ``masks
+        [B, H, W]``) through :attr:`model`: the loss of the logits plus ``aux_weight`` x the
+        loss of the auxiliary logits (``aux_loss``; ``None`` without an auxiliary head).
+
+        What :meth:`training_step` optimises; ``benchmarks/fast_paths.py`` times it.
+        """
+        logits, aux = self._logits(images)
+        loss = self.loss(logits, masks)
         aux_loss = None
         if aux is not None and self.aux_weight > 0:
-            aux_loss = self.loss(aux, batch["mask"])
+            aux_loss = self.loss(aux, masks)
             loss = loss + self.aux_weight * aux_loss
+        return loss, aux_loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, aux_loss = self.training_loss(batch["image"], batch["mask"])
         # self.log costs milliseconds per call (benchmarks/train_step.py), so the step values
         # are logged only on the steps the logger writes, and the epoch mean is kept here on
         # the device (no host sync) and logged once per epoch.
         self._epoch_loss_sum = self._epoch_loss_sum + loss.detach()
         self._epoch_steps += 1
         if batch_idx % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss_step", loss, prog_bar=True, batch_size=len(logits))
+            self.log("train/loss_step", loss, prog_bar=True, batch_size=len(batch["image"]))
             if aux_loss is not None:
-                self.log("train/aux_loss", aux_loss, batch_size=len(logits))
+                self.log("train/aux_loss", aux_loss, batch_size=len(batch["image"]))
         return loss
 
     def train(self, mode: bool = True) -> SemanticSegmentationTask:
@@ -212,10 +225,10 @@ class SemanticSegmentationTask(L.LightningModule):
             self.log("train/loss_epoch", mean, sync_dist=True)
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
-        logits = self.class_scores(batch["image"])
-        loss = self.loss(logits, batch["mask"])
-        self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(logits))
-        self.metrics[split].update(logits, batch["mask"])
+        scores = self.class_scores(batch["image"])  # logits, or log-probabilities of TTA
+        loss = self.loss(scores, batch["mask"])
+        self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(scores))
+        self.metrics[split].update(scores, batch["mask"])
 
     def _eval_epoch_end(self, split: str) -> None:
         metric = self.metrics[split]
@@ -251,6 +264,7 @@ class SemanticSegmentationTask(L.LightningModule):
             optimizer,
             self.scheduler_factory,
             total_steps=int(self.trainer.estimated_stepping_batches),
+            val_every_n_epochs=self.trainer.check_val_every_n_epoch or 1,
         )
 
 

@@ -15,7 +15,7 @@ from segkit.data.camvid import CLASS_NAMES, PALETTE, CamVidDataset
 from segkit.data.folder import DataError
 
 from ..conftest import PROJECT_ROOT, SHARED_DATA
-from ..test_train import run_train
+from ..helpers import run_train
 
 CAMVID = SHARED_DATA / "camvid"
 needs_camvid = pytest.mark.skipif(

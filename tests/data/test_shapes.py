@@ -102,7 +102,7 @@ TINY = ["data.prepare.num_train=4", "data.prepare.num_val=2", "data.prepare.num_
 def test_each_kind_and_set_of_arguments_has_its_own_folder(tmp_path):
     from hydra.utils import instantiate
 
-    from segkit.check_data import compose
+    from segkit.config import compose
 
     def prepare(*overrides):
         cfg = compose([*overrides, *TINY, f"paths.data_dir={tmp_path}"])

@@ -1,16 +1,20 @@
-"""`python train.py model=<name> debug=fast_dev_run` on tiny shapes data, for every model config."""
+"""train.py's ``train(cfg)`` with ``debug=fast_dev_run`` (one batch of each split) on tiny
+shapes data, for every model config (small encoders where the config has one)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ..test_train import TINY, run_train
-from .test_models import MODELS
+from ..helpers import HEAVY, MODELS, SMALL, TINY, compose_job, load_script
+
+CASES = [pytest.param(n, marks=[pytest.mark.slow] * (n in HEAVY)) for n in MODELS]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", MODELS)
-def test_fast_dev_run(name, tmp_path):
-    # 64x64 shapes images (TINY): small enough for the 130M-250M parameter VGG models on a CPU
-    run_dir = run_train(tmp_path, *TINY, "debug=fast_dev_run", f"model={name}")
-    assert "val scores (%)" in (run_dir / "stdout.txt").read_text()
+@pytest.mark.parametrize("name", CASES)
+def test_fast_dev_run(name, tmp_path, capsys):
+    overrides = [*TINY, "debug=fast_dev_run", f"model={name}", *SMALL.get(name, [])]
+    cfg = compose_job("train", tmp_path, tmp_path / "run", overrides)
+    result = load_script("train").train(cfg)  # in-process: no interpreter start per model
+    assert result["metrics"]["split"] == "val" and 0 <= result["metrics"]["mIoU"] <= 1
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert "val scores (%)" in capsys.readouterr().out

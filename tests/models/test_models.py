@@ -3,8 +3,9 @@
 Each model, built from its config with a few classes: logits ``[B, C, H, W]`` at an input
 size that is not a multiple of 2 (models pad inside), in eval mode for a batch of 2 and in
 train mode for a batch of 1, and a backward pass that reaches every parameter; with 3 input
-channels, and with 1 and 4 (on a smaller input: the VGG models are huge). The backbone /
-head split of :class:`segkit.models.base.SegmentationModel` is checked against
+channels, and with 1 and 4 (on a smaller input: the VGG models are huge), each config with
+its small encoder where it has one (DeconvNet and the VGG16 FCN-8s at full size, slow). The
+backbone / head split of :class:`segkit.models.base.SegmentationModel` is checked against
 independently built references (torchvision's VGG16 and MobileNetV3, smp's encoders).
 """
 
@@ -21,12 +22,9 @@ from segkit.models.base import SegmentationModel
 from segkit.tasks.semantic import split_outputs
 
 from ..conftest import PROJECT_ROOT
+from ..helpers import HEAVY, MODELS, SMALL
 
 CONF = PROJECT_ROOT / "conf"
-# Instance models follow torchvision's detection contract, not [B, C, H, W] logits; they are
-# tested in tests/test_maskrcnn.py (model contract and an end-to-end train.py run).
-INSTANCE_MODELS = {"maskrcnn"}
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in INSTANCE_MODELS)
 NUM_CLASSES = 3
 SIZES = {3: (97, 131), 1: (37, 45), 4: (37, 45)}  # odd sides: every model has to pad
 
@@ -40,11 +38,20 @@ def build(name: str, *overrides: str) -> nn.Module:
     return hydra.utils.instantiate(cfg.model)
 
 
+# Each config with its small encoder where it has one (the backbone split below checks the
+# full-size structure on the meta device); the 252M-parameter DeconvNet and the paper's
+# VGG16 FCN-8s run full size in the slow tier.
+CONTRACT_CASES = [
+    pytest.param(name, SMALL.get(name, []), id=name, marks=[pytest.mark.slow] * (name in HEAVY))
+    for name in MODELS
+] + [pytest.param("fcn8s", [], id="fcn8s-vgg16", marks=pytest.mark.slow)]
+
+
 @pytest.mark.parametrize("in_channels", [3, 1, 4])
-@pytest.mark.parametrize("name", MODELS)
-def test_model_contract(name, in_channels):
+@pytest.mark.parametrize(("name", "small"), CONTRACT_CASES)
+def test_model_contract(name, small, in_channels):
     torch.manual_seed(0)
-    model = build(name, f"model.in_channels={in_channels}")
+    model = build(name, f"model.in_channels={in_channels}", *small)
     assert isinstance(model, SegmentationModel)
     height, width = SIZES[in_channels]
     images = torch.randn(2, in_channels, height, width)

@@ -1,6 +1,6 @@
 """The weights contract of every semantic model config, through the real task.
 
-One optimiser step of the task built as train.py builds it (``segkit.runner.build_task``),
+One optimiser step of the task built as train.py builds it (``segkit.tasks.build_task``),
 ``trainer.save_checkpoint``, then a fresh model with ``model.weights_path=<that .ckpt>``:
 the same tensors and bit-identical logits. With another class count and
 ``weights_strict=false`` exactly the tensors whose shapes depend on the class count (found
@@ -28,24 +28,13 @@ from torch.utils.data import DataLoader
 
 from segkit.models.smp import smp_model
 from segkit.models.weights import WeightsError, align_keys, load_weights, read_state_dict
-from segkit.runner import build_task
+from segkit.tasks import build_task
 
 from ..conftest import PROJECT_ROOT
-from .test_models import MODELS
+from ..helpers import HEAVY, MODELS, RESNET18, SMALL
 
 CONF = PROJECT_ROOT / "conf"
 SIZE = 32  # image side of the training step and of the logits check
-RESNET18 = ["model.encoder_name=resnet18"]
-SMALL = {  # overrides that keep a model small where its config allows it
-    "deeplabv3": RESNET18,
-    "deeplabv3plus": RESNET18,
-    "fcn16s": RESNET18,
-    "fcn32s": RESNET18,
-    "fcn8s": RESNET18,
-    "pspnet": [*RESNET18, "model.channels=64"],
-    "smp": RESNET18,
-}
-HEAVY = {"deconvnet"}  # 252M parameters: seconds of CPU and a 1 GB checkpoint
 CASES = [
     pytest.param(name, SMALL.get(name, []), id=name, marks=[pytest.mark.slow] * (name in HEAVY))
     for name in MODELS

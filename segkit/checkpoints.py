@@ -1,0 +1,445 @@
+"""Checkpoints: write them atomically, read them once, choose the one a run resumes from,
+check that one fits before Lightning loads it, and rebuild a trained task from one.
+
+* :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the target folder
+  and renames it into place, so a killed process never leaves a half-written ``.ckpt``.
+* :func:`load_checkpoint` and :func:`task_from_checkpoint` rebuild a trained task from the
+  config stored in a train.py checkpoint (eval.py, predict.py, ``segkit.publish``);
+  :func:`checkpoint_overrides` checks the command-line overrides of those tools against it.
+* :func:`resume_checkpoint` picks the checkpoint of ``ckpt_path=<file>|last`` or
+  ``resume=auto``, and :func:`check_checkpoint_fits` compares its weights with the task's.
+* What a resumed run may change (:func:`config_changes`, :func:`refused_changes`; the
+  :class:`~segkit.callbacks.ResumeGuard` callback applies them):
+
+  - **applied**: a new run length (``trainer.max_epochs``, ``trainer.max_steps``). The
+    step-counted schedule (poly, cosine, multistep) is given the new total
+    (:func:`segkit.schedulers.set_total_steps`): from the restored step on, the learning
+    rate is the one a run of the new length has at that step. Without this, a finished
+    poly schedule would train every extra step at learning rate 0.
+  - **refused** (:class:`ResumeError`, before the first step): ``optimizer.*``,
+    ``scheduler.*`` and the task's learning-rate multipliers and weight-decay switch (the
+    restored optimiser and schedule hold the old values, so the new ones would be
+    ignored), and a different number of optimiser steps per epoch (training data,
+    ``data.batch_size``, ``trainer.accumulate_grad_batches``, ``trainer.devices``, ...: the
+    restored epoch, step and schedule positions would no longer line up). To train on with
+    such changes, start a new run from the checkpoint's weights: ``model.weights_path=<ckpt>``.
+  - **accepted**: everything else (``data.num_workers``, ``test``, callbacks, logger, ...).
+
+  Checkpoints of ``ModelCheckpoint`` (``best_epoch*.ckpt``) that the restored state does
+  not know come from the interrupted part of the earlier run, after the checkpoint resumed
+  from; :func:`move_superseded_checkpoints` moves them to ``checkpoints/superseded/``
+  (nothing is deleted), so the folder holds only the resumed run's best checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from segkit.config import ConfigError
+
+PARTIAL_SUFFIX = ".partial"  # temporary checkpoint files; never matched by *.ckpt globs
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to ``.<name>.<random>.partial`` next to the target, fsync, then rename.
+
+    ``os.replace`` is atomic within one filesystem, so a reader (or a resumed run) sees
+    either the previous complete file or the new complete file, never a truncated one. The
+    temporary name ends in ``.partial`` (not ``.ckpt``) and starts with a dot, so neither
+    Lightning's ``last*.ckpt`` search nor segkit's resume logic can pick it up. Remote paths
+    (``s3://`` etc.) go to Lightning's writer unchanged.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX
+        )
+        try:
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; match open()
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist a rename: fsync the directory entry (a no-op where the OS does not allow it)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint written by train.py onto the CPU.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        KeyError: the checkpoint holds no ``"config"`` (not written by segkit's train.py).
+    """
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt file.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "config" not in checkpoint:
+        raise KeyError(
+            f"checkpoint {path} has no 'config' entry, so the model cannot be rebuilt; it "
+            "must come from segkit's train.py (ConfigInCheckpoint callback)."
+        )
+    return checkpoint
+
+
+# Model config keys that fetch weights at build time (the last two: Mask R-CNN configs
+# written before the one weights contract).
+WEIGHT_SOURCE_KEYS = ("weights_path", "encoder_weights", "weights", "weights_backbone")
+
+
+def without_weight_sources(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose ``model`` reads no weights: every key of
+    :data:`WEIGHT_SOURCE_KEYS` that it has set to null."""
+    cfg = cfg.copy()
+    for key in WEIGHT_SOURCE_KEYS:
+        if OmegaConf.select(cfg, f"model.{key}") is not None:
+            cfg.model[key] = None
+    return cfg
+
+
+def task_from_checkpoint(
+    checkpoint: dict[str, Any], overrides: DictConfig | dict[str, Any] | None = None
+) -> tuple[DictConfig, L.LightningModule]:
+    """Rebuild the task stored in ``checkpoint`` and load its weights.
+
+    The model is built with every weight source of its training run cleared
+    (:data:`WEIGHT_SOURCE_KEYS` set to null): the checkpoint holds every weight, so eval and
+    predict never need the training-time ``weights_path`` file, the offline encoder package
+    or the Hub. The state dict is then loaded strictly, once.
+
+    Args:
+        checkpoint: from :func:`load_checkpoint`.
+        overrides: config merged over the stored one (e.g. ``{"task": {"inference": ...}}``).
+
+    Returns:
+        ``(config, task)``: the merged config and the task in eval mode on the CPU. The
+        config keeps the stored weight sources (it describes the run); only the build
+        ignores them.
+    """
+    from segkit.runner import build_task  # runner imports Lightning trainer bits; keep lazy
+
+    cfg = OmegaConf.create(checkpoint["config"])
+    if overrides:
+        cfg = OmegaConf.merge(cfg, overrides)
+    task = build_task(without_weight_sources(cfg))
+    # Strict, except BatchNorm step counters: a backbone trained with frozen BatchNorm
+    # (Mask R-CNN on ImageNet weights) is rebuilt with plain BatchNorm, whose eval-mode output
+    # is the same and which alone has num_batches_tracked.
+    result = task.load_state_dict(checkpoint["state_dict"], strict=False)
+    wrong = [
+        k
+        for k in (*result.missing_keys, *result.unexpected_keys)
+        if not k.endswith("num_batches_tracked")
+    ]
+    if wrong:
+        raise KeyError(f"the checkpoint's state dict does not fit its own config: {wrong[:5]}")
+    task.eval()
+    return cfg, task
+
+
+# Keys fixed by the trained weights: an override that differs cannot be honoured.
+CLASS_KEYS = ("num_classes", "class_names")
+
+
+def checkpoint_overrides(given: Mapping[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``data``/``task`` overrides of eval.py or predict.py, checked against the config
+    stored in the checkpoint.
+
+    A ``num_classes`` or ``class_names`` that differs from the
+    checkpoint's is refused: the classes are fixed by the trained weights, and the report
+    would otherwise show the checkpoint's classes under the new names.
+
+    Args:
+        given: ``{"data": {...}, "task": {...}}`` from the command line (plain containers).
+        stored: the checkpoint's ``config``.
+
+    Raises:
+        ConfigError: naming each contradicting key, its value and the checkpoint's.
+    """
+
+    overrides = {k: v for k, v in given.items() if v}
+    contradictions = []
+    for group, node in overrides.items():
+        for key in CLASS_KEYS:
+            if key not in node:
+                continue
+            mine, theirs = node[key], (stored.get(group) or {}).get(key)
+            mine = list(mine) if isinstance(mine, list | tuple) else mine
+            theirs = list(theirs) if isinstance(theirs, list | tuple) else theirs
+            if theirs is not None and mine != theirs:
+                contradictions.append(f"{group}.{key}={mine} (the checkpoint has {theirs})")
+    if contradictions:
+        data = stored.get("data") or {}
+        raise ConfigError(
+            f"{'; '.join(contradictions)}: the classes of a trained model are fixed by its "
+            f"weights (data.num_classes={data.get('num_classes')}, data.class_names="
+            f"{data.get('class_names')}). Drop these overrides, or train a model with the "
+            "new classes."
+        )
+    return overrides
+
+
+def best_checkpoint(trainer: L.Trainer) -> str:
+    """The best checkpoint of the first ``ModelCheckpoint`` (``""`` when none was written)."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            return callback.best_model_path
+    return ""
+
+
+def checkpoint_epoch(ckpt_path: str | Path | None) -> int | None:
+    """The epoch stored in a Lightning checkpoint (memory-mapped, so cheap for big models)."""
+    if not ckpt_path:
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    return checkpoint.get("epoch")
+
+
+def newest_last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The most recently written ``last*.ckpt`` anywhere under ``run_dir``, or ``None``.
+
+    ``last-v1.ckpt`` etc. count too (Lightning's names when ``last.ckpt`` already existed);
+    ``*.partial`` temporary files of :class:`AtomicCheckpointIO` never do.
+    """
+    candidates = [p for p in Path(run_dir).rglob("last*.ckpt") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
+
+
+def resume_checkpoint(cfg: DictConfig, task: torch.nn.Module | None = None) -> str | None:
+    """The checkpoint this run starts from, from ``cfg.ckpt_path`` and ``cfg.resume``.
+
+    * ``ckpt_path=<file>``: that file (it must exist).
+    * ``ckpt_path=last``: the newest ``last*.ckpt`` under this run's folder
+      ``cfg.paths.output_dir``; an error if there is none (you asked to resume).
+    * ``resume=auto``: the same search, but a fresh start when nothing is there, so one
+      command serves the first submission of a cluster job and every requeue.
+    * neither: ``None`` (a fresh start).
+
+    The run folder is Hydra's output dir. Its default name is the launch time, so a
+    requeued job must pin it (``hydra.run.dir=logs/train/runs/${oc.env:SLURM_JOB_ID}``);
+    other runs' folders are never searched, since they may hold a different config.
+
+    With ``task``, the chosen checkpoint is checked against it first
+    (:func:`check_checkpoint_fits`), so a wrong file fails with a readable report.
+    """
+    ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
+    if resume not in (None, "auto"):
+        raise ValueError(f"resume must be null or 'auto', got {resume!r}")
+    if ckpt_path is not None and resume is not None:
+        raise ValueError(
+            f"both ckpt_path={ckpt_path} and resume={resume} are set; keep one of them."
+        )
+    run_dir = Path(cfg.paths.output_dir)
+    if ckpt_path == "last" or resume == "auto":
+        found = newest_last_checkpoint(run_dir)
+        if found is None and ckpt_path == "last":
+            raise FileNotFoundError(
+                f"ckpt_path=last: no last*.ckpt under this run's folder {run_dir}. Point "
+                "hydra.run.dir at the folder of the run to continue, give ckpt_path=<file>, "
+                "or use resume=auto to start fresh when nothing is there."
+            )
+        ckpt_path = None if found is None else str(found)
+    elif ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
+    if ckpt_path is not None and task is not None:
+        check_checkpoint_fits(task, ckpt_path, cfg)
+    return ckpt_path
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not fit the model this run builds."""
+
+
+def _model_summary(config: Any) -> str:
+    """``_target_`` plus the arguments that usually differ (arch, encoder, classes)."""
+    if not isinstance(config, dict | DictConfig):
+        return "(unknown: the checkpoint stores no config)"
+    model = config.get("model") or {}
+    keys = ("_target_", "arch", "encoder_name", "backbone", "num_classes")
+    return ", ".join(f"{k}={model[k]}" for k in keys if k in model) or "(no model config)"
+
+
+def check_checkpoint_fits(
+    task: torch.nn.Module, ckpt_path: str | Path, cfg: DictConfig | None = None
+) -> None:
+    """Compare a Lightning checkpoint's ``state_dict`` with ``task``'s, key by key and shape
+    by shape, before Lightning loads it (memory-mapped, ``weights_only=True``).
+
+    Raises:
+        CheckpointMismatchError: listing shape mismatches, missing and unexpected keys, the
+            model the checkpoint was written for (from its stored config) and this run's.
+    """
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if state is None:
+        raise CheckpointMismatchError(
+            f"{ckpt_path} has no 'state_dict', so it is not a training checkpoint; load plain "
+            "weights with model.weights_path=<file> instead of ckpt_path."
+        )
+    own = task.state_dict()
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    problems = [
+        f"{len(found)} {what}, e.g. {found[:3]}"
+        for what, found in (
+            ("shape mismatches", shapes),
+            ("keys missing from the checkpoint", missing),
+            ("unexpected keys", unexpected),
+        )
+        if found
+    ]
+    if not problems:
+        return
+    here = "" if cfg is None else f"; this run builds {_model_summary(cfg)}"
+    raise CheckpointMismatchError(
+        f"checkpoint {ckpt_path} does not fit this run's model: {'; '.join(problems)}. It was "
+        f"written for {_model_summary(checkpoint.get('config'))}{here}. Resume with the "
+        "config it was trained with (model=..., data.num_classes=...), or start a new run "
+        "from its weights with model.weights_path=<file>."
+    )
+
+
+# How a run is started, not what it computes: never reported as a change.
+NOT_COMPARED = ("ckpt_path", "resume")
+
+
+# Config keys whose values live in the restored optimiser or schedule state.
+RESTORED_STATE = (
+    "optimizer",
+    "scheduler",
+    "task.backbone_lr_mult",
+    "task.head_lr_mult",
+    "task.no_decay_norm_bias",
+)
+
+
+RUN_LENGTH = ("trainer.max_epochs", "trainer.max_steps")
+
+
+_MISSING = "<not set>"
+
+
+class ResumeError(ValueError):
+    """A resumed run changes something the restored state cannot follow."""
+
+
+def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, Mapping) and node:
+        for key, value in node.items():
+            yield from _flatten(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node
+
+
+def config_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, stored value, new value)`` for every leaf that differs, sorted by key.
+
+    Both configs are plain resolved containers (``OmegaConf.to_container(cfg,
+    resolve=True)``); a key present in one only shows ``"<not set>"`` on the other side.
+    Lists are compared whole. :data:`NOT_COMPARED` keys are skipped.
+    """
+    old, now = dict(_flatten(stored)), dict(_flatten(new))
+    changes = []
+    for key in sorted(old.keys() | now.keys()):
+        if key.split(".")[0] in NOT_COMPARED:
+            continue
+        before, after = old.get(key, _MISSING), now.get(key, _MISSING)
+        if before != after:
+            changes.append((key, before, after))
+    return changes
+
+
+def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def refused_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    """The changes a resumed run cannot apply (:data:`RESTORED_STATE` keys)."""
+    return [change for change in changes if _matches(change[0], RESTORED_STATE)]
+
+
+def move_superseded_checkpoints(trainer: L.Trainer) -> list[Path]:
+    """Move ``ModelCheckpoint`` files that the restored state does not track to
+    ``<dirpath>/superseded/``; returns their new paths.
+
+    Only files named like the callback's ``filename`` template (the part before the first
+    ``{``) are moved; ``last*.ckpt`` and the checkpoint being resumed from never are.
+    """
+    moved: list[Path] = []
+    resumed = Path(trainer.ckpt_path).resolve() if trainer.ckpt_path else None
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or not callback.dirpath:
+            continue
+        folder = Path(callback.dirpath)
+        if not folder.is_dir():
+            continue
+        known = {
+            Path(p).resolve()
+            for p in (
+                *callback.best_k_models,
+                callback.best_model_path,
+                callback.kth_best_model_path,
+                callback.last_model_path,
+            )
+            if p
+        }
+        prefix = (callback.filename or "").split("{")[0]
+        for path in sorted(folder.glob(f"{prefix}*{callback.FILE_EXTENSION}")):
+            if path.name.startswith("last") or path.resolve() in known | {resumed}:
+                continue
+            target = folder / "superseded" / path.name
+            target.parent.mkdir(exist_ok=True)
+            number = 1
+            while target.exists():
+                target = target.with_name(f"{path.stem}.{number}{path.suffix}")
+                number += 1
+            shutil.move(path, target)
+            moved.append(target)
+    return moved
