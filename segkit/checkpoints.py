@@ -47,6 +47,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.config import ConfigError
+from segkit.tasks import build_task
 
 PARTIAL_SUFFIX = ".partial"  # temporary checkpoint files; never matched by *.ckpt globs
 
@@ -158,7 +159,6 @@ def task_from_checkpoint(
         config keeps the stored weight sources (it describes the run); only the build
         ignores them.
     """
-    from segkit.runner import build_task  # runner imports Lightning trainer bits; keep lazy
 
     cfg = OmegaConf.create(checkpoint["config"])
     if overrides:

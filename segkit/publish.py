@@ -281,7 +281,7 @@ def publish(
         "wall_seconds": None if run.seconds is None else round(run.seconds),
         "val_mIoU": run.metrics["mIoU"],
         "machine": machine(),
-        "published_from": str(ckpt.relative_to(run_dir)),
+        "published_from": str(ckpt.resolve().relative_to(run_dir.resolve())),
         "model_pt_bytes": (out_dir / "model.pt").stat().st_size,
     }
     (out_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
