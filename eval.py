@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segkit.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
 from segkit.data.folder import DataError
-from segkit.runner import evaluate, print_results
+from segkit.runner import evaluate, print_results, quiet_known_noise
 from segkit.tasks.instance import InstanceSegmentationTask
 from segkit.tasks.semantic import SemanticSegmentationTask
 
@@ -148,6 +148,7 @@ def evaluate_task(
         f"evaluating {cfg.ckpt_path} on split {cfg.split} (data.{cfg.split}_split="
         f"{datamodule.splits[cfg.split]!r}), inference: {inference or 'whole'}"
     )
+    quiet_known_noise()  # as build_trainer does for train.py
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=1,

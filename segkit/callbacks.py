@@ -44,6 +44,7 @@ from segkit.checkpoints import (
     RUN_LENGTH,
     ResumeError,
     config_changes,
+    describe_model,
     move_superseded_checkpoints,
     refused_changes,
 )
@@ -704,12 +705,12 @@ class EpochLines(L.Callback):
 
 
 class RunOverview(L.Callback):
-    """At the start of fitting, one log line naming what trains: the model config's
-    ``_target_`` and its architecture keys (``arch``, ``encoder_name``, ``backbone``), the
-    parameter counts of ``pl_module.model``, the loss and the optimiser. It stands in for
-    Lightning's summary table (``trainer.enable_model_summary: false``), which names only
-    wrapper classes and prints a FLOPs column of zeros without an example input;
-    ``python -m segkit.summary`` counts FLOPs.
+    """At the start of fitting, one log line naming what trains: the model config
+    (:func:`segkit.checkpoints.describe_model`), the parameter counts of ``pl_module.model``,
+    the loss and the optimiser. It stands in for Lightning's summary table
+    (``trainer.enable_model_summary: false``), which names only wrapper classes and prints
+    a FLOPs column of zeros without an example input; ``python -m segkit.summary`` counts
+    FLOPs.
 
     Args:
         config: the composed config (plain containers).
@@ -721,16 +722,13 @@ class RunOverview(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        model_cfg = self.config.get("model") or {}
-        keys = ("arch", "encoder_name", "backbone", "variant", "num_classes")
-        details = ", ".join(f"{k}={model_cfg[k]}" for k in keys if k in model_cfg)
         network = getattr(pl_module, "model", pl_module)
         total = sum(p.numel() for p in network.parameters())
         trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
         optimizer = (self.config.get("optimizer") or {}).get("_target_", "-")
         loss = getattr(pl_module, "loss", None)
         progress_log.info(
-            f"model {model_cfg.get('_target_', type(network).__name__)}({details}): "
+            f"model {describe_model(self.config)}: "
             f"{total:,} parameters ({trainable:,} trainable) | task {type(pl_module).__name__}"
             f" | loss {type(loss).__name__ if loss is not None else '-'}"
             f" | optimiser {optimizer.rsplit('.', 1)[-1]}"

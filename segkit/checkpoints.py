@@ -292,12 +292,15 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's weights do not fit the model this run builds."""
 
 
-def _model_summary(config: Any) -> str:
-    """``_target_`` plus the arguments that usually differ (arch, encoder, classes)."""
+def describe_model(config: Any) -> str:
+    """The model of a composed config in one line: ``_target_`` plus the arguments that
+    usually differ (arch, encoder, backbone, variant, classes), e.g.
+    ``_target_=segkit.models.smp.smp_model, arch=FPN, encoder_name=resnet18, num_classes=11``.
+    """
     if not isinstance(config, dict | DictConfig):
         return "(unknown: the checkpoint stores no config)"
     model = config.get("model") or {}
-    keys = ("_target_", "arch", "encoder_name", "backbone", "num_classes")
+    keys = ("_target_", "arch", "encoder_name", "backbone", "variant", "num_classes")
     return ", ".join(f"{k}={model[k]}" for k in keys if k in model) or "(no model config)"
 
 
@@ -337,10 +340,10 @@ def check_checkpoint_fits(
     ]
     if not problems:
         return
-    here = "" if cfg is None else f"; this run builds {_model_summary(cfg)}"
+    here = "" if cfg is None else f"; this run builds {describe_model(cfg)}"
     raise CheckpointMismatchError(
         f"checkpoint {ckpt_path} does not fit this run's model: {'; '.join(problems)}. It was "
-        f"written for {_model_summary(checkpoint.get('config'))}{here}. Resume with the "
+        f"written for {describe_model(checkpoint.get('config'))}{here}. Resume with the "
         "config it was trained with (model=..., data.num_classes=...), or start a new run "
         "from its weights with model.weights_path=<file>."
     )

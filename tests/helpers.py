@@ -128,17 +128,20 @@ def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def compose(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides``, rooted at ``tmp_path``, with the hydra node and
-    HydraConfig set so ``${hydra:runtime.output_dir}`` resolves (to ``tmp_path/run``)."""
+def compose(
+    tmp_path: Path, overrides: list[str], config: str = "train", run_dir: Path | None = None
+) -> DictConfig:
+    """``conf/<config>.yaml`` with ``overrides``, rooted at ``tmp_path``, with the hydra node
+    and HydraConfig set so ``${hydra:runtime.output_dir}`` resolves (to ``run_dir``, by
+    default ``tmp_path/run``)."""
     with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra.compose(
-            "train",
+            config,
             overrides=[f"paths.root_dir={tmp_path}", *overrides],
             return_hydra_config=True,
         )
     with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.hydra.runtime.output_dir = str(run_dir or tmp_path / "run")
     HydraConfig.instance().set_config(cfg)  # lets ${hydra:runtime.output_dir} resolve
     return cfg
 
@@ -197,14 +200,8 @@ def check_report(folder: Path, class_names: list[str], split: str) -> dict:
 
 
 def compose_job(config: str, root: Path, run_dir: Path, overrides: list[str]) -> DictConfig:
-    """A job's config as Hydra hands it to main(): HydraConfig set, no hydra node."""
-    with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = hydra.compose(
-            config, overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True
-        )
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
+    """A job's config as Hydra hands it to main(): :func:`compose` without the hydra node."""
+    cfg = compose(root, overrides, config=config, run_dir=run_dir)
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg

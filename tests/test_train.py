@@ -84,6 +84,6 @@ def test_console_of_a_run_without_a_terminal_is_one_line_per_epoch(tmp_path):
     output = stdout + (run_dir / "stderr.txt").read_text()
     assert "\r" not in output  # no progress bar redrawn into the file
     assert not [noise for noise in NOISE if noise in output], output[:3000]
-    assert "model segkit.models.smp.smp_model(arch=Linknet" in stdout
+    assert "model _target_=segkit.models.smp.smp_model, arch=Linknet" in stdout
     log = (run_dir / "train.log").read_text()  # the run's own lines, with time and source
     assert sum("[segkit.progress][INFO] - epoch " in line for line in log.splitlines()) == 2
