@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import logging.config
 from pathlib import Path
 
 import hydra
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
+from optuna.samplers import BaseSampler
 
 from segkit.class_weights import CHOICES as CLASS_WEIGHT_CHOICES
+from segkit.sweeps import check_optimized_metric, check_searched_keys
 from segkit.tasks import build_task
 
 from .conftest import PROJECT_ROOT
@@ -52,6 +58,38 @@ def test_every_group_has_options():
 CASES = [(g, o) for g in GROUPS for o in options(g)]
 
 
+def check_job_logging(cfg, run_dir: Path) -> None:
+    """Hydra's job logging as conf/hydra sets it: the console gets the bare message, the
+    run folder's log file the time and source too; the folders resolve under the test root."""
+    assert Path(cfg.hydra.run.dir).is_relative_to(cfg.paths.log_dir)
+    assert Path(cfg.hydra.sweep.dir).is_relative_to(cfg.paths.log_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    console = io.StringIO()
+    try:
+        logging.config.dictConfig(settings)
+        for handler in root.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            ):
+                handler.setStream(console)
+        logging.getLogger("segkit.probe").info("epoch 1 done")
+        for handler in root.handlers:
+            handler.flush()
+        log_file = run_dir / f"{cfg.hydra.job.name}.log"
+        written = log_file.read_text()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert console.getvalue() == "epoch 1 done\n"
+    assert "[segkit.probe]" in written and written.rstrip().endswith("epoch 1 done")
+    assert written[1:5].isdigit()  # starts with the time: [YYYY-...
+
+
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_composes_and_instantiates(group, option, tmp_path, folder_dataset):
     overrides = [f"{group}={option}"]
@@ -92,12 +130,20 @@ def test_option_composes_and_instantiates(group, option, tmp_path, folder_datase
         assert isinstance(build_task(cfg), L.LightningModule)
         hydra.utils.instantiate(cfg.data)
     elif group == "hparams_search":
-        assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
-        assert cfg.optimized_metric.startswith("val/")
+        # every searched key names something in the composed config, the metric is one the
+        # task logs, and the sampler the file names builds (the storage is the sweep's own
+        # file, created only when a sweep starts)
+        check_searched_keys(cfg)
+        check_optimized_metric(cfg)
+        assert isinstance(hydra.utils.instantiate(cfg.hydra.sweeper.sampler), BaseSampler)
     elif group == "paths":
-        assert Path(cfg.paths.data_dir).is_relative_to(tmp_path)
+        # every path resolves, absolute, inside the root the test chose (nothing is written
+        # beside the checkout or the data), and output_dir is the run's own folder
+        paths = OmegaConf.to_container(cfg.paths, resolve=True)
+        assert all(Path(value).is_relative_to(tmp_path) for value in paths.values()), paths
+        assert paths["output_dir"] == str(tmp_path / "run")
     elif group == "hydra":
-        assert cfg.hydra.job.chdir is False
+        check_job_logging(cfg, tmp_path / "run")
     elif group == "inference":
         task = build_task(cfg).eval()
         assert task.inference is not None
