@@ -18,12 +18,18 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
+# The suite runs in TEST_WORKERS pytest-xdist processes (one per core on the 2-core CI
+# machine; tests/conftest.py gives each one thread and keeps the tests of a shared fixture
+# on one worker). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadgroup
+
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(XDIST) $(ARGS)
 
 # development tier: everything but the end-to-end runs marked slow
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks $(ARGS)

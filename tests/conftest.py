@@ -3,14 +3,35 @@ Optuna sweep of the session (helpers in ``helpers.py``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+# `make test` runs the suite in pytest-xdist workers, one per core: each worker and every
+# process it starts computes on one thread, so the workers share the cores instead of
+# oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+# Fixtures that train or sweep once and are read by many tests: under `--dist loadgroup`
+# every test that uses one runs on the same worker, so it is built once, not once per worker.
+SHARED_FIXTURES = ("trained_run", "optuna_sweep", "resumed")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in SHARED_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
 
 
 def write_folder_dataset(
