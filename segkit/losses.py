@@ -3,18 +3,28 @@
 Every loss here takes ``ignore_index``; ignored pixels contribute nothing to the value or the
 gradient, and a batch where every pixel is ignored gives a loss of exactly 0 (not NaN).
 
-* :class:`CrossEntropyLoss`: mean over non-ignored pixels, weighted as in PyTorch
-  (``sum_i w[y_i] l_i / sum_i w[y_i]``), optional label smoothing.
+**One normalisation for the pixel losses** (CE, focal, OHEM): the loss is the mean of the
+per-pixel losses ``l_i`` over the pixels it averages (the labelled ones; OHEM: the kept ones),
+and with ``class_weights`` the *weighted* mean ``sum_i w[y_i] l_i / sum_i w[y_i]``, PyTorch's
+``cross_entropy(weight=...)`` convention. Class weights therefore change which pixels matter,
+not the loss's overall scale: multiplying every weight by 10 leaves the loss unchanged, so the
+learning rate need not be retuned when weights are switched on.
+
+* :class:`CrossEntropyLoss`: the above, optional label smoothing.
+* :class:`FocalLoss`: softmax focal loss ``(1 - p_t)^gamma * CE`` (Lin et al., 2017, in its
+  multi-class softmax form), optional label smoothing; ``gamma=0`` is exactly
+  :class:`CrossEntropyLoss` (weights and smoothing included). We do not use smp's
+  ``FocalLoss(mode="multiclass")``: it sums one-vs-rest *sigmoid* focal losses over classes.
+* :class:`OhemCrossEntropyLoss`: cross-entropy over the hard pixels only (online hard
+  example mining, mmsegmentation's ``OHEMPixelSampler`` rule).
 * :class:`DiceLoss`: soft Dice as the study notes define it (``smooth=1``, per image,
   ``1 - Dice`` averaged over all classes; absent classes may be excluded instead).
-* :class:`FocalLoss`: softmax focal loss ``(1 - p_t)^gamma * CE`` (Lin et al., 2017, in its
-  multi-class softmax form), mean over non-ignored pixels. We do not use smp's
-  ``FocalLoss(mode="multiclass")``: it sums one-vs-rest *sigmoid* focal losses over classes.
 * :class:`WeightedSumLoss`: ``sum_k weight_k * loss_k`` of any of the above.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -36,8 +46,30 @@ def _weight_buffer(class_weights: Sequence[float] | None) -> torch.Tensor | None
     return torch.tensor([float(w) for w in class_weights])  # ints too: cross_entropy wants float
 
 
+def _weighted_mean(
+    per_pixel: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    class_weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """``sum(per_pixel[mask]) / sum(w[target][mask])`` (``/ mask.sum()`` without weights).
+
+    ``per_pixel`` ``[B,H,W]`` already holds the factor ``w[y]``; ``mask`` ``[B,H,W]`` marks
+    the pixels averaged (never an ignored one). An empty mask gives 0, not NaN.
+    """
+    total = torch.where(mask, per_pixel, 0.0).sum()
+    if class_weights is None:
+        normaliser = mask.sum().to(per_pixel.dtype)
+    else:
+        safe_target = torch.where(mask, target, 0)
+        normaliser = (class_weights.to(per_pixel.dtype)[safe_target] * mask).sum()
+    return total / normaliser.clamp_min(1e-12)  # empty mask: 0 / eps = 0
+
+
 class CrossEntropyLoss(nn.Module):
-    """Pixel-wise cross-entropy.
+    """Pixel-wise cross-entropy, ``sum_i w[y_i] CE_i / sum_i w[y_i]`` over the labelled
+    pixels ``i`` (``w = 1`` without ``class_weights``: the plain mean), exactly
+    ``F.cross_entropy(..., weight=w, ignore_index=..., label_smoothing=...)``.
 
     Args:
         ignore_index: target value excluded from the loss.
@@ -66,15 +98,9 @@ class CrossEntropyLoss(nn.Module):
             ignore_index=self.ignore_index,
             label_smoothing=self.label_smoothing,
             reduction="none",
-        )  # [B,H,W], 0 at ignored pixels
+        )  # [B,H,W], w[y] * CE, 0 at ignored pixels
         valid = target != self.ignore_index
-        if self.class_weights is None:
-            normaliser = valid.sum().to(per_pixel.dtype)
-        else:
-            safe_target = torch.where(valid, target, 0)
-            normaliser = (self.class_weights.to(per_pixel.dtype)[safe_target] * valid).sum()
-        # clamp: an all-ignored batch gives 0 / eps = 0 instead of NaN
-        return per_pixel.sum() / normaliser.clamp_min(1e-12)
+        return _weighted_mean(per_pixel, target, valid, self.class_weights)
 
 
 class DiceLoss(nn.Module):
@@ -151,12 +177,26 @@ class DiceLoss(nn.Module):
 
 
 class FocalLoss(nn.Module):
-    """Softmax focal loss, mean over non-ignored pixels.
+    """Softmax focal loss (Lin et al., 2017), optionally with label smoothing.
+
+    Per labelled pixel with true class ``y``, softmax probabilities ``p`` over ``C``
+    classes, smoothing ``eps`` and weights ``w`` (all 1 without ``class_weights``)::
+
+        f_c = (1 - p_c) ** gamma * -log(p_c)
+        l   = (1 - eps) * w[y] * f_y + eps / C * sum_c w[c] * f_c
+
+    i.e. the focal term applied to each class of the smoothed target
+    ``(1 - eps) * onehot(y) + eps / C``, weighted as PyTorch weights a smoothed
+    cross-entropy. The loss is ``sum_i l_i / sum_i w[y_i]`` over the labelled pixels (the
+    module docstring's normalisation; before, weighted focal divided by the pixel count).
+    With ``gamma=0`` it equals :class:`CrossEntropyLoss` with the same weights and smoothing.
 
     Args:
         ignore_index: target value excluded from the loss.
         gamma: focusing parameter; ``gamma=0`` gives cross-entropy.
         class_weights: optional per-class weights ``[C]`` (the ``alpha`` of the paper).
+        label_smoothing: ``eps`` above, in ``[0, 1]``, as in
+            :func:`torch.nn.functional.cross_entropy`.
     """
 
     def __init__(
@@ -164,21 +204,121 @@ class FocalLoss(nn.Module):
         ignore_index: int = 255,
         gamma: float = 2.0,
         class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        if gamma < 0:
+            raise ValueError(f"loss.gamma must be >= 0, got {gamma}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"loss.label_smoothing must be in [0, 1], got {label_smoothing}")
         self.ignore_index = ignore_index
         self.gamma = gamma
+        self.label_smoothing = label_smoothing
         self.register_buffer("class_weights", _weight_buffer(class_weights), persistent=False)
+
+    def _focal(self, log_p: torch.Tensor) -> torch.Tensor:
+        """``(1 - p) ** gamma * -log(p)`` elementwise, from ``log(p)``."""
+        return -((1 - log_p.exp()) ** self.gamma) * log_p
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         valid = target != self.ignore_index
         safe_target = torch.where(valid, target, 0)
-        log_p = F.log_softmax(logits, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
-        loss = -((1 - log_p.exp()) ** self.gamma) * log_p
-        if self.class_weights is not None:
-            loss = loss * self.class_weights.to(loss.dtype)[safe_target]
-        loss = torch.where(valid, loss, 0.0)
-        return loss.sum() / valid.sum().clamp_min(1)
+        log_p = F.log_softmax(logits, dim=1)  # [B,C,H,W]
+        weights = self.class_weights
+        log_p_true = log_p.gather(1, safe_target.unsqueeze(1)).squeeze(1)  # [B,H,W]
+        loss = self._focal(log_p_true)  # f_y
+        if weights is not None:
+            loss = loss * weights.to(loss.dtype)[safe_target]
+        if self.label_smoothing > 0:  # the [B,C,H,W] focal terms only when they are needed
+            every = self._focal(log_p)
+            if weights is not None:
+                every = every * weights.to(every.dtype).view(1, -1, 1, 1)
+            eps, num_classes = self.label_smoothing, logits.shape[1]
+            loss = (1 - eps) * loss + eps / num_classes * every.sum(1)
+        return _weighted_mean(loss, target, valid, weights)
+
+
+class OhemCrossEntropyLoss(nn.Module):
+    """Cross-entropy over the hard pixels of the batch: online hard example mining with
+    mmsegmentation's ``OHEMPixelSampler`` rule.
+
+    Selection (without gradient), over the **whole batch** at once (not image by image),
+    with ``k = min(min_kept * B, labelled pixels)``:
+
+    * ``thresh`` set: a labelled pixel is kept when the softmax probability of its true
+      class is ``< thresh``; in any case the ``k`` labelled pixels of lowest true-class
+      probability are kept, so at least ``k`` are (``min_kept`` counts per image, as in
+      mmseg, but the hard pixels may come from any image).
+    * ``thresh=None``: exactly the ``k`` labelled pixels of highest loss (with
+      ``class_weights``, the weighted loss ``w[y] CE``) are kept.
+
+    Ignored pixels are never kept. Ties at the ``k``-th place are broken arbitrarily. Under
+    DDP each process selects from its own batch (``B`` is the per-process batch size). The
+    loss is the weighted mean over the kept pixels, ``sum_kept w[y] CE / sum_kept w[y]``
+    (``w = 1`` without ``class_weights``: the plain mean over kept pixels); 0 when nothing is
+    kept. It differs from mmseg's sampler in two places: mmseg averages over all labelled
+    pixels (unkept ones count as 0), and with ``min_kept`` at or above the labelled count it
+    drops the most confident pixel; here every pixel is kept then.
+
+    Args:
+        ignore_index: target value excluded from the loss and never kept.
+        thresh: true-class probability below which a pixel is hard, in ``(0, 1]``, or
+            ``None`` to keep the ``min_kept * B`` highest-loss pixels.
+        min_kept: pixels kept at least, per image of the batch (``>= 0``).
+        class_weights: optional per-class weights ``[C]``, as in :class:`CrossEntropyLoss`.
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        thresh: float | None = 0.7,
+        min_kept: int = 100000,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if thresh is not None and not 0.0 < thresh <= 1.0:
+            raise ValueError(
+                f"loss.thresh must be in (0, 1] (a probability) or null (keep the "
+                f"loss.min_kept hardest pixels), got {thresh}"
+            )
+        if min_kept < 0 or int(min_kept) != min_kept:
+            raise ValueError(f"loss.min_kept must be an integer >= 0, got {min_kept}")
+        if thresh is None and min_kept == 0:
+            raise ValueError("loss.thresh=null keeps loss.min_kept pixels: set min_kept > 0")
+        self.ignore_index = ignore_index
+        self.thresh = thresh
+        self.min_kept = int(min_kept)
+        self.register_buffer("class_weights", _weight_buffer(class_weights), persistent=False)
+
+    @torch.no_grad()
+    def kept_pixels(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The pixels the loss averages: bool ``[B,H,W]`` (the selection rule above)."""
+        valid = target != self.ignore_index
+        safe_target = torch.where(valid, target, 0).unsqueeze(1)
+        if self.thresh is not None:
+            prob = F.softmax(logits.float(), dim=1).gather(1, safe_target).squeeze(1)
+            kept = valid & (prob < self.thresh)
+            hardness = -prob  # lower true-class probability = harder
+        else:
+            hardness = F.cross_entropy(
+                logits.float(), target, weight=self.class_weights,
+                ignore_index=self.ignore_index, reduction="none",
+            )  # fmt: skip
+            kept = torch.zeros_like(valid)
+        k = min(self.min_kept * target.shape[0], int(valid.sum()))
+        if k > 0:
+            hardness = torch.where(valid, hardness, -math.inf)  # ignored: never among the k
+            hardest = hardness.flatten().topk(k).indices
+            kept = kept.flatten().index_fill(0, hardest, True).view_as(kept)
+        return kept
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per_pixel = F.cross_entropy(
+            logits, target, weight=self.class_weights, ignore_index=self.ignore_index,
+            reduction="none",
+        )  # fmt: skip  # [B,H,W], w[y] * CE, 0 at ignored pixels
+        kept = self.kept_pixels(logits, target)
+        return _weighted_mean(per_pixel, target, kept, self.class_weights)
 
 
 class WeightedSumLoss(nn.Module):

@@ -4,6 +4,20 @@ once per validation on its score.
 Each factory takes ``(optimizer, total_steps, ...)``; the task passes ``total_steps`` from
 ``trainer.estimated_stepping_batches`` so configs never repeat the run length.
 
+**One warm-up rule for every per-step schedule** (poly, cosine, exponential, multistep), the
+multiplicative linear warm-up of mmcv and torchvision's detection references: with
+``W = warmup_steps`` and ``f0 = warmup_factor``, the rate at optimiser step ``s`` (0-based) is
+::
+
+    lr(s) = warm(s) * decayed(s)
+    warm(s) = f0 + (1 - f0) * s / W   for s < W,   1 from s = W on
+
+where ``decayed(s)`` is the schedule without warm-up over the *whole* run (its span is
+``total_steps``, not ``total_steps - W``). So step 0 trains at ``f0 * lr``, the warm-up
+ends at ``decayed(W)`` (``lr`` for multistep, slightly under it for the decays) and the
+schedule ends where it would without warm-up. ``warmup_steps > total_steps`` is allowed:
+the warm-up then never ends. ``plateau`` (stepped on scores) and ``constant`` have none.
+
 The run length lives in the ``LambdaLR`` factor objects, which a checkpoint stores and a
 resumed run restores. A resumed run of a different length (``trainer.max_epochs=<more>``)
 therefore calls :func:`set_total_steps`, which gives the schedule the new length: from the
@@ -21,53 +35,220 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 
-class _PolyFactor:
-    """``(1 - step / total) ** power`` after a linear warm-up; a class so it pickles."""
+class _Factor:
+    """``warm(step) * decay(step)``, the factor ``LambdaLR`` multiplies a group's base rate by.
 
-    def __init__(self, total_steps: int, power: float, warmup_steps: int) -> None:
-        self.total_steps, self.power, self.warmup_steps = max(1, total_steps), power, warmup_steps
+    A class, not a closure, so that it pickles and ``LambdaLR.state_dict`` stores its
+    attributes (``total_steps`` included) in the checkpoint. Subclasses give ``decay``.
+    """
 
-    def set_total_steps(self, total_steps: int) -> None:
-        self.total_steps = max(1, total_steps)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        return max(0.0, 1.0 - step / self.total_steps) ** self.power
-
-
-class _CosineFactor:
-    """Half a cosine from 1 to 0 after a linear warm-up."""
-
-    def __init__(self, total_steps: int, warmup_steps: int) -> None:
-        self.total_steps, self.warmup_steps = max(1, total_steps), warmup_steps
+    def __init__(self, total_steps: int, warmup_steps: int, warmup_factor: float) -> None:
+        if warmup_steps < 0:
+            raise ValueError(f"scheduler.warmup_steps must be >= 0, got {warmup_steps}")
+        if not 0.0 <= warmup_factor <= 1.0:
+            raise ValueError(
+                f"scheduler.warmup_factor must be in [0, 1] (the warm-up starts at "
+                f"warmup_factor x lr), got {warmup_factor}"
+            )
+        self.warmup_steps, self.warmup_factor = int(warmup_steps), float(warmup_factor)
+        self.set_total_steps(total_steps)
 
     def set_total_steps(self, total_steps: int) -> None:
-        self.total_steps = max(1, total_steps)
+        self.total_steps = max(1, int(total_steps))
+
+    def decay(self, step: int) -> float:
+        raise NotImplementedError
 
     def __call__(self, step: int) -> float:
+        factor = self.decay(step)
         if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(
-            1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        )
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+            factor *= self.warmup_factor + (1.0 - self.warmup_factor) * step / self.warmup_steps
+        return factor
+
+
+def _floors(optimizer: Optimizer, min_lr: float) -> list[float]:
+    """``min_lr / base_lr`` per param group: the factor each group ends at."""
+    if min_lr < 0:
+        raise ValueError(f"scheduler.min_lr must be >= 0, got {min_lr}")
+    floors = []
+    for index, group in enumerate(optimizer.param_groups):
+        base = group.get("initial_lr", group["lr"])
+        if base == 0:  # a group trained at lr 0 stays at 0
+            floors.append(0.0)
+        elif min_lr > base:
+            name = group.get("name", f"param group {index}")
+            raise ValueError(
+                f"scheduler.min_lr={min_lr} is above the base learning rate {base} of "
+                f"{name!r}, so the schedule would raise it; lower scheduler.min_lr (the rate "
+                "every group ends at) or raise optimizer.lr / the task's lr multipliers."
+            )
+        else:
+            floors.append(min_lr / base)
+    return floors
+
+
+class _PolyFactor(_Factor):
+    """``floor + (1 - floor) * (1 - step / total) ** power``."""
+
+    def __init__(
+        self,
+        total_steps: int,
+        power: float,
+        warmup_steps: int,
+        warmup_factor: float = 0.001,
+        floor: float = 0.0,
+    ) -> None:
+        super().__init__(total_steps, warmup_steps, warmup_factor)
+        self.power, self.floor = power, floor
+
+    def decay(self, step: int) -> float:
+        remaining = max(0.0, 1.0 - step / self.total_steps)
+        return self.floor + (1.0 - self.floor) * remaining**self.power
+
+
+class _CosineFactor(_Factor):
+    """Half a cosine from 1 to ``floor`` per cycle; ``restarts`` cycles after the first,
+    each ``cycle_mult`` times as long as the one before, together spanning the run."""
+
+    def __init__(
+        self,
+        total_steps: int,
+        warmup_steps: int,
+        warmup_factor: float = 0.001,
+        floor: float = 0.0,
+        restarts: int = 0,
+        cycle_mult: float = 1.0,
+    ) -> None:
+        if restarts < 0:
+            raise ValueError(f"scheduler.restarts must be >= 0, got {restarts}")
+        if cycle_mult <= 0:
+            raise ValueError(f"scheduler.cycle_mult must be > 0, got {cycle_mult}")
+        super().__init__(total_steps, warmup_steps, warmup_factor)
+        self.floor, self.restarts, self.cycle_mult = floor, int(restarts), float(cycle_mult)
+
+    def decay(self, step: int) -> float:
+        lengths = [self.cycle_mult**k for k in range(self.restarts + 1)]
+        unit = self.total_steps / sum(lengths)  # first cycle's length in steps
+        start = 0.0
+        for k, length in enumerate(lengths):
+            end = start + length * unit
+            if step < end or k == self.restarts:
+                progress = min(1.0, (step - start) / (end - start))
+                break
+            start = end
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _ExponentialFactor(_Factor):
+    """``end_factor ** (step / total)``: a constant factor per step, ``end_factor`` at the end."""
+
+    def __init__(
+        self, total_steps: int, end_factor: float, warmup_steps: int, warmup_factor: float
+    ) -> None:
+        if not 0.0 < end_factor <= 1.0:
+            raise ValueError(
+                f"scheduler.end_factor must be in (0, 1] (the fraction of the base rate the "
+                f"run ends at), got {end_factor}"
+            )
+        super().__init__(total_steps, warmup_steps, warmup_factor)
+        self.end_factor = end_factor
+
+    def decay(self, step: int) -> float:
+        return self.end_factor ** (min(step, self.total_steps) / self.total_steps)
 
 
 def poly_lr(
-    optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0
+    optimizer: Optimizer,
+    total_steps: int,
+    power: float = 0.9,
+    min_lr: float = 0.0,
+    warmup_steps: int = 0,
+    warmup_factor: float = 0.001,
 ) -> LambdaLR:
-    """Poly schedule ``lr = base_lr * (1 - step / total_steps) ** power`` (DeepLab, PSPNet)."""
-    return LambdaLR(optimizer, _PolyFactor(total_steps, power, warmup_steps))
+    """Poly schedule (DeepLab, PSPNet; mmseg's ``PolyLR`` with ``eta_min``)::
+
+        lr(s) = warm(s) * (min_lr + (base_lr - min_lr) * (1 - s / total_steps) ** power)
+
+    Args:
+        optimizer: the optimiser; each param group decays from its own base rate.
+        total_steps: run length in optimiser steps.
+        power: exponent (0.9 in DeepLab).
+        min_lr: the absolute rate every param group ends at (not a fraction of it).
+        warmup_steps: steps of linear warm-up (the module docstring's rule).
+        warmup_factor: the warm-up starts at ``warmup_factor x`` the scheduled rate.
+    """
+    factors = [
+        _PolyFactor(total_steps, power, warmup_steps, warmup_factor, floor)
+        for floor in _floors(optimizer, min_lr)
+    ]
+    return LambdaLR(optimizer, factors)
 
 
-def cosine_lr(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
-    """Cosine decay to 0 over ``total_steps`` (after ``warmup_steps`` of linear warm-up)."""
-    return LambdaLR(optimizer, _CosineFactor(total_steps, warmup_steps))
+def cosine_lr(
+    optimizer: Optimizer,
+    total_steps: int,
+    min_lr: float = 0.0,
+    restarts: int = 0,
+    cycle_mult: float = 1.0,
+    warmup_steps: int = 0,
+    warmup_factor: float = 0.001,
+) -> LambdaLR:
+    """Cosine decay (SGDR, Loshchilov & Hutter 2017), optionally with warm restarts::
+
+        lr(s) = warm(s) * (min_lr + (base_lr - min_lr) * (1 + cos(pi * t)) / 2)
+
+    with ``t`` the fraction of the current cycle elapsed at step ``s``. The run is split
+    into ``restarts + 1`` cycles of lengths ``L, L * cycle_mult, L * cycle_mult**2, ...``
+    that add up to ``total_steps``; each cycle restarts at the base rate. With
+    ``restarts=0`` it is one half-cosine over the run. This equals PyTorch's
+    ``CosineAnnealingWarmRestarts(T_0=L, T_mult=cycle_mult, eta_min=min_lr)`` where ``L``
+    and ``cycle_mult`` are integers, with ``L`` derived from the run length instead of set.
+
+    Args:
+        optimizer: the optimiser; each param group decays from its own base rate.
+        total_steps: run length in optimiser steps.
+        min_lr: the absolute rate each cycle ends at, for every param group.
+        restarts: number of restarts (cycles after the first).
+        cycle_mult: each cycle's length over the previous one's (SGDR's ``T_mult``).
+        warmup_steps: steps of linear warm-up, once, at the start of the run.
+        warmup_factor: the warm-up starts at ``warmup_factor x`` the scheduled rate.
+    """
+    factors = [
+        _CosineFactor(total_steps, warmup_steps, warmup_factor, floor, restarts, cycle_mult)
+        for floor in _floors(optimizer, min_lr)
+    ]
+    return LambdaLR(optimizer, factors)
 
 
-class _MultiStepFactor:
-    """``gamma ** (milestones passed)`` after a linear warm-up from ``warmup_factor``."""
+def exponential_lr(
+    optimizer: Optimizer,
+    total_steps: int,
+    end_factor: float = 0.01,
+    warmup_steps: int = 0,
+    warmup_factor: float = 0.001,
+) -> LambdaLR:
+    """Exponential decay by the same factor every optimiser step::
+
+        lr(s) = warm(s) * base_lr * end_factor ** (s / total_steps)
+
+    i.e. PyTorch's ``ExponentialLR`` stepped per optimiser step with
+    ``gamma = end_factor ** (1 / total_steps)``. The config gives the end point, not
+    ``gamma``, so that it does not depend on the run length.
+
+    Args:
+        optimizer: the optimiser; every group keeps its ratio to the others.
+        total_steps: run length in optimiser steps.
+        end_factor: fraction of the base rate at the last step, in ``(0, 1]``.
+        warmup_steps: steps of linear warm-up (the module docstring's rule).
+        warmup_factor: the warm-up starts at ``warmup_factor x`` the scheduled rate.
+    """
+    return LambdaLR(
+        optimizer, _ExponentialFactor(total_steps, end_factor, warmup_steps, warmup_factor)
+    )
+
+
+class _MultiStepFactor(_Factor):
+    """``gamma ** (milestones passed)``."""
 
     def __init__(
         self,
@@ -78,19 +259,15 @@ class _MultiStepFactor:
         warmup_factor: float,
     ) -> None:
         self.milestones = list(milestones)  # fractions, to place the steps for a new length
-        self.gamma, self.warmup_steps, self.warmup_factor = gamma, warmup_steps, warmup_factor
-        self.set_total_steps(total_steps)
+        self.gamma = gamma
+        super().__init__(total_steps, warmup_steps, warmup_factor)
 
     def set_total_steps(self, total_steps: int) -> None:
-        self.total_steps = total_steps
-        self.steps = sorted(round(m * total_steps) for m in self.milestones)
+        super().set_total_steps(total_steps)
+        self.steps = sorted(round(m * self.total_steps) for m in self.milestones)
 
-    def __call__(self, step: int) -> float:
-        factor = self.gamma ** sum(step >= s for s in self.steps)
-        if step < self.warmup_steps:
-            alpha = step / self.warmup_steps
-            factor *= self.warmup_factor * (1 - alpha) + alpha
-        return factor
+    def decay(self, step: int) -> float:
+        return self.gamma ** sum(step >= s for s in self.steps)
 
 
 def multistep_lr(
@@ -158,10 +335,10 @@ def scheduled_total_steps(scheduler: LRScheduler) -> int | None:
 def set_total_steps(scheduler: LRScheduler, total_steps: int) -> bool:
     """Give a restored segkit schedule a new run length, and the optimiser the new rate.
 
-    Every factor of a ``LambdaLR`` built by :func:`poly_lr`, :func:`cosine_lr` or
-    :func:`multistep_lr` gets ``total_steps``; each param group's ``lr`` becomes
-    ``base_lr * factor(step)`` at the restored step, so the very next update already uses
-    the new schedule.
+    Every factor of a ``LambdaLR`` built by :func:`poly_lr`, :func:`cosine_lr`,
+    :func:`exponential_lr` or :func:`multistep_lr` gets ``total_steps``; each param group's
+    ``lr`` becomes ``base_lr * factor(step)`` at the restored step, so the very next update
+    already uses the new schedule.
 
     Returns:
         ``False`` (and changes nothing) for any other scheduler.

@@ -1,10 +1,18 @@
 """segkit.losses: ignored pixels contribute nothing; values against hand-computed ones."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from segkit.losses import CrossEntropyLoss, DiceLoss, FocalLoss, WeightedSumLoss
+from segkit.losses import (
+    CrossEntropyLoss,
+    DiceLoss,
+    FocalLoss,
+    OhemCrossEntropyLoss,
+    WeightedSumLoss,
+)
 
 IGNORE = 255
 LOSSES = {
@@ -12,6 +20,11 @@ LOSSES = {
     "ce_weighted": lambda: CrossEntropyLoss(IGNORE, class_weights=[0.5, 2.0, 1.0]),
     "dice": lambda: DiceLoss(IGNORE),
     "focal": lambda: FocalLoss(IGNORE),
+    "focal_weighted_smoothed": lambda: FocalLoss(
+        IGNORE, class_weights=[0.5, 2.0, 1.0], label_smoothing=0.1
+    ),
+    "ohem": lambda: OhemCrossEntropyLoss(IGNORE, thresh=0.5, min_kept=8),
+    "ohem_top_k": lambda: OhemCrossEntropyLoss(IGNORE, thresh=None, min_kept=8),
     "sum": lambda: WeightedSumLoss(
         {"ce": CrossEntropyLoss(IGNORE), "dice": DiceLoss(IGNORE)}, {"dice": 0.5}
     ),
@@ -142,3 +155,120 @@ def test_dice_ignores_ignored_pixels_in_value_and_gradient():
     for smooth in (1.0, 0.0):
         loss = DiceLoss(IGNORE, smooth=smooth)(logits.detach(), everything_ignored)
         assert loss.item() == 0.0
+
+
+# --- focal: weights on the CE scale, label smoothing -----------------------------------------
+
+
+def test_focal_weighted_is_the_weighted_mean_hand_computed():
+    # pixel 0: logits (2, 0), class 0; pixel 1: logits (0, 0), class 1; w = (1, 3), gamma 2
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])
+    target = torch.tensor([[[0, 1]]])
+    p0 = 1 / (1 + math.exp(-2.0))
+    f0, f1 = (1 - p0) ** 2 * -math.log(p0), 0.5**2 * math.log(2.0)
+    loss = FocalLoss(IGNORE, gamma=2.0, class_weights=[1.0, 3.0])(logits, target)
+    assert loss.item() == pytest.approx((1 * f0 + 3 * f1) / (1 + 3), rel=1e-6)
+
+
+def test_focal_label_smoothing_hand_computed():
+    # one pixel, logits (2, 0), class 0, eps 0.2: target (0.9, 0.1), focal term per class
+    logits, target = torch.tensor([[[[2.0]], [[0.0]]]]), torch.tensor([[[0]]])
+    p0 = 1 / (1 + math.exp(-2.0))
+    f0, f1 = (1 - p0) ** 2 * -math.log(p0), p0**2 * -math.log(1 - p0)
+    loss = FocalLoss(IGNORE, gamma=2.0, label_smoothing=0.2)(logits, target)
+    assert loss.item() == pytest.approx(0.9 * f0 + 0.1 * f1, rel=1e-6)
+
+
+def test_focal_with_gamma_zero_is_pytorch_cross_entropy_with_weights_and_smoothing():
+    logits, target = batch()
+    w = torch.tensor([0.5, 2.0, 1.0])
+    expected = F.cross_entropy(logits, target, w, ignore_index=IGNORE, label_smoothing=0.1)
+    focal = FocalLoss(IGNORE, gamma=0.0, class_weights=w.tolist(), label_smoothing=0.1)
+    assert focal(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ce_weighted", "focal_weighted_smoothed", "ohem_weighted"])
+def test_scaling_every_class_weight_leaves_the_loss_unchanged(name):
+    # one scale for every pixel loss: sum w l / sum w, so only the weights' ratios matter
+    build = {
+        "ce_weighted": lambda w: CrossEntropyLoss(IGNORE, class_weights=w),
+        "focal_weighted_smoothed": lambda w: FocalLoss(IGNORE, class_weights=w),
+        "ohem_weighted": lambda w: OhemCrossEntropyLoss(IGNORE, 0.5, 8, class_weights=w),
+    }[name]
+    logits, target = batch()
+    w = [0.5, 2.0, 1.0]
+    small, large = build(w)(logits, target), build([10 * x for x in w])(logits, target)
+    assert small.item() == pytest.approx(large.item(), rel=1e-6)
+
+
+# --- OHEM ------------------------------------------------------------------------------------
+
+# 1 image, 1x5 pixels, 2 classes; true-class probabilities 0.9, 0.6, 0.3, 0.8 and an ignored
+# pixel whose class-0 probability (0.05) would make it the hardest if it counted
+OHEM_PROBS = [[[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8], [0.05, 0.95]]]
+OHEM_TARGET = torch.tensor([[[0, 1, 0, 1, IGNORE]]])
+
+
+@pytest.mark.parametrize(
+    ("thresh", "min_kept", "kept_probs"),
+    [
+        (0.7, 1, [0.6, 0.3]),  # below the threshold: 2 >= min_kept
+        (0.7, 3, [0.6, 0.3, 0.8]),  # the 3 lowest, though 0.8 >= thresh
+        (0.7, 10, [0.9, 0.6, 0.3, 0.8]),  # every labelled pixel, never the ignored one
+        (0.25, 0, []),  # nothing below 0.25, none required: loss 0
+        (None, 2, [0.6, 0.3]),  # the 2 highest losses
+    ],
+)
+def test_ohem_keeps_hard_pixels_hand_computed(thresh, min_kept, kept_probs):
+    logits = probabilities_as_logits(OHEM_PROBS).requires_grad_()
+    loss = OhemCrossEntropyLoss(IGNORE, thresh=thresh, min_kept=min_kept)(logits, OHEM_TARGET)
+    expected = sum(-math.log(p) for p in kept_probs) / max(1, len(kept_probs))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    true_prob = [0.9, 0.6, 0.3, 0.8, None]
+    for pixel, p in enumerate(true_prob):  # gradient exactly on the kept pixels
+        has_gradient = bool(logits.grad[0, :, 0, pixel].abs().sum() > 0)
+        assert has_gradient == (p in kept_probs), (pixel, p)
+
+
+def test_ohem_min_kept_counts_per_image_and_picks_over_the_batch():
+    # image 0 easy (0.9, 0.8), image 1 hard (0.2, 0.1); thresh 0.05 keeps none by itself,
+    # min_kept 1 x 2 images keeps the batch's 2 hardest pixels, both from image 1
+    probs = [[[0.9, 0.1], [0.8, 0.2]], [[0.2, 0.8], [0.1, 0.9]]]
+    target = torch.zeros(2, 1, 2, dtype=torch.long)
+    loss = OhemCrossEntropyLoss(IGNORE, thresh=0.05, min_kept=1)
+    logits = probabilities_as_logits(probs)
+    assert loss.kept_pixels(logits, target).tolist() == [[[False, False]], [[True, True]]]
+    expected = (-math.log(0.2) - math.log(0.1)) / 2
+    assert loss(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ohem_weighted_ranks_by_weighted_loss_and_takes_the_weighted_mean():
+    # thresh None, min_kept 2, w = (1, 4): weighted losses -log p * w[y]
+    # 0.9 (class 0): 0.105; 0.6 (class 1): 2.04; 0.3 (class 0): 1.20; 0.8 (class 1): 0.89
+    logits = probabilities_as_logits(OHEM_PROBS)
+    loss = OhemCrossEntropyLoss(IGNORE, thresh=None, min_kept=2, class_weights=[1.0, 4.0])
+    kept = loss.kept_pixels(logits, OHEM_TARGET)
+    assert kept.tolist() == [[[False, True, True, False, False]]]
+    expected = (4 * -math.log(0.6) + 1 * -math.log(0.3)) / (4 + 1)
+    assert loss(logits, OHEM_TARGET).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ohem_with_every_pixel_kept_is_cross_entropy():
+    logits, target = batch()
+    ohem = OhemCrossEntropyLoss(IGNORE, thresh=1.0, min_kept=0, class_weights=[0.5, 2.0, 1.0])
+    ce = CrossEntropyLoss(IGNORE, class_weights=[0.5, 2.0, 1.0])
+    assert ohem(logits, target).item() == pytest.approx(ce(logits, target).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"thresh": 1.5}, r"loss.thresh must be in \(0, 1\]"),
+        ({"min_kept": -1}, "loss.min_kept must be an integer >= 0"),
+        ({"thresh": None, "min_kept": 0}, "set min_kept > 0"),
+    ],
+)
+def test_ohem_rejects_bad_arguments_naming_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        OhemCrossEntropyLoss(IGNORE, **kwargs)
