@@ -252,7 +252,9 @@ def crop_warning(
             f"{key}.transforms.{index} ({name}) makes {width}x{height} samples but the "
             f"training images are about {w}x{h}: each sample is "
             f"{height * width / typical:.0f}x the image, mostly padding. Crop to the image "
-            f"size, e.g. {key}.transforms.{index}.{side}={h} "
+            f"size, e.g. data.crop_size=[{h},{w}] (the crop of the shipped data configs and "
+            f"of every augment preset), or for a transform of your own "
+            f"{key}.transforms.{index}.{side}={h} "
             f"{key}.transforms.{index}.{side.replace('height', 'width')}={w}."
         )
     return found

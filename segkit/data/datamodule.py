@@ -52,6 +52,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segkit.data import checks
+from segkit.data.augment import check_crop_size
 from segkit.data.folder import DataError, DataWarning, FolderDataset
 
 
@@ -109,6 +110,9 @@ class SegmentationDataModule(L.LightningDataModule):
             (outside ``0..C-1``).
         train_transform: albumentations transform for training (augmentation).
         eval_transform: albumentations transform for val/test (usually none or a resize).
+        crop_size: ``[H, W]`` of the training crop, or ``None`` (no crop); only checked
+            here, the train transforms read it (``${data.crop_size}``: the data config's
+            recipe and the ``augment`` presets, :mod:`segkit.data.augment`).
         mean: normalisation mean on the 0-1 scale; only checked here, the dataset config
             passes it on to the dataset (``dataset.mean: ${data.mean}``).
         std: normalisation std on the 0-1 scale, likewise.
@@ -135,6 +139,7 @@ class SegmentationDataModule(L.LightningDataModule):
         ignore_index: int = 255,
         train_transform: Callable[..., dict[str, Any]] | None = None,
         eval_transform: Callable[..., dict[str, Any]] | None = None,
+        crop_size: Sequence[int] | None = None,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         palette: Sequence[Sequence[int]] | None = None,
@@ -152,12 +157,14 @@ class SegmentationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         checks.check_config(dataset, num_classes, class_names, ignore_index, mean, std, palette)
+        check_crop_size(crop_size)
         self.dataset = dataset
         self.num_classes = num_classes
         self.class_names = list(class_names)
         self.ignore_index = ignore_index
         self.train_transform = train_transform
         self.eval_transform = eval_transform
+        self.crop_size = None if crop_size is None else list(crop_size)
         self.prepare = prepare
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.batch_size = batch_size

@@ -367,6 +367,16 @@ def write_splits(
     splits["test"] = stems[counts["val"] : counts["val"] + counts["test"]]
     splits["train"] = stems[counts["val"] + counts["test"] :]
     splits = {name: sorted(listed) for name, listed in splits.items() if listed}
+    write_split_lists(root, splits)
+    return splits
+
+
+def write_split_lists(root: Path, splits: Mapping[str, Sequence[str]]) -> None:
+    """Write each ``{name: stems}`` as ``root/splits/<name>.txt``, one stem per line.
+
+    Raises:
+        DataError: one of the lists exists already (none is written then).
+    """
     folder = root / "splits"
     existing = [str(folder / f"{name}.txt") for name in splits if (folder / f"{name}.txt").exists()]
     if existing:
@@ -374,7 +384,6 @@ def write_splits(
     folder.mkdir(exist_ok=True)
     for name, listed in splits.items():
         (folder / f"{name}.txt").write_text("\n".join(listed) + "\n")
-    return splits
 
 
 class Inspection(NamedTuple):

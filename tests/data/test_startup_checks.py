@@ -194,6 +194,7 @@ def test_a_crop_many_times_larger_than_the_images_warns(tmp_path):
     # 128 * 128 / (24 * 16) = 42.7
     assert "data.train_transform.transforms.1 (RandomCrop) makes 128x128 samples" in message
     assert "about 24x16: each sample is 43x the image" in message
+    assert "data.crop_size=[16,24]" in message
     assert "data.train_transform.transforms.1.height=16" in message
 
 

@@ -1,0 +1,448 @@
+"""Get annotations into the ``data=folder`` layout, and split a folder for training.
+
+    python -m segkit.convert labelme <dir> <out_root> [--classes background,a,b] [--link]
+    python -m segkit.convert split <root> [--val 0.2] [--test 0.0] [--seed 0]
+    python -m segkit.convert split <root> --folds K [--test 0.0] [--seed 0]
+
+``labelme`` reads every ``<dir>/*.json`` written by labelme and writes ``<out_root>/images/``
+(each image copied, or symlinked with ``--link``; from the JSON's ``imageData`` when the image
+file is missing), ``<out_root>/masks/<stem>.png`` (8-bit class-index PNGs) and
+``<out_root>/classes.txt`` (one name per line, in index order). Conventions:
+
+* Class indices: ``--classes`` lists the class names in index order; the first is the
+  background, the value of every pixel no shape covers. Without it the classes are
+  ``background`` followed by every label found, sorted. Shapes labelled ``__ignore__``
+  (labelme's own convention) get ``--ignore-index`` (255).
+* Shapes are drawn in file order, later shapes over earlier ones, as labelme's own exporter
+  draws them (Pillow ``ImageDraw``, outline included): ``polygon`` (also a shape without a
+  ``shape_type``), ``rectangle`` (the box of its two corners, both included) and ``circle``
+  (centre, then a point on the circle). Other types (``line``, ``linestrip``, ``point``,
+  ``points``, ``mask``) have no area or are not supported: they stop the conversion, listed
+  with their files, unless ``--skip-unsupported`` leaves them out.
+* A label not in ``--classes`` stops the conversion, listing every such label with its
+  files, unless ``--unknown-as-ignore`` gives its pixels ``--ignore-index``.
+* Coordinates are those of the image as displayed (EXIF orientation applied, as labelme
+  and segkit's reader do); an image whose size differs from ``imageHeight``/``imageWidth``
+  stops, naming both.
+
+Every JSON file is read and checked before anything is written, so a problem leaves no
+half-converted folder. The input folder is never written to: ``out_root`` must lie outside
+it, and existing ``images/`` or ``masks/`` files in ``out_root`` are never overwritten.
+
+``split`` writes ``<root>/splits/*.txt`` (one stem per line, sorted, the format
+:class:`~segkit.data.folder.FolderDataset` reads) from the stems of ``<root>/images``,
+shuffled with ``--seed``: ``train``/``val``/``test`` by fractions
+(:func:`segkit.data.folder.write_splits`, the same as ``python -m segkit.data.folder``), or
+with ``--folds K`` K-fold cross-validation lists ``fold<k>_train.txt`` and ``fold<k>_val.txt``
+(``k = 0..K-1``; every non-test image is in exactly one ``fold<k>_val``), plus ``test.txt``
+held out of every fold when ``--test`` > 0. Existing lists are never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import io
+import json
+import math
+import random
+import shutil
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from segkit.data.folder import (
+    READ_ERRORS,
+    DataError,
+    image_files,
+    image_size,
+    oriented,
+    write_split_lists,
+    write_splits,
+)
+
+SUPPORTED_SHAPES = ("polygon", "rectangle", "circle")
+IGNORE_LABEL = "__ignore__"  # labelme's label for regions left out of training
+BACKGROUND = "background"
+MAX_LISTED = 5
+
+
+@dataclass
+class LabelmeShape:
+    """One drawable shape: class ``value``, labelme ``kind`` and ``points`` ``[(x, y), ...]``."""
+
+    value: int
+    kind: str
+    points: list[tuple[float, float]]
+
+
+@dataclass
+class LabelmeFile:
+    """What one labelme JSON file holds, checked: where the image comes from and its shapes."""
+
+    json_path: Path
+    stem: str
+    size: tuple[int, int]  # (H, W)
+    image_path: Path | None  # the image file, or None when it comes from image_bytes
+    image_bytes: bytes | None
+    image_suffix: str
+    shapes: list[LabelmeShape]
+
+
+def rasterise(
+    shapes: Sequence[LabelmeShape], size: tuple[int, int], background: int = 0
+) -> np.ndarray:
+    """Draw ``shapes`` in order (later over earlier) into a uint8 ``[H, W]`` class-index mask.
+
+    Pixel ``(x, y)`` is column ``x``, row ``y``; the outline is part of the shape, as in
+    labelme's exporter: a rectangle covers columns ``min(x)..max(x)`` and rows
+    ``min(y)..max(y)`` inclusive, a circle every pixel within the radius of its centre.
+    """
+    height, width = size
+    canvas = Image.new("L", (width, height), background)
+    draw = ImageDraw.Draw(canvas)
+    for shape in shapes:
+        if shape.kind == "rectangle":
+            xs, ys = zip(*shape.points, strict=True)
+            draw.rectangle(
+                [min(xs), min(ys), max(xs), max(ys)], fill=shape.value, outline=shape.value
+            )
+        elif shape.kind == "circle":
+            (cx, cy), (px, py) = shape.points[:2]
+            r = math.hypot(cx - px, cy - py)
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=shape.value, outline=shape.value)
+        else:  # polygon
+            draw.polygon(shape.points, fill=shape.value, outline=shape.value)
+    return np.asarray(canvas)
+
+
+def _labelme_json(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read labelme file {path}: {error}") from error
+    if not isinstance(record, dict) or not isinstance(record.get("shapes"), list):
+        raise DataError(f"{path} is no labelme file: it has no 'shapes' list.")
+    return record
+
+
+def _image_source(path: Path, record: dict[str, Any]) -> tuple[Path | None, bytes | None, str]:
+    """The image file named by ``imagePath`` (relative to the JSON file), else the decoded
+    ``imageData``; with the suffix the copy gets."""
+    named = str(record.get("imagePath") or "").replace("\\", "/")  # Windows-saved paths
+    if named and (path.parent / named).is_file():
+        image_path = path.parent / named
+        return image_path, None, image_path.suffix
+    data = record.get("imageData")
+    if data:
+        try:
+            raw = base64.b64decode(data, validate=True)
+            with Image.open(io.BytesIO(raw)) as image:
+                kind = image.format or "PNG"
+        except (binascii.Error, ValueError, *READ_ERRORS) as error:
+            raise DataError(f"{path}: its imageData cannot be decoded ({error}).") from error
+        return None, raw, ".jpg" if kind == "JPEG" else f".{kind.lower()}"
+    raise DataError(
+        f"{path}: its image {path.parent / named if named else '(no imagePath)'} does not "
+        "exist and the file holds no imageData. Put the image beside the JSON file, or save "
+        "the annotation in labelme with the image data included."
+    )
+
+
+def read_labelme(
+    folder: Path | str,
+    classes: Sequence[str] | None = None,
+    ignore_index: int = 255,
+    skip_unsupported: bool = False,
+    unknown_as_ignore: bool = False,
+) -> tuple[list[LabelmeFile], list[str]]:
+    """Read and check every ``folder/*.json`` labelme file (see the module docstring).
+
+    Args:
+        folder: the folder holding the JSON files (not searched recursively).
+        classes: class names in index order, the first the background; ``None``:
+            ``background`` and every label found, sorted.
+        ignore_index: the mask value of ``__ignore__`` shapes (and of unknown labels with
+            ``unknown_as_ignore``); not a class index.
+        skip_unsupported: leave out shapes of other types than polygon, rectangle, circle
+            instead of stopping.
+        unknown_as_ignore: give labels not in ``classes`` ``ignore_index`` instead of stopping.
+
+    Returns:
+        the checked files (sorted by name) and the class names.
+
+    Raises:
+        DataError: listing every problem found: unreadable files, unknown labels,
+            unsupported shape types, shapes with too few points, missing images, size
+            mismatches.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder} is no folder; give the folder holding the labelme .json files.")
+    paths = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+    if not paths:
+        raise DataError(f"{folder} holds no .json files (labelme saves one per image).")
+    records = {path: _labelme_json(path) for path in paths}
+    labels = {
+        str(shape.get("label", "")) for record in records.values() for shape in record["shapes"]
+    }
+    if classes is None:
+        classes = [BACKGROUND, *sorted(labels - {IGNORE_LABEL, BACKGROUND})]
+    classes = list(classes)
+    if len(set(classes)) != len(classes) or not classes:
+        raise DataError(f"--classes {','.join(classes)}: give each class name once.")
+    if len(classes) > 255 or not len(classes) <= ignore_index <= 255:
+        raise DataError(
+            f"{len(classes)} classes with --ignore-index {ignore_index}: masks are 8-bit, so "
+            "at most 255 classes and an ignore index in classes..255 (default 255)."
+        )
+    index = {name: i for i, name in enumerate(classes)} | {IGNORE_LABEL: ignore_index}
+    unknown: dict[str, list[str]] = defaultdict(list)
+    unsupported: dict[str, list[str]] = defaultdict(list)
+    problems: list[str] = []
+    files = []
+    for path, record in records.items():
+        shapes = []
+        for number, shape in enumerate(record["shapes"]):
+            label, kind = str(shape.get("label", "")), shape.get("shape_type") or "polygon"
+            try:
+                points = [(float(x), float(y)) for x, y in shape.get("points") or []]
+            except (TypeError, ValueError):
+                problems.append(f"{path} shape {number} ({label!r}): points are not [x, y] pairs.")
+                continue
+            if kind not in SUPPORTED_SHAPES:
+                unsupported[kind].append(path.name)
+                continue
+            needed = 3 if kind == "polygon" else 2
+            if len(points) < needed:
+                problems.append(
+                    f"{path} shape {number} ({kind} {label!r}) has {len(points)} points, "
+                    f"needs {needed}: fix or delete it in labelme."
+                )
+                continue
+            if label not in index:
+                unknown[label].append(path.name)
+                if not unknown_as_ignore:
+                    continue
+            shapes.append(LabelmeShape(index.get(label, ignore_index), kind, points))
+        try:
+            image_path, image_bytes, suffix = _image_source(path, record)
+            if image_path is not None:
+                size = image_size(image_path)
+            else:
+                with Image.open(io.BytesIO(image_bytes or b"")) as image:
+                    size = oriented(image).size[::-1]
+        except DataError as error:
+            problems.append(str(error))
+            continue
+        stated = (record.get("imageHeight"), record.get("imageWidth"))
+        if None not in stated and tuple(int(v) for v in stated) != size:
+            problems.append(
+                f"{path} gives imageHeight x imageWidth {stated[0]}x{stated[1]} but its image "
+                f"{image_path or '(imageData)'} is {size[0]}x{size[1]} as displayed: the "
+                "annotation belongs to another image (or was drawn before a rotation)."
+            )
+            continue
+        files.append(LabelmeFile(path, path.stem, size, image_path, image_bytes, suffix, shapes))
+    if unsupported and not skip_unsupported:
+        listed = "; ".join(
+            f"{kind}: {_files(names)}" for kind, names in sorted(unsupported.items())
+        )
+        problems.append(
+            f"shape types other than {', '.join(SUPPORTED_SHAPES)} have no area to fill "
+            f"({listed}). Redraw them as polygons, or pass --skip-unsupported to leave them out."
+        )
+    if unknown and not unknown_as_ignore:
+        listed = "; ".join(
+            f"{label!r}: {_files(names)}" for label, names in sorted(unknown.items())
+        )
+        problems.append(
+            f"labels not in --classes {','.join(classes)}: {listed}. Add them to --classes, "
+            "fix the labels in labelme, or pass --unknown-as-ignore to mark their pixels "
+            f"ignore_index ({ignore_index})."
+        )
+    if problems:
+        raise DataError(
+            f"{len(problems)} problem(s) in {folder}; nothing was written:\n  "
+            + "\n  ".join(problems)
+        )
+    return files, classes
+
+
+def _check_output(source: Path, out_root: Path) -> None:
+    """Stop before writing into the input folder or over files already converted."""
+    source, target = source.resolve(), out_root.resolve()
+    inside = [target, target / "images", target / "masks"]
+    if target.is_relative_to(source) or any(source.is_relative_to(p) for p in inside[1:]):
+        raise DataError(
+            f"output folder {out_root} would write into the input folder {source} (segkit "
+            "never writes into the input). Choose an output folder outside it."
+        )
+    for sub in ("images", "masks"):
+        if (target / sub).is_dir() and any((target / sub).iterdir()):
+            raise DataError(
+                f"{target / sub} exists and is not empty; convert into a new folder or remove it."
+            )
+
+
+def convert_labelme(
+    folder: Path | str,
+    out_root: Path | str,
+    classes: Sequence[str] | None = None,
+    link: bool = False,
+    ignore_index: int = 255,
+    skip_unsupported: bool = False,
+    unknown_as_ignore: bool = False,
+) -> list[str]:
+    """Write the labelme files of ``folder`` into ``out_root`` in the ``data=folder`` layout.
+
+    Arguments as in :func:`read_labelme`; ``link`` symlinks the images (absolute paths)
+    instead of copying them (images decoded from ``imageData`` are always written).
+
+    Returns:
+        the class names, in index order (also written to ``out_root/classes.txt``).
+
+    Raises:
+        DataError: a problem of :func:`read_labelme`, an output folder inside ``folder``,
+            or ``images/``/``masks/`` in ``out_root`` already holding files.
+    """
+    folder, out_root = Path(folder).expanduser(), Path(out_root).expanduser()
+    _check_output(folder, out_root)
+    files, classes = read_labelme(
+        folder, classes, ignore_index, skip_unsupported, unknown_as_ignore
+    )
+    (out_root / "images").mkdir(parents=True, exist_ok=True)
+    (out_root / "masks").mkdir(exist_ok=True)
+    for item in files:
+        target = out_root / "images" / f"{item.stem}{item.image_suffix}"
+        if item.image_path is None:
+            target.write_bytes(item.image_bytes or b"")
+        elif link:
+            target.symlink_to(item.image_path.resolve())
+        else:
+            shutil.copy2(item.image_path, target)
+        mask = rasterise(item.shapes, item.size)
+        Image.fromarray(mask, mode="L").save(out_root / "masks" / f"{item.stem}.png")
+    (out_root / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    return classes
+
+
+def write_folds(
+    root: Path | str, folds: int, test: float = 0.0, seed: int = 0
+) -> dict[str, list[str]]:
+    """Write K-fold lists ``root/splits/fold<k>_{train,val}.txt`` (and ``test.txt``).
+
+    The stems of ``root/images`` are shuffled with ``seed``; with ``test`` > 0 the first
+    ``max(1, round(test * N))`` form ``test.txt`` (in no fold), the rest is cut into
+    ``folds`` parts of sizes differing by at most one: part ``k`` is ``fold<k>_val``, the
+    other parts ``fold<k>_train``. Lists are sorted; existing lists are never overwritten.
+
+    Returns:
+        ``{split name: stems}`` as written.
+
+    Raises:
+        DataError: ``images/`` missing, ``folds`` < 2, fewer images than folds after the
+            test split, or a list existing already.
+    """
+    root = Path(root).expanduser()
+    if not (root / "images").is_dir():
+        raise DataError(f"{root / 'images'} does not exist; give the dataset root.")
+    if folds < 2:
+        raise DataError(f"--folds {folds}: cross-validation needs at least 2 folds.")
+    stems = sorted(image_files(root / "images")[0])
+    random.Random(seed).shuffle(stems)
+    held = max(1, round(test * len(stems))) if test > 0 else 0
+    rest = stems[held:]
+    if len(rest) < folds:
+        raise DataError(
+            f"{root / 'images'} holds {len(stems)} images: {len(rest)} after the test split, "
+            f"too few for {folds} folds."
+        )
+    parts = [list(part) for part in np.array_split(np.array(rest, dtype=object), folds)]
+    splits = {"test": sorted(stems[:held])} if held else {}
+    for k, part in enumerate(parts):
+        splits[f"fold{k}_train"] = sorted(s for other in parts if other is not part for s in other)
+        splits[f"fold{k}_val"] = sorted(part)
+    write_split_lists(root, splits)
+    return splits
+
+
+def _files(names: list[str]) -> str:
+    """``"3 in ['a.json', ...]"``: how many shapes, and (a few of) their files."""
+    files = sorted(set(names))
+    more = f" and {len(files) - MAX_LISTED} more" if len(files) > MAX_LISTED else ""
+    return f"{len(names)} in {files[:MAX_LISTED]}{more}"
+
+
+def _class_list(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line (see the module docstring); returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m segkit.convert",
+        description="Convert annotations into the data=folder layout, or write its splits.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    labelme = commands.add_parser("labelme", help="labelme JSON files -> images/ + masks/")
+    labelme.add_argument("dir", type=Path, help="folder holding the labelme .json files")
+    labelme.add_argument("out_root", type=Path, help="new dataset root (outside dir)")
+    labelme.add_argument(
+        "--classes", type=_class_list, help="class names in index order, background first"
+    )
+    labelme.add_argument("--link", action="store_true", help="symlink the images, not copy")
+    labelme.add_argument("--ignore-index", type=int, default=255, help="mask value of __ignore__")
+    labelme.add_argument(
+        "--skip-unsupported", action="store_true", help="leave out lines, points, ..."
+    )
+    labelme.add_argument(
+        "--unknown-as-ignore", action="store_true", help="labels not in --classes -> ignore index"
+    )
+    split = commands.add_parser("split", help="write root/splits/*.txt")
+    split.add_argument("root", type=Path, help="dataset root holding images/")
+    split.add_argument("--val", type=float, default=None, help="fraction for val.txt (default 0.2)")
+    split.add_argument("--test", type=float, default=0.0, help="fraction for test.txt")
+    split.add_argument("--folds", type=int, default=None, help="K-fold lists instead of val.txt")
+    split.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "labelme":
+            classes = convert_labelme(
+                args.dir, args.out_root, args.classes, args.link, args.ignore_index,
+                args.skip_unsupported, args.unknown_as_ignore,
+            )  # fmt: skip
+            count = len(list((args.out_root / "masks").glob("*.png")))
+            print(f"wrote {count} images and masks to {args.out_root}")
+            print("classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(classes)))
+            print(f"next: python -m segkit.convert split {args.out_root} --val 0.2")
+            names = ",".join(classes)
+            print(
+                f"then: python train.py data=folder data.dataset.root={args.out_root} "
+                f"data.num_classes={len(classes)} 'data.class_names=[{names}]'"
+            )
+            return 0
+        if args.folds is not None and args.val is not None:
+            parser.error("--val and --folds exclude each other: each fold's val list is one fold")
+        if args.folds is not None:
+            written = write_folds(args.root, args.folds, args.test, args.seed)
+        else:
+            val = 0.2 if args.val is None else args.val
+            written = write_splits(args.root, val, args.test, args.seed)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for name, stems in written.items():
+        print(f"wrote {args.root / 'splits' / (name + '.txt')}: {len(stems)} stems")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
