@@ -14,6 +14,11 @@ the stored ``data.test_split`` is only the validation split standing in for a mi
 (CamVid's shared copy, Cityscapes), the root's own ``test`` split is scored if it has one,
 and the run stops saying so if it has none (:func:`choose_test_split`).
 
+``ckpt_path=[a.ckpt,b.ckpt]`` scores the ensemble of several checkpoints (softmax
+probabilities averaged, ``ckpt_weights=[2,1]`` to weight them; :mod:`segkit.ensemble`); the
+data config is the first checkpoint's, and ``metrics.json`` lists every checkpoint, epoch
+and weight.
+
 ``ckpt_path`` may also be a result published with ``python -m segkit.publish`` (a
 ``model.pt`` holding the weights and config only, e.g. ``results/camvid/<recipe>/model.pt``).
 """
@@ -27,8 +32,8 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
 from segkit.data.folder import DataError
+from segkit.ensemble import checkpoint_paths, ensemble_task, is_ensemble, load_members
 from segkit.runner import evaluate, print_results, quiet_known_noise
 from segkit.tasks.instance import InstanceSegmentationTask
 from segkit.tasks.semantic import SemanticSegmentationTask
@@ -163,14 +168,16 @@ def evaluate_task(
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    checkpoint = load_checkpoint(cfg.ckpt_path)  # the one read of the file
-    given = keep_trained_input(stored_overrides(cfg), checkpoint["config"])
-    overrides = checkpoint_overrides(given, checkpoint["config"])
-    stored, task = task_from_checkpoint(checkpoint, overrides)
+    # one checkpoint, or an ensemble of several (segkit/ensemble.py)
+    members = load_members(
+        checkpoint_paths(cfg.ckpt_path),
+        lambda stored: keep_trained_input(stored_overrides(cfg), stored),
+    )
+    stored, task, epoch = members[0].config, members[0].task, members[0].epoch
+    if is_ensemble(cfg.ckpt_path) or cfg.get("ckpt_weights") is not None:
+        task, epoch = ensemble_task(members, cfg.get("ckpt_weights")), None
     if not isinstance(task, SemanticSegmentationTask | InstanceSegmentationTask):
         raise TypeError(f"eval.py cannot score a {type(task).__name__} checkpoint yet.")
-    epoch = checkpoint.get("epoch")
-    del checkpoint  # the task holds the weights; free the second copy before scoring
     metrics = evaluate_task(cfg, stored, task, epoch)
     print_results(cfg.paths.output_dir, "metrics.json, per_class.csv, confusion_matrix.npy")
     # instance tasks: the same report, plus COCO AP in metrics.json

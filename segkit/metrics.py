@@ -17,12 +17,19 @@ Conventions (used everywhere in segkit: logs, ``metrics.json``, ``per_class.csv`
   NaN Precision. A class that is predicted but absent from the ground truth gets IoU 0 and
   Dice 0, so false positives on absent classes do lower mIoU.
 
+:class:`InstanceIoU` adds Cityscapes' instance-level iIoU where the ground truth carries
+instance ids (per class with instances, per category, and their means).
+
 The counts are accumulated on the device of the inputs and summed across processes by
 torchmetrics (``dist_reduce_fx="sum"``), so a score never depends on the number of GPUs
 (provided every pixel is seen exactly once).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,6 +174,22 @@ def _divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     return torch.where(denominator > 0, numerator / denominator.clamp_min(1), torch.nan)
 
 
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """Elementwise ratio of real-valued sums, NaN where the denominator is zero."""
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return torch.where(denominator > 0, numerator / safe, torch.nan)
+
+
+def _none_for_nan(value: float | dict[str, float]) -> Any:
+    if isinstance(value, dict):
+        return {key: _none_for_nan(v) for key, v in value.items()}
+    return None if math.isnan(value) else value
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    return torch.tensor(list(values), dtype=torch.float64).nanmean().item()
+
+
 def scores(confmat: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
     """All segmentation scores from a confusion matrix (see the module docstring).
 
@@ -251,3 +274,152 @@ class ConfusionMatrix(Metric):
         """The accumulated matrix summed over all processes (int64 ``[C, C]``)."""
         with self.sync_context(should_unsync=True):
             return self.confmat.clone()
+
+
+# The instance-level score of the Cityscapes benchmark (cityscapesScripts'
+# evaluation/evalPixelLevelSemanticLabeling.py): the average instance size in pixels of each
+# evaluated class with instances, over the training set (its ``args.avgClassSize`` defaults,
+# which the benchmark uses), and the categories whose classes all have instances.
+CITYSCAPES_AVERAGE_INSTANCE_SIZE = {
+    "person": 3462.4756337644,
+    "rider": 3930.4788056518,
+    "car": 12794.0202738185,
+    "truck": 27855.1264367816,
+    "bus": 35732.1511111111,
+    "train": 67583.7075812274,
+    "motorcycle": 6298.7200839748,
+    "bicycle": 4672.3249222261,
+}
+CITYSCAPES_CATEGORIES = {
+    "human": ("person", "rider"),
+    "vehicle": ("car", "truck", "bus", "train", "motorcycle", "bicycle"),
+}
+
+
+class InstanceIoU(Metric):
+    """Instance-level IoU (iIoU) of Cityscapes (Cordts et al., 2016, Sec. 3.2).
+
+    IoU favours large objects. iIoU weights every ground-truth instance by
+    ``average_size[class] / instance size``: for class ``c``, ``iTP_c`` and ``iFN_c`` are the
+    weighted sums over its instances of the instance pixels predicted ``c`` and not ``c``;
+    false positives are not weighted (no instance to attach them to), ``FP_c = Pred_c - TP_c``
+    of the confusion matrix. ``iIoU_c = iTP_c / (iTP_c + iFN_c + FP_c)``. A category's iIoU is
+    the same with "predicted as any class of the category" for a hit and the category's
+    columns, outside its rows, for FP. A zero denominator gives NaN, left out of the means.
+
+    Args:
+        class_names: the ``C`` class names; those in ``average_sizes`` have instances.
+        average_sizes: ``{class name: average instance size in pixels}`` (Cityscapes'
+            training-set defaults, as the official script uses).
+        categories: ``{category: class names}``, each scored when all its classes are known.
+
+    ``update(preds, target, instances)`` takes labels ``[B, H, W]`` (or logits ``[B, C, H,
+    W]``), ground truth ``[B, H, W]`` and instance ids ``[B, H, W]`` (``0``: no instance;
+    every other value marks the pixels of one instance within its image, as Cityscapes'
+    ``*_instanceIds.png`` above 1000 do). Pixels whose ground truth is ignored or a class
+    without instances are skipped. :meth:`scores` combines the sums with the confusion matrix.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = True
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        average_sizes: Mapping[str, float] = CITYSCAPES_AVERAGE_INSTANCE_SIZE,
+        categories: Mapping[str, Sequence[str]] = CITYSCAPES_CATEGORIES,
+    ) -> None:
+        super().__init__()
+        names = list(class_names)
+        self.class_names = names
+        sizes = [float(average_sizes.get(name, 0.0)) for name in names]
+        self.categories = {
+            category: [names.index(n) for n in members]
+            for category, members in categories.items()
+            if all(n in names for n in members)
+        }
+        category_of = [-1] * len(names)
+        for index, members in enumerate(self.categories.values()):
+            for member in members:
+                category_of[member] = index
+        self.register_buffer("sizes", torch.tensor(sizes, dtype=torch.float64), persistent=False)
+        self.register_buffer("category_of", torch.tensor(category_of), persistent=False)
+        zeros = {"": len(names), "category_": len(self.categories)}
+        for prefix, count in zeros.items():
+            for key in ("tp", "fn"):
+                default = torch.zeros(count, dtype=torch.float64)
+                self.add_state(f"{prefix}{key}", default=default, dist_reduce_fx="sum")
+        self.add_state("images", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor, instances: torch.Tensor) -> None:
+        if preds.ndim == target.ndim + 1:
+            preds = labels_from_logits(preds)
+        num_classes = len(self.class_names)
+        for pred, truth, ids in zip(preds, target, instances, strict=True):
+            pred, truth, ids = pred.reshape(-1).long(), truth.reshape(-1).long(), ids.reshape(-1)
+            known = (truth >= 0) & (truth < num_classes)
+            keep = (ids > 0) & known & (self.sizes[truth.clamp(0, num_classes - 1)] > 0)
+            pred, truth, ids = pred[keep].clamp(0, num_classes - 1), truth[keep], ids[keep]
+            if ids.numel() == 0:
+                continue
+            _, inverse = torch.unique(ids, return_inverse=True)  # instance index per pixel
+            count = int(inverse.max()) + 1
+            size = torch.bincount(inverse, minlength=count).double()  # [N]
+            cls = torch.zeros(count, dtype=torch.long, device=ids.device).scatter_(
+                0, inverse, truth
+            )
+            weight = self.sizes[cls] / size
+            hit = torch.bincount(inverse, weights=(pred == truth).double(), minlength=count)
+            self.tp.index_add_(0, cls, hit * weight)
+            self.fn.index_add_(0, cls, (size - hit) * weight)
+            category = self.category_of[cls]
+            same = (self.category_of[pred] == self.category_of[truth]).double()
+            hit = torch.bincount(inverse, weights=same, minlength=count)
+            inside = category >= 0
+            self.category_tp.index_add_(0, category[inside], (hit * weight)[inside])
+            self.category_fn.index_add_(0, category[inside], ((size - hit) * weight)[inside])
+        self.images += len(target)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError("InstanceIoU needs the confusion matrix: call scores(confmat)")
+
+    def scores(self, confmat: torch.Tensor) -> dict[str, Any] | None:
+        """iIoU from the accumulated sums (all processes) and ``confmat`` (int64 ``[C, C]``,
+        rows = ground truth, ignored pixels left out), or ``None`` when no image carried
+        instance ids.
+
+        Returns:
+            ``iIoU``: ``{class: value}`` for the classes with instances; ``iIoU_class``: their
+            nanmean; ``category_iIoU``: ``{category: value}``; ``iIoU_category``: its
+            nanmean. Floats, ``None`` for a zero denominator (``null`` in ``metrics.json``).
+        """
+        with self.sync_context(should_unsync=True):
+            if int(self.images) == 0:
+                return None
+            tp, fn = self.tp.cpu(), self.fn.cpu()
+            category_tp, category_fn = self.category_tp.cpu(), self.category_fn.cpu()
+        m = torch.as_tensor(confmat).cpu().to(torch.float64)
+        false_pos = m.sum(0) - m.diagonal()
+        per_class = _ratio(tp, tp + fn + false_pos)
+        has_instances = self.sizes.cpu() > 0
+        iiou = {
+            name: value
+            for name, value, kept in zip(
+                self.class_names, per_class.tolist(), has_instances.tolist(), strict=True
+            )
+            if kept
+        }
+        by_category = {}
+        for index, (category, members) in enumerate(self.categories.items()):
+            outside = [i for i in range(len(self.class_names)) if i not in members]
+            fp = m[outside][:, members].sum()
+            denominator = category_tp[index] + category_fn[index] + fp
+            by_category[category] = _ratio(category_tp[index], denominator).item()
+        result = {
+            "iIoU": iiou,
+            "iIoU_class": _nanmean(iiou.values()),
+            "category_iIoU": by_category,
+            "iIoU_category": _nanmean(by_category.values()),
+        }
+        return {key: _none_for_nan(value) for key, value in result.items()}

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
 from segkit.config import compose
-from segkit.summary import count_parameters, main, measure, model_table, summarize
+from segkit.summary import (
+    count_parameters,
+    format_summary,
+    main,
+    measure,
+    model_table,
+    summarize,
+)
 
 
 def tiny_model() -> nn.Sequential:
@@ -25,6 +33,24 @@ def test_flops_and_stride_of_a_tiny_conv_model_by_hand():
     assert flops == 2 * (8 * 10 * 10 * 27) + 2 * (4 * 5 * 5 * 8) == 44800
     assert shape == (1, 4, 10, 10)
     assert stride == 2
+
+
+def test_summary_labels_gmacs_and_gflops_by_hand():
+    cfg = OmegaConf.create({"_target_": f"{__name__}.tiny_model"})
+    text = format_summary(summarize(cfg, (1000, 1000)))
+    # conv1: 8*1000*1000 outputs of 27 MACs, conv2: 4*500*500 of 8: 224e6 multiply-adds
+    assert "GMACs:          0.22  (multiply-add = 1)" in text
+    assert "GFLOPs:         0.45  (multiply-add = 2 FLOPs)" in text
+
+
+def test_gmacs_follow_torchvision_published_count():
+    from torchvision.models.segmentation import LRASPP_MobileNet_V3_Large_Weights
+
+    # torchvision's "GFLOPS" (meta "_ops") count a multiply-add once, at 520x520, 21 classes
+    published = LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1.meta["_ops"]
+    summary = summarize(compose(["model=lraspp", "data.num_classes=21"]).model, (520, 520))
+    assert summary.macs / 1e9 == pytest.approx(published, rel=0.01)  # 2.100 vs 2.086
+    assert summary.flops == 2 * summary.macs
 
 
 def test_parameter_counts_by_hand():
@@ -79,8 +105,11 @@ def test_data_dependent_model_is_run_on_cpu_or_left_unmeasured():
 
 def test_table_rows():
     table = model_table(["+input_size=[64,64]"], names=["lraspp", "unet_r18"])
-    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| `")]
-    # LR-ASPP: 3.2M parameters (torchvision docs); 7.9 GFLOPs at 512x1024 scale to 0.06
-    assert [cell.strip() for cell in rows[0]] == ["`lraspp`", "LRASPP", "3.2", "0.1", "16"]
+    lines = table.splitlines()
+    assert "| model | class | params (M) | GMACs | GFLOPs | output stride |" in lines
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| `")]
+    # LR-ASPP: 3.2M parameters (torchvision docs); 3.9 GMACs / 7.9 GFLOPs at 512x1024 scale
+    # to 0.03 / 0.06 at 64x64
+    assert [cell.strip() for cell in rows[0]] == ["`lraspp`", "LRASPP", "3.2", "0.0", "0.1", "16"]
     assert [cell.strip() for cell in rows[1]][:2] == ["`unet_r18`", "smp Unet/resnet18"]
     assert "1x3x64x64, 19 classes" in table

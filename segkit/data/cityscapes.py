@@ -10,6 +10,15 @@ The 34 ``labelIds`` are mapped to the 19 ``trainIds`` here (everything else to
 ``ignore_index``), so no conversion script is needed. Where cityscapesScripts'
 ``createTrainIdLabelImgs`` already wrote ``*_gtFine_labelTrainIds.png``, those are read as
 they are. The test split's labels are all void (the benchmark server holds them).
+
+Where every image of a split has ``*_gtFine_instanceIds.png`` beside its label and the split
+has no transform (the eval splits, scored at full resolution), each sample also carries
+``"instance"``: int64 ``[H, W]`` instance ids (the file's values above 1000, i.e.
+``labelId * 1000 + k``; 0 elsewhere), and the semantic task adds Cityscapes' iIoU
+(:class:`segkit.metrics.InstanceIoU`) to the report.
+
+:func:`label_ids` maps predicted trainIds back to labelIds, the official result format
+(``predict.py format=cityscapes``).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
 from segkit.data.folder import IMAGENET_MEAN, IMAGENET_STD, DataError, FolderDataset
 
@@ -89,6 +100,10 @@ class CityscapesDataset(FolderDataset):
         ignore_index: what non-evaluated labelIds become.
         transform, mean, std, startup_check, decoded_cache, cache_dir: as in
             :class:`FolderDataset`.
+
+    Samples also carry ``"instance"`` (int64 ``[H, W]``, :func:`read_instance_ids`) when
+    every image has ``*_gtFine_instanceIds.png`` and ``transform`` is ``None``
+    (:func:`instance_files`); the decoded cache does not hold them (read from the files).
     """
 
     def __init__(
@@ -119,6 +134,65 @@ class CityscapesDataset(FolderDataset):
             cache_dir=cache_dir,
             samples=cityscapes_samples(Path(root).expanduser(), split),
             map_raw_mask=partial(train_ids, lut=label_id_lut(ignore_index)),
+        )
+        self.instance_files = instance_files(self.samples, transform)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = super().__getitem__(index)
+        if self.instance_files is not None:
+            path = self.instance_files[index]
+            ids = read_instance_ids(path)
+            if ids.shape != sample["mask"].shape:
+                raise DataError(
+                    f"{path} is {ids.shape[1]}x{ids.shape[0]}, its label "
+                    f"{tuple(sample['mask'].shape[::-1])}; instanceIds must match the labels."
+                )
+            sample["instance"] = torch.from_numpy(ids)
+        return sample
+
+
+def instance_files(samples: Sequence[tuple[str, Path, Path]], transform: Any) -> list[Path] | None:
+    """The ``*_gtFine_instanceIds.png`` of every sample, or ``None`` when the split has a
+    transform (instance ids would not follow crops and resizes) or no such files.
+
+    Raises:
+        DataError: some images have instanceIds and others not.
+    """
+    if transform is not None:
+        return None
+    files = [label.parent / f"{stem}_gtFine_instanceIds.png" for stem, _, label in samples]
+    present = [f.is_file() for f in files]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = files[present.index(False)]
+        raise DataError(
+            f"{present.count(False)} of {len(files)} images have no instanceIds file, e.g. "
+            f"{missing}, while the others have one; unpack the whole gtFine zip (iIoU needs "
+            "every image's instance ids) or remove the *_gtFine_instanceIds.png files."
+        )
+    return files
+
+
+def read_instance_ids(path: Path) -> np.ndarray:
+    """int64 ``[H, W]`` instance ids of a ``*_instanceIds.png``: values above 1000
+    (``labelId * 1000 + k``, one per object) kept, the rest (class-only ids, e.g. crowds)
+    0, as cityscapesScripts' evaluation counts instances."""
+    ids = np.asarray(Image.open(path), dtype=np.int64)
+    return np.where(ids > 1000, ids, 0)
+
+
+def label_ids(train_ids: np.ndarray) -> np.ndarray:
+    """uint8 labelIds ``[H, W]`` of predicted trainIds ``0..18`` (:data:`TRAIN_LABEL_IDS`)."""
+    return np.asarray(TRAIN_LABEL_IDS, dtype=np.uint8)[train_ids]
+
+
+def check_cityscapes_classes(class_names: Sequence[str], what: str) -> None:
+    """Raise a ValueError naming ``what`` unless ``class_names`` are the 19 of Cityscapes."""
+    if list(class_names) != list(CLASS_NAMES):
+        raise ValueError(
+            f"{what} needs a model of the 19 Cityscapes classes (trained with data=cityscapes); "
+            f"this one has {len(class_names)}: {list(class_names)[:6]}..."
         )
 
 

@@ -8,7 +8,11 @@ Logged names: ``train/loss_step`` (every ``log_every_n_steps``), ``train/loss_ep
 ``val/loss``, ``val/{PA,MPA,mIoU,FWIoU,mDice}``,
 ``val/IoU/<class>`` (and the same under ``test/``). The confusion matrix of the last
 finished val/test epoch is kept in ``confusion_matrices[split]`` (int64 ``[C, C]`` on the
-CPU, rows = ground truth) for reports.
+CPU, rows = ground truth) for reports. Where the batches carry ground-truth instance ids
+(``batch["instance"]``: Cityscapes with ``*_gtFine_instanceIds.png``), Cityscapes' iIoU
+(:class:`segkit.metrics.InstanceIoU`) is logged as ``{split}/iIoU_class`` and
+``{split}/iIoU_category`` and kept, per class and category, in ``extra_scores[split]``
+(so ``metrics.json`` carries it).
 
 Fine-tuning (:mod:`segkit.finetune`): parameter groups with ``backbone_lr_mult``/
 ``head_lr_mult`` and no weight decay on norm/bias parameters, ``freeze_backbone_epochs``,
@@ -36,7 +40,7 @@ from segkit.finetune import (
     parameter_groups,
     set_backbone_frozen,
 )
-from segkit.metrics import ConfusionMatrix, scores
+from segkit.metrics import ConfusionMatrix, InstanceIoU, labels_from_logits, scores
 from segkit.schedulers import lightning_schedule
 
 HEADLINE_KEYS = ("PA", "MPA", "mIoU", "FWIoU", "mDice")
@@ -127,8 +131,12 @@ class SemanticSegmentationTask(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {split: ConfusionMatrix(num_classes, ignore_index) for split in ("val", "test")}
         )
+        # Cityscapes' iIoU, scored when the batches carry instance ids ("instance")
+        self.instance_metrics = nn.ModuleDict(
+            {split: InstanceIoU(class_names) for split in ("val", "test")}
+        )
         self.confusion_matrices: dict[str, torch.Tensor] = {}
-        self.extra_scores: dict[str, dict[str, Any]] = {}  # none beside the matrix (ScoredTask)
+        self.extra_scores: dict[str, dict[str, Any]] = {}  # iIoU where scored (ScoredTask)
         self._epoch_loss_sum = torch.zeros(())  # running train loss of the epoch
         self._epoch_steps = 0
 
@@ -228,14 +236,26 @@ class SemanticSegmentationTask(L.LightningModule):
         scores = self.class_scores(batch["image"])  # logits, or log-probabilities of TTA
         loss = self.loss(scores, batch["mask"])
         self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(scores))
-        self.metrics[split].update(scores, batch["mask"])
+        if "instance" not in batch:
+            self.metrics[split].update(scores, batch["mask"])
+            return
+        labels = labels_from_logits(scores)  # once for both metrics
+        self.metrics[split].update(labels, batch["mask"])
+        self.instance_metrics[split].update(labels, batch["mask"], batch["instance"])
 
     def _eval_epoch_end(self, split: str) -> None:
         metric = self.metrics[split]
         confmat = metric.compute_confmat()
         metric.reset()
+        instance_scores = self.instance_metrics[split].scores(confmat)  # None: no instances
+        self.instance_metrics[split].reset()
         if self.trainer.sanity_checking:
             return
+        if instance_scores is not None:
+            self.extra_scores[split] = {**self.extra_scores.get(split, {}), **instance_scores}
+            for key in ("iIoU_class", "iIoU_category"):
+                value = instance_scores[key]
+                self.log(f"{split}/{key}", float("nan") if value is None else value)
         self.confusion_matrices[split] = confmat.cpu()
         result = scores(confmat)
         for key in HEADLINE_KEYS:
