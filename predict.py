@@ -12,7 +12,23 @@ For an instance model (Mask R-CNN) the PNG is the semantic view of the detection
 overlay draws masks, boxes, class names and scores, and ``<output>/<stem>.json`` lists
 every detection (:func:`predict_instances`).
 
-The model, normalisation and palette come from the config stored in the checkpoint.
+With ``format=cityscapes`` (a model trained on ``data=cityscapes``) ``<output>/<stem>.png``
+holds Cityscapes labelIds instead, the official result format, and nothing else is written;
+a folder input is then searched recursively for ``*_leftImg8bit.png``.
+
+``ckpt_path=[a.ckpt,b.ckpt]`` (``ckpt_weights=[2,1]``) predicts with the ensemble of several
+checkpoints: softmax probabilities averaged (:mod:`segkit.ensemble`).
+
+``ckpt_path=<model.onnx>`` (written by export.py) runs the ONNX file on onnxruntime's CPU
+provider; its metadata gives the normalisation, classes, palette and inference. A
+checkpoint runs on ``backend=`` (conf/predict.yaml): ``auto``, the default, compiles the
+model (``torch.compile``, the fastest correct CPU path in BENCHMARKS.md) from 25 images on
+and runs it eagerly for fewer; or ``eager``, ``channels_last``, ``compile``, ``onnxruntime``
+(:func:`segkit.export.choose_backend`, :func:`segkit.export.fast_path`). An ensemble runs
+eagerly (each member keeps its own inference).
+
+The model, normalisation and palette come from the config stored in the checkpoint (the
+first one of an ensemble).
 """
 
 from __future__ import annotations
@@ -27,9 +43,12 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.progress import track
 
-from segkit.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
 from segkit.colours import colourise, palette_of
+from segkit.config import ConfigError
+from segkit.data.cityscapes import check_cityscapes_classes, label_ids
 from segkit.data.folder import IMAGE_SUFFIXES, image_tensor, read_image, scaled_statistics
+from segkit.ensemble import checkpoint_paths, ensemble_task, is_ensemble, load_members
+from segkit.export import OnnxSegmenter, choose_backend, fast_path, onnx_predictor
 from segkit.runner import print_results
 from segkit.tasks.instance import InstanceSegmentationTask, draw_instances
 from segkit.tasks.semantic import SemanticSegmentationTask
@@ -78,14 +97,24 @@ def check_output(output: Path, source: Path, files: list[Path]) -> None:
 
 
 @torch.no_grad()
-def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmentationTask) -> None:
-    """Write class-index PNGs and overlays for every input image."""
+def predict_semantic(
+    cfg: DictConfig, stored: DictConfig, task: SemanticSegmentationTask | OnnxSegmenter
+) -> None:
+    """Write class-index PNGs and overlays for every input image; with ``format=cityscapes``
+    Cityscapes labelId PNGs (``<stem>.png``, mode L) and nothing else, the result format of
+    cityscapesScripts' ``evalPixelLevelSemanticLabeling`` (its search pattern
+    ``<city>_<seq>_<frame>*.png`` matches ``<stem>`` of a ``*_leftImg8bit.png`` input)."""
     source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
-    files = input_files(source)  # a missing input is reported as missing
+    files = semantic_inputs(cfg, source)  # a missing input is reported as missing
     check_output(output, source, files)
     if task.num_classes > 256:
         raise ValueError(f"{task.num_classes} classes do not fit a palette PNG (256 at most).")
-    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    cityscapes = output_format(cfg) == "cityscapes"
+    if cityscapes:  # the official result format: labelId PNGs only
+        check_cityscapes_classes(task.class_names, "predict.py format=cityscapes")
+    else:
+        (output / "overlays").mkdir(parents=True, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
     palette = palette_of(stored, task.num_classes)
     flat_palette = [v for colour in palette for v in colour]
     mean, std = scaled_statistics(stored.data.mean, stored.data.std)
@@ -94,6 +123,9 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmenta
         image = read_image(path)  # uint8 [H, W, 3]
         x = image_tensor(image, mean, std)[None].to(cfg.device)  # as the datasets normalise
         labels = task.class_scores(x).argmax(1)[0].to(torch.uint8).cpu().numpy()  # [H, W]
+        if cityscapes:
+            Image.fromarray(label_ids(labels)).save(output / f"{path.stem}.png")
+            continue
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(flat_palette)
         mask.save(output / f"{path.stem}.png")
@@ -102,7 +134,29 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: SemanticSegmenta
         Image.fromarray(blend.round().astype(np.uint8)).save(
             output / "overlays" / f"{path.stem}.jpg"
         )
-    print_results(output, f"{len(files)} predictions: <stem>.png class indices, overlays/")
+    what = "Cityscapes labelIds" if cityscapes else "class indices, overlays/"
+    print_results(output, f"{len(files)} predictions: <stem>.png {what}")
+
+
+def output_format(cfg: DictConfig) -> str:
+    """``cfg.format``: ``palette`` (default) or ``cityscapes``; anything else stops."""
+    value = cfg.get("format", "palette")
+    if value not in ("palette", "cityscapes"):
+        raise ValueError(
+            f"format={value} is not known: palette (class-index palette PNGs and overlays) "
+            "or cityscapes (labelId PNGs, the official result format)."
+        )
+    return value
+
+
+def semantic_inputs(cfg: DictConfig, source: Path) -> list[Path]:
+    """:func:`input_files`; with ``format=cityscapes`` a folder is searched recursively for
+    ``*_leftImg8bit.png`` (``input=<root>/leftImg8bit/val`` holds one folder per city)."""
+    if output_format(cfg) == "cityscapes" and source.is_dir():
+        found = sorted(source.rglob("*_leftImg8bit.png"))
+        if found:
+            return found
+    return input_files(source)
 
 
 @torch.no_grad()
@@ -154,19 +208,38 @@ def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegment
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    checkpoint = load_checkpoint(cfg.ckpt_path)
     given = {
         key: OmegaConf.to_container(cfg[key], resolve=True)
         for key in ("data", "task")
         if cfg.get(key)
     }
-    overrides = checkpoint_overrides(given, checkpoint["config"])  # classes must match
-    stored, task = task_from_checkpoint(checkpoint, overrides)
+    if str(cfg.ckpt_path).endswith(".onnx"):  # export.py's file: metadata gives the rest
+        stored, onnx_task = onnx_predictor(cfg.ckpt_path, given)
+        predict_semantic(cfg, stored, onnx_task)
+        return
+    # one checkpoint, or an ensemble of several (segkit/ensemble.py); classes must match
+    members = load_members(checkpoint_paths(cfg.ckpt_path), lambda stored: given)
+    stored, task = members[0].config, members[0].task
+    ensemble = is_ensemble(cfg.ckpt_path) or cfg.get("ckpt_weights") is not None
+    if ensemble:
+        task = ensemble_task(members, cfg.get("ckpt_weights"))
     # One function per task type; instance segmentation plugs in here.
     if isinstance(task, SemanticSegmentationTask):
-        predict_semantic(cfg, stored, task)
+        images = len(semantic_inputs(cfg, Path(cfg.input).expanduser()))
+        if ensemble and cfg.backend not in ("auto", "eager"):
+            # the fast paths prepare one model; each member keeps its own inference
+            raise ConfigError(
+                f"backend={cfg.backend} runs one checkpoint; an ensemble runs eagerly: use "
+                "backend=eager (or auto), or export and predict each member alone."
+            )
+        backend = "eager" if ensemble else choose_backend(cfg.backend, images)
+        if cfg.backend == "auto":
+            print(f"backend=auto: {backend} for {images} images")
+        predict_semantic(cfg, stored, fast_path(task, backend))
         return
     if isinstance(task, InstanceSegmentationTask):
+        if output_format(cfg) != "palette":
+            raise ValueError("format=cityscapes writes semantic labelIds; use format=palette.")
         predict_instances(cfg, stored, task)
         return
     raise TypeError(f"predict.py cannot run a {type(task).__name__} checkpoint yet.")

@@ -1,0 +1,264 @@
+"""export.py and segkit.export: ONNX graphs give the PyTorch logits under onnxruntime (the
+peer tool) at two input sizes, TorchScript modules under ``torch.jit.load``; the metadata
+carries the normalisation and class names; predict.py runs the ONNX file; models that cannot
+be exported say why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+import segkit.callbacks
+from segkit.config import ConfigError, compose
+from segkit.export import (
+    COMPILE_MIN_IMAGES,
+    ExportedModel,
+    ExportError,
+    OnnxSegmenter,
+    choose_backend,
+    export_checkpoint,
+    export_onnx,
+    export_torchscript,
+    fast_path,
+    read_metadata,
+)
+from segkit.tasks import build_task
+
+from . import helpers
+from .helpers import RESNET18, SMALL_MODEL, run_script
+
+SIZES = [(64, 96), (96, 128)]  # two sizes, neither a multiple of 32 in both sides
+# The issue's five architectures, small where their configs allow (VGG SegNet/FCN-8s cannot be).
+MODELS = {
+    "unet_r18": [],
+    "deeplabv3plus": RESNET18,
+    "lraspp": [],
+    "segnet": [],  # max_unpool2d: only the dynamo exporter handles it (segkit.export docstring)
+    "fcn8s": [],  # VGG16 with fc6/fc7 as convolutions, the paper's FCN-8s
+}
+
+
+def semantic_model(name: str, overrides: list[str]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = compose([f"model={name}", *overrides, "data.num_classes=5"])
+    return hydra.utils.instantiate(cfg.model).eval()
+
+
+def ort_outputs(session: ort.InferenceSession, x: torch.Tensor) -> np.ndarray:
+    """The graph's first output, through onnxruntime's own API."""
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def cpu_session(model: bytes | str) -> ort.InferenceSession:
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+
+
+def pytorch_logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def agree_except_ties(labels: np.ndarray, logits: np.ndarray, tie: float = 1e-4) -> None:
+    """``labels`` equal ``logits.argmax(1)`` wherever the two best logits differ by > ``tie``."""
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] > tie
+    assert decided.mean() > 0.9  # the check is not vacuous
+    np.testing.assert_array_equal(labels[decided], logits.argmax(1)[decided])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_onnx_logits_equal_pytorch_at_two_sizes(name):
+    model = semantic_model(name, MODELS[name])
+    data = export_onnx(ExportedModel(model), SIZES[0], dynamic=True)
+    session = cpu_session(data)
+    generator = torch.Generator().manual_seed(2)
+    for size in SIZES:
+        x = torch.randn(1, 3, *size, generator=generator)
+        got, want = ort_outputs(session, x), pytorch_logits(model, x)
+        assert got.shape == want.shape == (1, 5, *size)
+        assert np.abs(got - want).max() <= 1e-4
+    exporter = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}["exporter"]
+    assert json.loads(exporter) == f"torch.onnx.export(dynamo={name == 'segnet'})"
+
+
+def test_static_labels_graph_gives_the_argmax_and_refuses_other_sizes():
+    model = semantic_model("unet_r18", [])
+    data = export_onnx(ExportedModel(model, "labels"), SIZES[0], dynamic=False)
+    x = torch.randn(1, 3, *SIZES[0], generator=torch.Generator().manual_seed(3))
+    labels = ort_outputs(cpu_session(data), x)
+    assert labels.dtype == np.int64 and labels.shape == (1, *SIZES[0])
+    agree_except_ties(labels, pytorch_logits(model, x))
+    meta = {"num_classes": 5, "class_names": list("abcde"), "returns": "labels"}
+    segmenter = OnnxSegmenter(data, meta)
+    # one-hot scores: their argmax is the graph's labels; a batch of 2 runs image by image
+    batch = torch.cat([x, x])
+    assert torch.equal(segmenter.class_scores(batch).argmax(1)[1], torch.from_numpy(labels[0]))
+    with pytest.raises(ValueError, match=r"64x96 images only.*dynamic=true"):
+        segmenter.class_scores(torch.zeros(1, 3, *SIZES[1]))
+
+
+def job_config(cfg) -> dict:
+    """The resolved config without Hydra's node, as train.py stores it in checkpoints."""
+    return {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in cfg.items()
+        if key != "hydra"
+    }
+
+
+def tiny_checkpoint(tmp_path: Path, *overrides: str) -> tuple[Path, dict]:
+    """A checkpoint as train.py writes one (resolved config + state dict), built in-process."""
+    cfg = helpers.compose(tmp_path, [*SMALL_MODEL, *overrides])
+    torch.manual_seed(0)
+    task = build_task(cfg)
+    config = job_config(cfg)
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"config": config, "state_dict": task.state_dict()}, path)
+    return path, config
+
+
+def test_onnx_metadata_holds_normalisation_classes_and_palette(tmp_path):
+    ckpt, config = tiny_checkpoint(tmp_path, "data.mean=[0.1,0.2,0.3]", "data.std=[0.4,0.5,0.6]")
+    path = export_checkpoint(ckpt, "onnx", tmp_path / "m.onnx", [64, 96], dynamic=False)
+    # read back with onnx and with onnxruntime, not with segkit
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
+    assert props["mean"] == pytest.approx([0.1, 0.2, 0.3])
+    assert props["std"] == pytest.approx([0.4, 0.5, 0.6])
+    assert props["class_names"] == config["data"]["class_names"]
+    assert props["palette"] == config["data"]["palette"]
+    assert (props["returns"], props["input_size"], props["dynamic"]) == ("logits", [64, 96], False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    custom = session.get_modelmeta().custom_metadata_map
+    assert json.loads(custom["class_names"]) == config["data"]["class_names"]
+    assert [d for d in session.get_inputs()[0].shape] == [1, 3, 64, 96]
+
+
+def test_torchscript_export_equals_pytorch_at_two_sizes_with_metadata(tmp_path):
+    ckpt, config = tiny_checkpoint(tmp_path)
+    path = export_checkpoint(ckpt, "torchscript", tmp_path / "m.pt", SIZES[0], dynamic=True)
+    files = {"segkit.json": ""}
+    loaded = torch.jit.load(str(path), _extra_files=files)
+    assert json.loads(files["segkit.json"])["class_names"] == config["data"]["class_names"]
+    torch.manual_seed(0)
+    model = build_task(OmegaConf.create(config)).eval()
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    for size in SIZES:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            assert (loaded(x) - model(x)).abs().max() <= 1e-4
+
+
+def test_export_and_predict_command_lines_run_the_onnx_file(tmp_path):
+    ckpt, config = tiny_checkpoint(tmp_path)
+    out = tmp_path / "export"
+    result = run_script(
+        "export.py", f"ckpt_path={ckpt}", "format=onnx", "dynamic=true", f"hydra.run.dir={out}"
+    )
+    assert f"Results: {out.resolve()}" in result.stdout
+    model_file = out / "model.onnx"
+    rng = np.random.default_rng(0)
+    source = tmp_path / "photos"
+    source.mkdir()
+    images = {"a": (64, 96), "b": (96, 128)}  # one dynamic graph, two sizes
+    for stem, size in images.items():
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+            source / f"{stem}.png"
+        )
+    preds = tmp_path / "preds"
+    run_script("predict.py", f"ckpt_path={model_file}", f"input={source}", f"output={preds}",
+               f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    task = build_task(OmegaConf.create(config)).eval()
+    task.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    mean = np.asarray(config["data"]["mean"], np.float32)
+    std = np.asarray(config["data"]["std"], np.float32)
+    for stem in images:
+        pixels = np.asarray(Image.open(source / f"{stem}.png"), np.float32) / 255
+        x = torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())[None]
+        written = Image.open(preds / f"{stem}.png")
+        assert written.mode == "P"
+        agree_except_ties(np.asarray(written)[None], pytorch_logits(task, x))
+        assert (preds / "overlays" / f"{stem}.jpg").is_file()
+
+
+def test_fast_paths_equal_the_eager_task(tmp_path, monkeypatch):
+    ckpt, config = tiny_checkpoint(tmp_path)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    x = torch.randn(2, 3, *SIZES[0], generator=torch.Generator().manual_seed(4))
+    eager = build_task(OmegaConf.create(config)).eval()
+    eager.load_state_dict(state)
+    want = pytorch_logits(eager, x)
+    for backend in ("channels_last", "onnxruntime"):
+        task = build_task(OmegaConf.create(config)).eval()
+        task.load_state_dict(state)
+        with torch.no_grad():
+            got = fast_path(task, backend).class_scores(x).numpy()
+        assert np.abs(got - want).max() <= 1e-4, backend
+    with pytest.raises(ConfigError, match="backend=tensorrt must be one of"):
+        fast_path(eager, "tensorrt")
+    # auto: a few images run eagerly (compiling costs more than it saves), a folder compiles
+    # where torch.compile works (stood in for here: really compiling takes tens of seconds)
+    assert choose_backend("auto", COMPILE_MIN_IMAGES - 1) == "eager"
+    monkeypatch.setattr(segkit.callbacks, "compile_supported", lambda: None)
+    assert choose_backend("auto", COMPILE_MIN_IMAGES) == "compile"
+    monkeypatch.setattr(segkit.callbacks, "compile_supported", lambda: "no C++ compiler")
+    assert choose_backend("auto", COMPILE_MIN_IMAGES) == "eager"
+    assert choose_backend("channels_last", 1) == "channels_last"
+    with pytest.raises(ConfigError, match="backend=fast must be one of auto, eager"):
+        choose_backend("fast", 1)
+
+
+def test_models_that_cannot_be_exported_say_why(tmp_path):
+    # SegNet's max_unpool2d stops both TorchScript routes on torch 2.14; the error names each
+    # route's reason and the format that works
+    model = ExportedModel(semantic_model("segnet", []))
+    with pytest.raises(ExportError, match=r"SegNet cannot be exported to TorchScript") as error:
+        export_torchscript(model, SIZES[0], dynamic=False)
+    assert "torch.jit.trace:" in str(error.value) and "torch.jit.script:" in str(error.value)
+    assert "format=onnx" in str(error.value)
+    # Mask R-CNN is refused from its config alone, before its weights are built
+    cfg = helpers.compose(tmp_path, ["model=maskrcnn", "data=shapes_instances"])
+    config = job_config(cfg)
+    ckpt = tmp_path / "maskrcnn.ckpt"
+    torch.save({"config": config, "state_dict": {}}, ckpt)
+    with pytest.raises(ConfigError, match=r"InstanceSegmentationTask.*data-dependent number"):
+        export_checkpoint(ckpt, "onnx", tmp_path / "m.onnx", dynamic=True)
+
+
+def test_bad_export_settings_name_the_key(tmp_path):
+    ckpt = tmp_path / "never_read.ckpt"
+    with pytest.raises(ConfigError, match="format=tflite must be one of onnx, torchscript"):
+        export_checkpoint(ckpt, "tflite")
+    with pytest.raises(ConfigError, match="returns=probabilities must be one of"):
+        export_checkpoint(ckpt, "onnx", returns="probabilities")
+    with pytest.raises(ConfigError, match=r"\+input_size=\[H,W\].*or dynamic=true"):
+        export_checkpoint(ckpt, "onnx")
+    with pytest.raises(ConfigError, match="must be two positive integers"):
+        export_checkpoint(ckpt, "onnx", input_size=[64])
+    with pytest.raises(ValueError, match="no segkit metadata"):
+        model = semantic_model("unet_r18", [])
+        path = tmp_path / "plain.onnx"
+        torch.onnx.export(
+            ExportedModel(model), (torch.zeros(1, 3, 64, 64),), str(path), dynamo=False
+        )
+        read_metadata(path)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_quick(capsys):
+    from benchmarks import predict_cpu
+
+    predict_cpu.main(["--quick"])
+    out = capsys.readouterr().out
+    assert f"## {predict_cpu.TITLE}" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 64x96")]
+    assert [row.split("|")[2].strip() for row in rows] == ["eager", "channels_last", "onnxruntime"]
+    assert all(row.rstrip(" |").endswith("yes") for row in rows), rows  # all within 1e-4
