@@ -40,28 +40,16 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from segkit.analysis import load_run
 from segkit.checkpoints import load_checkpoint, task_from_checkpoint
-from segkit.colours import colourise
+from segkit.figures import sample_indices, sample_panels
 from segkit.metrics import confusion_matrix
 from segkit.models.weights import EMA_PREFIX
 
 SAMPLE_COUNT = 4
 REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.npy")
-
-
-def sample_indices(length: int, count: int = SAMPLE_COUNT) -> list[int]:
-    """``count`` indices spread evenly over ``range(length)``, first and last included.
-
-    ``sample_indices(101, 4)`` gives ``[0, 33, 67, 100]``.
-    """
-    if length < 1:
-        raise ValueError("the validation split is empty")
-    count = min(count, length)
-    if count == 1:
-        return [0]
-    return [round(i * (length - 1) / (count - 1)) for i in range(count)]
 
 
 def weights_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -139,29 +127,11 @@ def plot_samples(
     palette: Sequence[Sequence[int]],
     path: Path,
 ) -> None:
-    """Image | ground truth | prediction rows, with a colour legend; void is black."""
-    import matplotlib
+    """Image | ground truth | prediction rows, with a colour legend; void is black.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    fig, axes = plt.subplots(len(panels), 3, figsize=(12, 3.2 * len(panels)), squeeze=False)
-    for row, (image, mask, prediction), name in zip(axes, panels, names, strict=True):
-        pictures = (image, colourise(mask, palette), colourise(prediction, palette))
-        for ax, picture, title in zip(
-            row, pictures, (name, "ground truth", "prediction"), strict=True
-        ):
-            ax.imshow(picture)
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
-    legend = [
-        Patch(color=np.asarray(c) / 255, label=n) for n, c in zip(class_names, palette, strict=True)
-    ]
-    fig.legend(handles=legend, loc="lower center", ncol=min(6, len(legend)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    The picture the tracking callback logs (:func:`segkit.figures.sample_panels`, full size).
+    """
+    Image.fromarray(sample_panels(panels, names, class_names, palette)).save(path)
 
 
 def epoch_table(metrics_csv: Path) -> Any:
