@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ def _checkout() -> Path | None:
 # The configs: the checkout's conf/ (edits take effect at once), else the copy that
 # pyproject.toml ships in the wheel as the package data segkit/conf.
 CONF_DIR = (_checkout() or PACKAGE_DIR) / "conf"
+
+# conf/hydra/launcher/submitit_{slurm,local}.yaml have the names of the submitit plugin's
+# schemas, so Hydra checks every key against them and warns that this matching is
+# deprecated; each file is complete without the schema, so the warning asks nothing of us.
+warnings.filterwarnings(
+    "ignore", message=r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema"
+)
 
 
 def project_root() -> Path:

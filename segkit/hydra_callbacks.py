@@ -6,17 +6,23 @@ training steps (those are Lightning's, in :mod:`segkit.callbacks`).
   ``.hydra`` files.
 * :class:`SweepSummary`: a multirun ends with its folder and the leaderboard command.
 * :class:`SweepCallback`: Optuna sweeps that survive failing trials (:mod:`segkit.sweeps`).
+* :class:`SubmititJob`: jobs of ``hydra/launcher=submitit_slurm`` (or ``submitit_local``)
+  save ``last.ckpt`` before submitit requeues them, and continue with ``resume=auto``.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
 import shlex
+import signal
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -26,6 +32,8 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from segkit.callbacks import LastCheckpoint
+from segkit.config import ConfigError
 from segkit.runner import print_results
 from segkit.sweeps import best_params_dict, check_optimized_metric, check_searched_keys, open_study
 
@@ -156,3 +164,146 @@ class SweepCallback(HydraCallback):
         path = Path(config.hydra.sweep.dir) / "best_params.yaml"
         OmegaConf.save(OmegaConf.create(result), path)
         log.info("Best parameters written to %s", path)
+
+
+# --- cluster jobs (hydra-submitit-launcher) -------------------------------------------------
+
+# Requeues after the time limit when the launcher config has no max_num_timeout key: the
+# plugin's local launcher has none, and submitit's LocalExecutor then allows 3.
+DEFAULT_MAX_NUM_TIMEOUT = {"LocalLauncher": 3}
+
+
+def check_requeue_resumes(config: DictConfig) -> None:
+    """Refuse a submitit launch whose requeued jobs would start over.
+
+    Raises:
+        ConfigError: the launcher may requeue (``max_num_timeout > 0``) and ``resume`` is
+            not ``auto``.
+    """
+    launcher = config.hydra.launcher
+    kind = str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
+    requeues = launcher.get("max_num_timeout", DEFAULT_MAX_NUM_TIMEOUT.get(kind, 0))
+    if requeues > 0 and config.get("resume") != "auto":
+        fix = (
+            "or set hydra.launcher.max_num_timeout=0 to end jobs at the limit"
+            if "max_num_timeout" in launcher
+            else "the local launcher always allows submitit's 3 requeues"
+        )
+        raise ConfigError(
+            f"hydra.launcher ({kind}) requeues a job that reaches its time limit up to "
+            f"{requeues} times, but resume={config.get('resume')}: a requeued job would "
+            "start over in its folder. Add resume=auto (it continues from <job folder>/"
+            f"checkpoints/last.ckpt); {fix}."
+        )
+
+
+class RequeueAfterSave:
+    """Inside a submitit job: a requeue signal saves ``last.ckpt`` before submitit requeues.
+
+    A context manager. On entry it takes over ``signums`` and keeps the first one's handler,
+    submitit's (it requeues the job and exits at once, mid-step). A signal that arrives while
+    :class:`~segkit.callbacks.LastCheckpoint` holds ``SIGTERM`` (the training loop) goes to
+    ``LastCheckpoint``: ``last.ckpt`` at the end of the step in progress, then the run stops
+    (``SystemExit``); :meth:`after_stop` then calls submitit's handler. At any other time
+    (data preparation, final scoring) submitit's handler runs at once.
+
+    Args:
+        signums: the signals to take over; submitit's requeue signal first.
+    """
+
+    def __init__(self, signums: Sequence[int]) -> None:
+        self.signums = tuple(dict.fromkeys(signums))
+        self.submitit_handler: Any = None
+        self.received: int | None = None  # the requeue signal, once one arrived
+        self.forwarded = False  # submitit's handler has run
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> RequeueAfterSave:
+        self.submitit_handler = signal.getsignal(self.signums[0])
+        for signum in self.signums:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+        term = signal.getsignal(signal.SIGTERM)
+        if isinstance(getattr(term, "__self__", None), LastCheckpoint):
+            term(signum, frame)  # saves at the end of this step, then stops the run
+        else:
+            self._forward(signum, frame)
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        self.forwarded = True
+        if callable(self.submitit_handler):
+            self.submitit_handler(signum, frame)  # requeue and exit, or end the job
+
+    def after_stop(self) -> None:
+        """The job stopped (``SystemExit``): hand the signal that stopped it to submitit."""
+        if self.received is not None and not self.forwarded:
+            self._forward(self.received, None)
+
+
+class SubmititJob(HydraCallback):
+    """Hydra callback for the jobs of the submitit launchers (``conf/hydra/launcher/``).
+
+    * ``on_multirun_start`` (where the sweep is submitted): a launcher that may requeue a
+      job needs ``resume=auto`` (:func:`check_requeue_resumes`).
+    * ``on_job_start`` (inside a submitit job only): submitit's requeue signal
+      (``SIGUSR2``, or ``$SUBMITIT_PREEMPT_SIGNAL``) and ``SIGUSR1`` (Lightning's) go to
+      :class:`RequeueAfterSave`, so ``last.ckpt`` is written before the job is requeued;
+      since ``SIGUSR1`` is taken, Lightning's own SLURM auto-requeue (``hpc_ckpt_<n>.ckpt``)
+      never installs. ``sys.argv[0]`` (submitit's runner) becomes train.py again, for
+      Lightning's DDP launcher and the command printed after an interrupt.
+    * A job stopped by the signal ends with ``SystemExit``, which Hydra's ``run_job`` lets
+      through without ``on_job_end``; the requeue then runs at process exit (``atexit``),
+      after ``last.ckpt`` is on disk. The requeued job has the same overrides and folder
+      (``<sweep dir>/<job number>``), so ``resume=auto`` continues it.
+    """
+
+    def __init__(self) -> None:
+        self._requeue: RequeueAfterSave | None = None
+        self._finished = False
+        self._script: str | None = None  # the submitting script, pickled into every job
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "submitit" in str(config.hydra.launcher.get("_target_", "")):
+            check_requeue_resumes(config)
+            if sys.argv and sys.argv[0].endswith(".py"):
+                self._script = os.path.abspath(sys.argv[0])
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not os.environ.get("SUBMITIT_EXECUTOR"):
+            return  # not a submitit job
+        import submitit
+
+        if self._script and sys.argv:
+            sys.argv[0] = self._script  # was submitit's runner, submitit/core/_submit.py
+        requeue_signal = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+        self._requeue = RequeueAfterSave((requeue_signal, signal.SIGUSR1)).__enter__()
+        self._finished = False
+        atexit.register(self._requeue_at_exit)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        # the job finished or failed: nothing to requeue
+        self._finished = True
+        if self._requeue is not None:
+            self._requeue.__exit__()
+
+    def _requeue_at_exit(self) -> None:
+        if self._finished or self._requeue is None:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            self._requeue.after_stop()
+        except SystemExit as stop:  # submitit's local requeue is an exit status
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # an exit status set inside atexit is ignored; the local executor reads it
+            os._exit(stop.code if isinstance(stop.code, int) else 1)
