@@ -23,7 +23,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # Fixtures that train or sweep once and are read by many tests: under `--dist loadgroup`
 # every test that uses one runs on the same worker, so it is built once, not once per worker.
-SHARED_FIXTURES = ("trained_run", "optuna_sweep", "resumed")
+SHARED_FIXTURES = ("trained_run", "optuna_sweep", "resumed", "tracked")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

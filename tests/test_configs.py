@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -144,6 +145,11 @@ def test_option_composes_and_instantiates(group, option, tmp_path, folder_datase
         assert paths["output_dir"] == str(tmp_path / "run")
     elif group == "hydra":
         check_job_logging(cfg, tmp_path / "run")
+    elif group == "augment":  # behaviour: tests/data/test_augment.py
+        transform = hydra.utils.instantiate(cfg.data).train_transform
+        out = transform(image=np.zeros((80, 72, 3), np.uint8), mask=np.zeros((80, 72), np.uint8))
+        # default: shapes' flip and jitter keep the size; presets crop to data.crop_size
+        assert out["mask"].shape == ((80, 72) if option == "default" else (96, 96))
     elif group == "inference":
         task = build_task(cfg).eval()
         assert task.inference is not None

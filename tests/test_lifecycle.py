@@ -278,11 +278,13 @@ def test_csv_logger_appends_to_an_earlier_metrics_file(tmp_path):
 def test_interrupt_in_the_first_epoch_saves_last_ckpt_and_the_printed_command_continues(
     tmp_path, signum
 ):
-    # Poly warm-up of 100 steps never ends, so the final lr pins the exact scheduler step:
-    # an uninterrupted run takes 2 epochs x 4 steps, lr = 1e-3 * (8 + 1) / 100.
+    # A warm-up of 100 steps on a flat schedule never ends, so the final lr pins the exact
+    # scheduler step: an uninterrupted run takes 2 epochs x 4 steps, and the warm-up rule
+    # (segkit.schedulers) gives lr = 1e-3 * (0.001 + 0.999 * 8 / 100).
     step_file = tmp_path / "step.txt"
     args = [*STEP_LOGGED, "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=0"]
-    args += ["scheduler.warmup_steps=100", "optimizer.lr=1e-3"]
+    args += ["scheduler=exponential", "scheduler.end_factor=1.0", "scheduler.warmup_steps=100"]
+    args += ["optimizer.lr=1e-3"]
     args += ["+callbacks.probe._target_=tests.lifecycle_probe.StepFile"]
     args += [f"+callbacks.probe.path={step_file}", "+callbacks.probe.delay=0.5"]
     run_dir = tmp_path / "run"
@@ -316,7 +318,7 @@ def test_interrupt_in_the_first_epoch_saves_last_ckpt_and_the_printed_command_co
     assert end["global_step"] == 8 and end["epoch"] == 1
     assert end["lr_schedulers"][0]["last_epoch"] == 8
     lr = end["optimizer_states"][0]["param_groups"][0]["lr"]
-    assert lr == pytest.approx(1e-3 * 9 / 100, rel=1e-12)
+    assert lr == pytest.approx(1e-3 * (0.001 + 0.999 * 8 / 100), rel=1e-12)
 
 
 def test_continue_command_pins_the_run_folder(tmp_path):

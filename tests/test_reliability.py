@@ -115,14 +115,15 @@ def test_checkpoint_of_another_model_gives_a_mismatch_report(tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_step_and_learning_rate(tmp_path):
-    # 48 images / batch 4 = 12 steps per epoch, 2 epochs; last.ckpt every 4 steps. Poly
-    # warm-up of 100 steps never ends, so the final lr depends on the exact scheduler step:
-    # lr = 1e-3 * (24 + 1) / 100 after 24 steps.
+    # 48 images / batch 4 = 12 steps per epoch, 2 epochs; last.ckpt every 4 steps. A warm-up
+    # of 100 steps on a flat schedule never ends, so the final lr depends on the exact
+    # scheduler step: lr = 1e-3 * (0.001 + 0.999 * 24 / 100) after 24 steps.
     args = [
         "data.prepare.num_train=48",
         "trainer.max_epochs=2",
         "callbacks.last_checkpoint.every_n_train_steps=4",
-        "scheduler=poly",
+        "scheduler=exponential",
+        "scheduler.end_factor=1.0",
         "scheduler.warmup_steps=100",
         "optimizer.lr=1e-3",
     ]
@@ -158,7 +159,7 @@ def test_killed_run_resumes_to_the_same_step_and_learning_rate(tmp_path):
     assert end["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"]
     lr = end["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr == expected["optimizer_states"][0]["param_groups"][0]["lr"]
-    assert lr == pytest.approx(1e-3 * 25 / 100, rel=1e-12)
+    assert lr == pytest.approx(1e-3 * (0.001 + 0.999 * 24 / 100), rel=1e-12)
     assert not list(checkpoints.glob("*.partial"))
     assert len(list(checkpoints.glob("best_epoch*.ckpt"))) == 1
     for path in checkpoints.glob("*.ckpt"):
