@@ -19,10 +19,11 @@ train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
 # The suite runs in TEST_WORKERS pytest-xdist processes (one per core on the 2-core CI
-# machine; tests/conftest.py gives each one thread and keeps the tests of a shared fixture
-# on one worker). TEST_WORKERS=0 runs it in this process.
+# machine), a test file per worker at a time (module fixtures are built once);
+# tests/conftest.py gives each worker one thread and builds the session fixtures once for
+# all workers. TEST_WORKERS=0 runs the suite in this process.
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadgroup
+XDIST = -n $(TEST_WORKERS) --dist loadfile
 
 test: $(STAMP)
 	$(PY) -m pytest $(XDIST) $(ARGS)

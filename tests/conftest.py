@@ -4,11 +4,14 @@ Optuna sweep of the session (helpers in ``helpers.py``)."""
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -21,17 +24,27 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
-# Fixtures that train or sweep once and are read by many tests: under `--dist loadgroup`
-# every test that uses one runs on the same worker, so it is built once, not once per worker.
-SHARED_FIXTURES = ("trained_run", "optuna_sweep", "resumed", "tracked")
 
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]
+) -> Path:
+    """What ``build(folder)`` returns, for a ``folder`` built once per pytest run.
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        for name in SHARED_FIXTURES:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
-                break
+    Under pytest-xdist every worker is its own session, so a session fixture would be built
+    once per worker; the workers share the parent of their base temp folder, and a file lock
+    there lets the first worker build while the others wait for it (pytest-xdist's
+    documented recipe). ``<folder>/.built`` records the result path once the build is done.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, done = root / name, root / name / ".built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # an earlier worker's failed build
+            folder.mkdir()
+            done.write_text(str(build(folder)))
+    return Path(done.read_text())
 
 
 def write_folder_dataset(
@@ -61,10 +74,10 @@ def folder_dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sweep dir of :func:`helpers.tiny_optuna_sweep`, run once per session."""
+    """The sweep dir of :func:`helpers.tiny_optuna_sweep`, run once per pytest run."""
     from .helpers import tiny_optuna_sweep
 
-    return tiny_optuna_sweep(tmp_path_factory)
+    return built_once(tmp_path_factory, "tiny_optuna_sweep", tiny_optuna_sweep)
 
 
 @pytest.fixture(scope="session")
@@ -75,16 +88,17 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     predict.py must rebuild the model from the checkpoint alone. Shared by the artifact,
     eval, predict and publish tests; they only read it."""
     import hydra
-    import torch
 
     from .helpers import CONF, TINY, run_train
 
-    folder = tmp_path_factory.mktemp("trained_run")
-    torch.manual_seed(0)
-    start = folder / "start.pth"
-    with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = hydra.compose("train", ["data.num_classes=5"])
-    torch.save(hydra.utils.instantiate(cfg.model).state_dict(), start)
-    run = run_train(folder, *TINY, f"model.weights_path={start}")
-    start.unlink()
-    return run
+    def build(folder: Path) -> Path:
+        torch.manual_seed(0)
+        start = folder / "start.pth"
+        with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
+            cfg = hydra.compose("train", ["data.num_classes=5"])
+        torch.save(hydra.utils.instantiate(cfg.model).state_dict(), start)
+        run = run_train(folder, *TINY, f"model.weights_path={start}")
+        start.unlink()
+        return run
+
+    return built_once(tmp_path_factory, "trained_run", build)

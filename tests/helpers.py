@@ -248,15 +248,10 @@ def run_multirun(tmp_path: Path, sweep_dir: Path, *overrides: str) -> str:
     return output
 
 
-def tiny_optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3-trial Optuna sweep (trial 1 fails), then 1 more trial resumed in the same dir.
-
-    Made once per session; returns the sweep dir (``log.txt`` holds both commands' output).
-    """
-    root = tmp_path_factory.getbasetemp() / "tiny_optuna_sweep"
+def tiny_optuna_sweep(root: Path) -> Path:
+    """3-trial Optuna sweep (trial 1 fails) under ``root``, then 1 more trial resumed in the
+    same dir; returns the sweep dir (``log.txt`` holds both commands' output)."""
     sweep_dir = root / "sweep"
-    if (sweep_dir / "log.txt").is_file():
-        return sweep_dir
     common = ["hparams_search=shapes_optuna", "hydra.sweeper.sampler.seed=4", *SWEEP_TINY]
     first = run_multirun(root, sweep_dir, *common, "hydra.sweeper.n_trials=3", *FAILING_TRIAL)
     (sweep_dir / "best_params_first.yaml").write_text((sweep_dir / "best_params.yaml").read_text())

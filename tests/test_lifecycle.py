@@ -273,14 +273,33 @@ def test_csv_logger_appends_to_an_earlier_metrics_file(tmp_path):
 # --- case 13: interrupts ----------------------------------------------------------------
 
 
+def interrupt(command: list[str], step_file: Path, after: int, signum: int, log: Path):
+    """Start ``command``, send ``signum`` once the probe's step file shows a step past
+    ``after``; the return code and the run's output."""
+    with log.open("w") as out:  # a file: a full pipe would block the run
+        process = subprocess.Popen(command, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while not (step_file.is_file() and int(step_file.read_text() or 0) > after):
+            assert process.poll() is None, f"train.py ended before step {after + 1}"
+            assert time.monotonic() < deadline, f"no step {after + 1} after 300 s"
+            time.sleep(0.02)
+        process.send_signal(signum)
+        process.wait(timeout=300)
+    return process.returncode, log.read_text()
+
+
+def printed_command(output: str) -> list[str]:
+    words = shlex.split(output.split("Continue with:\n", 1)[1].splitlines()[0].strip())
+    assert words[:2] == ["python", str(PROJECT_ROOT / "train.py")] and words[-1] == "ckpt_path=last"
+    return [sys.executable, *words[1:]]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_in_the_first_epoch_saves_last_ckpt_and_the_printed_command_continues(
-    tmp_path, signum
-):
-    # A warm-up of 100 steps on a flat schedule never ends, so the final lr pins the exact
-    # scheduler step: an uninterrupted run takes 2 epochs x 4 steps, and the warm-up rule
-    # (segkit.schedulers) gives lr = 1e-3 * (0.001 + 0.999 * 8 / 100).
+def test_interrupts_save_last_ckpt_and_the_printed_command_continues(tmp_path):
+    # SIGINT in the first epoch, SIGTERM in the run its printed command resumes, then that
+    # run's printed command to the end. A warm-up of 100 steps on a flat schedule never ends,
+    # so the final lr pins the exact scheduler step: an uninterrupted run takes 2 epochs x 4
+    # steps, and the warm-up rule (segkit.schedulers) gives lr = 1e-3 * (0.001 + 0.999 * 8/100).
     step_file = tmp_path / "step.txt"
     args = [*STEP_LOGGED, "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=0"]
     args += ["scheduler=exponential", "scheduler.end_factor=1.0", "scheduler.warmup_steps=100"]
@@ -288,31 +307,26 @@ def test_interrupt_in_the_first_epoch_saves_last_ckpt_and_the_printed_command_co
     args += ["+callbacks.probe._target_=tests.lifecycle_probe.StepFile"]
     args += [f"+callbacks.probe.path={step_file}", "+callbacks.probe.delay=0.5"]
     run_dir = tmp_path / "run"
-    log = (tmp_path / "output.txt").open("w")  # a file: a full pipe would block the run
-    process = subprocess.Popen(
-        train_command(tmp_path, run_dir, *args), env=ENV, stdout=log, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 300
-    while not (step_file.is_file() and step_file.read_text() not in ("", "0")):
-        assert process.poll() is None, "train.py ended before its first step"
-        assert time.monotonic() < deadline, "no training step after 300 s"
-        time.sleep(0.02)
-    process.send_signal(signum)
-    process.wait(timeout=300)
-    log.close()
-    output = (tmp_path / "output.txt").read_text()
-    assert process.returncode == 128 + signum, output[-3000:]
-
     checkpoints = run_dir / "checkpoints"
+
+    command = train_command(tmp_path, run_dir, *args)
+    code, output = interrupt(command, step_file, 0, signal.SIGINT, tmp_path / "first.txt")
+    assert code == 128 + signal.SIGINT, output[-3000:]
     interrupted = load(checkpoints / "last.ckpt")  # loadable: written atomically
     assert 1 <= interrupted["global_step"] < 4, "not in the first epoch"
     assert not list(checkpoints.glob("best_epoch*.ckpt"))  # no epoch had ended
-    assert f"interrupted by {signal.Signals(signum).name}" in output
-    command = output.split("Continue with:\n", 1)[1].splitlines()[0].strip()
-    words = shlex.split(command)
-    assert words[:2] == ["python", str(PROJECT_ROOT / "train.py")] and words[-1] == "ckpt_path=last"
+    assert "interrupted by SIGINT" in output
+    command = printed_command(output)
 
-    resumed = run([sys.executable, *words[1:]])  # exactly the printed command
+    step = interrupted["global_step"]
+    code, output = interrupt(command, step_file, step, signal.SIGTERM, tmp_path / "second.txt")
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert f"Resuming from {checkpoints / 'last.ckpt'}" in output
+    assert "interrupted by SIGTERM" in output
+    assert step < load(checkpoints / "last.ckpt")["global_step"] < 8
+    assert printed_command(output) == command  # the same run folder, the same overrides
+
+    resumed = run(command)  # exactly the printed command
     assert f"Resuming from {checkpoints / 'last.ckpt'}" in resumed
     end = load(checkpoints / "last.ckpt")
     assert end["global_step"] == 8 and end["epoch"] == 1
@@ -404,7 +418,7 @@ def test_eval_split_test_scores_the_roots_test_split_or_says_it_has_none(tmp_pat
 
 
 @pytest.mark.slow
-def test_readme_predict_command_on_a_photo_in_the_current_folder(tmp_path):
+def test_readme_predict_command_on_a_photo_in_the_current_folder(tmp_path, monkeypatch):
     ckpt = save_checkpoint(tmp_path, ["data.num_classes=5"])
     image = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "photo.png")
@@ -420,11 +434,16 @@ def test_readme_predict_command_on_a_photo_in_the_current_folder(tmp_path):
     assert written.mode == "P" and written.size == (64, 32)
     assert f"Results: {tmp_path / 'preds'}" in result.stdout
 
-    result = predict("input=missing.png", "output=preds/")
-    assert result.returncode != 0 and "input=missing.png does not exist" in result.stderr
-    assert "inside the input folder" not in result.stderr
-    result = predict("input=photo.png", "output=.")  # would write ./photo.png over the input
-    assert result.returncode != 0 and "over the input image" in result.stderr
+    # the refusals, in-process (predict.py's own checks, on the README's relative paths,
+    # from the same folder): a missing input; output=. would write ./photo.png over it
+    script = load_script("predict")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="input=missing.png does not exist"):
+        script.input_files(Path("missing.png"))
+    files = script.input_files(Path("photo.png"))
+    script.check_output(Path("preds"), Path("photo.png"), files)  # the README's case is fine
+    with pytest.raises(ValueError, match="over the input image"):
+        script.check_output(Path("."), Path("photo.png"), files)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "photo.png")), image)
 
 

@@ -127,9 +127,6 @@ def test_killed_run_resumes_to_the_same_step_and_learning_rate(tmp_path):
         "scheduler.warmup_steps=100",
         "optimizer.lr=1e-3",
     ]
-    reference = tmp_path / "reference"
-    run(train_command(tmp_path, reference, *args))
-
     run_dir = tmp_path / "killed"
     checkpoints = run_dir / "checkpoints"
     process = subprocess.Popen(
@@ -153,12 +150,12 @@ def test_killed_run_resumes_to_the_same_step_and_learning_rate(tmp_path):
     output = run(train_command(tmp_path, run_dir, *args, "resume=auto"))
     assert "Restoring states from the checkpoint path" in output
 
-    end, expected = load(checkpoints / "last.ckpt"), load(reference / "checkpoints" / "last.ckpt")
-    assert end["global_step"] == expected["global_step"] == 24
-    assert end["epoch"] == expected["epoch"]
-    assert end["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"]
+    # what an uninterrupted run ends with, by hand: 24 steps, the last epoch (index 1), the
+    # scheduler stepped once per optimiser step
+    end = load(checkpoints / "last.ckpt")
+    assert end["global_step"] == 24 and end["epoch"] == 1
+    assert end["lr_schedulers"][0]["last_epoch"] == 24
     lr = end["optimizer_states"][0]["param_groups"][0]["lr"]
-    assert lr == expected["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr == pytest.approx(1e-3 * (0.001 + 0.999 * 24 / 100), rel=1e-12)
     assert not list(checkpoints.glob("*.partial"))
     assert len(list(checkpoints.glob("best_epoch*.ckpt"))) == 1
