@@ -91,7 +91,8 @@ WORKING_ENCODERS = (
 def unusable_encoder(encoder_name: str, output_stride: int, error: Exception) -> str:
     """The message for an encoder smp cannot build at ``output_stride`` (unknown name, or
     an encoder that cannot be dilated, such as VGG with its max-pooling)."""
-    cause = str(error.args[0] if error.args else error).split(", supported encoders")[0].rstrip("!.")
+    cause = str(error.args[0] if error.args else error)
+    cause = cause.split(", supported encoders")[0].rstrip("!.")  # not smp's 150 names
     dilated = f" at output stride {output_stride} (dilated)" if output_stride != 32 else ""
     return (
         f"model.encoder_name={encoder_name} cannot be built{dilated}: {cause}. Encoders that "

@@ -3,11 +3,13 @@
 Backbone (``encoder_name``): torchvision's MobileNetV3-Large with its last stage dilated
 (``"mobilenet_v3_large"``, the paper's; output stride 16, 960 channels), or any smp encoder
 (e.g. ``"tu-tf_efficientnet_lite0"``, :func:`segkit.models.encoder.build_encoder`) dilated to
-output stride 16, whose stride-8 and deepest features feed the two branches. Head (paper Fig. 10, torchvision's ``LRASPPHead``): a 1x1 convolution (128
-channels, BN, ReLU) gated by a squeeze branch (global average pooling, 1x1 convolution,
-sigmoid) - the "lite" replacement of ASPP; its output is upsampled to the stride-8 features
-(40 channels, the end of the stride-8 stage), which get their own 1x1 classifier and are
-added; the sum is upsampled bilinearly to the input size.
+output stride 16, whose stride-8 and deepest features feed the two branches.
+
+Head (paper Fig. 10, torchvision's ``LRASPPHead``): a 1x1 convolution (128 channels, BN,
+ReLU) gated by a squeeze branch (global average pooling, 1x1 convolution, sigmoid) - the
+"lite" replacement of ASPP; its output is upsampled to the stride-8 features (40 channels,
+the end of MobileNetV3's stride-8 stage), which get their own 1x1 classifier and are added;
+the sum is upsampled bilinearly to the input size.
 
 Deviation from torchvision's ``lraspp_mobilenet_v3_large``: the low-level branch taps the
 last block of the stride-8 stage (torchvision taps its first block); parameters are the
@@ -16,8 +18,8 @@ same (3.2M for 21 classes).
 Weights: for MobileNetV3-Large, ``encoder_weights`` is torchvision's ImageNet state dict (a
 local file, or ``IMAGENET1K_V1``/``IMAGENET1K_V2`` read from the torch hub cache, never
 downloaded); with ``in_channels != 3`` the first convolution's RGB kernel is adapted by
-timm's ``adapt_input_conv``. For an smp encoder it is what
-:mod:`segkit.models.encoder` accepts (``efficientnet-lite0`` offline). ``weights_path`` is a state dict of this model.
+timm's ``adapt_input_conv``. For an smp encoder it is what :mod:`segkit.models.encoder`
+accepts (``efficientnet-lite0`` offline). ``weights_path`` is a state dict of this model.
 
 Input size: any (zero-padded to a multiple of 16, logits cropped back). Output: logits
 ``[B, C, H, W]``. Batch 1 trains (no batch norm after the pooling).
@@ -88,7 +90,8 @@ class LRASPP(SegmentationModel):
         else:
             self.encoder = build_encoder(encoder_name, encoder_weights, in_channels, 16)
             self.low_end = None
-            low_channels, high_channels = self.encoder.out_channels[3], self.encoder.out_channels[-1]
+            channels = self.encoder.out_channels
+            low_channels, high_channels = channels[3], channels[-1]
         self.head = LRASPPHead(low_channels, high_channels, num_classes, inter_channels)
         if weights_path is not None:
             load_weights(self, weights_path, strict=weights_strict)
