@@ -14,7 +14,9 @@
 * ``metrics.json``, ``per_class.csv``, ``confusion_matrix.npy``: the run's report of the
   best checkpoint on the validation split.
 * ``curve.png``: validation mIoU and the training and validation loss per epoch
-  (``csv/metrics.csv``).
+  (``csv/metrics.csv``), and ``history.csv``: those values (``epoch`` counted from 1,
+  ``train_loss``, ``val_loss``, ``val_mIoU`` as a fraction), for charts over several results
+  (:mod:`segkit.compare`).
 * ``samples.json`` and ``samples.png``: :data:`SAMPLE_COUNT` fixed validation images (evenly
   spaced in the split's order, :func:`sample_indices`), their per-image confusion matrices
   (rows = ground truth) computed from ``model.pt`` as eval.py loads it, and an image |
@@ -174,6 +176,17 @@ def plot_curve(table: Any, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+HISTORY_COLUMNS = {"train/loss_epoch": "train_loss", "val/loss": "val_loss", "val/mIoU": "val_mIoU"}
+
+
+def write_history(table: Any, path: Path) -> None:
+    """Write :func:`epoch_table` as ``history.csv``: ``epoch`` (from 1) and the columns of
+    :data:`HISTORY_COLUMNS` that were logged."""
+    history = table.rename(columns=HISTORY_COLUMNS)
+    history.index = history.index.astype(int) + 1
+    history.to_csv(path, index_label="epoch")
+
+
 def machine() -> str:
     """CPU model, core count, torch version and threads, e.g. for RESULTS.md."""
     model = platform.processor() or platform.machine()
@@ -243,6 +256,7 @@ def publish(
     table = epoch_table(run_dir / "csv" / "metrics.csv")
     title = f"{out_dir.name}: best val mIoU {100 * run.metrics['mIoU']:.1f}"
     plot_curve(table, out_dir / "curve.png", title)
+    write_history(table, out_dir / "history.csv")
     info = {
         "command": "python train.py " + " ".join(run.overrides),
         "epochs_trained": len(table),

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -79,6 +80,11 @@ def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained_ru
     assert info["epochs_trained"] == 2 and info["val_mIoU"] == trained_metrics["mIoU"]
     for name in ("config.yaml", "curve.png", "samples.png", "per_class.csv"):
         assert (out / name).stat().st_size > 0, name
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert set(history) == {"epoch", "train_loss", "val_loss", "val_mIoU"}
+    # the published checkpoint is the best epoch by val mIoU, re-scored into metrics.json
+    assert history["val_mIoU"].max() == pytest.approx(trained_metrics["mIoU"], abs=1e-6)
     # the weights-only file scores val exactly as the training run did
     scored = tmp_path / "eval"
     run_script("eval.py", f"ckpt_path={out / 'model.pt'}", f"hydra.run.dir={scored}")

@@ -1,0 +1,159 @@
+"""Published results side by side: the tables and the chart of RESULTS.md's architecture table.
+
+    python -m segkit.compare results/camvid/camvid_bench/* \\
+        [--costs results/camvid/camvid_bench/costs.json] [--chart results/camvid/architectures.png]
+
+Each argument is a result folder written by :mod:`segkit.publish` (``run.json``,
+``metrics.json``, ``history.csv``); folders without ``metrics.json`` (runs still to come) are
+skipped with a note. Printed, in Markdown: one row per result (the folder name, which for
+the architecture protocol is the ``model=`` config) with the run's seconds per epoch
+(the run's wall time over its epochs: training plus every epoch's validation) and wall
+time, val PA/MPA/mIoU/FWIoU (%) and the best epoch (counted from 1); then the per-class
+val IoU table. ``--costs`` adds the columns measured by ``python -m benchmarks --only
+architectures`` (parameters, GMACs at 360x480, CPU inference ms per frame, eager and ONNX
+Runtime). ``--chart`` draws val mIoU per epoch of every result on one chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+METRICS = ("PA", "MPA", "mIoU", "FWIoU")
+
+
+@dataclass
+class Result:
+    """One published result folder.
+
+    Attributes:
+        name: the folder's name.
+        run: ``run.json`` (command, epochs, best epoch counted from 0, wall seconds).
+        metrics: ``metrics.json`` (fractions; per-class values keyed by class name).
+        history: ``history.csv`` indexed by epoch (from 1), or an empty frame.
+    """
+
+    name: str
+    run: dict[str, Any]
+    metrics: dict[str, Any]
+    history: pd.DataFrame
+
+
+def load_result(folder: str | Path) -> Result | None:
+    """Read a result folder; ``None`` when it holds no ``metrics.json`` yet."""
+    folder = Path(folder)
+    if not (folder / "metrics.json").is_file():
+        return None
+    history_file = folder / "history.csv"
+    history = (
+        pd.read_csv(history_file, index_col="epoch") if history_file.is_file() else pd.DataFrame()
+    )
+    return Result(
+        name=folder.name,
+        run=json.loads((folder / "run.json").read_text()),
+        metrics=json.loads((folder / "metrics.json").read_text()),
+        history=history,
+    )
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _cost(costs: dict[str, Any], name: str, key: str, digits: int) -> str:
+    value = costs.get(name, {}).get(key)
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def result_table(results: Sequence[Result], costs: dict[str, Any] | None = None) -> str:
+    """The Markdown table of ``results``, best val mIoU first (see the module docstring)."""
+    costs = costs or {}
+    header = ["`model=`", "params (M)", "GMACs 360x480", "s/epoch", "wall (min)"]
+    header += ["ms/frame eager", "ms/frame ORT", *(f"val {m}" for m in METRICS), "best epoch"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for result in sorted(results, key=lambda r: -r.metrics["mIoU"]):
+        seconds, epochs = result.run.get("wall_seconds"), result.run.get("epochs_trained")
+        row = [
+            f"`{result.name}`",
+            _cost(costs, result.name, "params_m", 2),
+            _cost(costs, result.name, "gmacs", 1),
+            "-" if not (seconds and epochs) else f"{seconds / epochs:.0f}",
+            "-" if not seconds else f"{seconds / 60:.0f}",
+            _cost(costs, result.name, "eager_ms", 0),
+            _cost(costs, result.name, "onnxruntime_ms", 0),
+            *(_percent(result.metrics[m]) for m in METRICS),
+            str(result.run["best_epoch"] + 1),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def per_class_table(results: Sequence[Result]) -> str:
+    """Per-class val IoU (%), one column per result, one row per class."""
+    ordered = sorted(results, key=lambda r: -r.metrics["mIoU"])
+    classes = list(ordered[0].metrics["IoU"])
+    lines = ["| class | " + " | ".join(f"`{r.name}`" for r in ordered) + " |"]
+    lines.append("|" + " --- |" * (len(ordered) + 1))
+    for name in classes:
+        cells = [_percent(r.metrics["IoU"].get(name)) for r in ordered]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_histories(results: Sequence[Result], path: str | Path, title: str) -> None:
+    """Val mIoU (%) per epoch of every result with a history, on one chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for result in sorted(results, key=lambda r: -r.metrics["mIoU"]):
+        if "val_mIoU" in result.history:
+            history = result.history["val_mIoU"]
+            ax.plot(history.index, 100 * history, marker=".", label=result.name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="result folders (segkit.publish)")
+    parser.add_argument("--costs", type=Path, help="JSON of benchmarks.architectures")
+    parser.add_argument("--chart", type=Path, help="PNG of val mIoU per epoch")
+    parser.add_argument("--title", default="CamVid val mIoU per epoch")
+    args = parser.parse_args(argv)
+    results, pending = [], []
+    for folder in args.folders:
+        if folder.is_dir():
+            result = load_result(folder)
+            (results if result else pending).append(result or folder.name)
+    if not results:
+        raise SystemExit(f"none of {[str(f) for f in args.folders]} holds a metrics.json")
+    costs = json.loads(args.costs.read_text())["models"] if args.costs else None
+    text = (
+        result_table(results, costs) + "\n\nPer-class val IoU (%):\n\n" + per_class_table(results)
+    )
+    if pending:
+        text += f"\n\nStill to come (no metrics.json): {', '.join(map(str, pending))}"
+    if args.chart:
+        plot_histories(results, args.chart, args.title)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
