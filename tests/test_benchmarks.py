@@ -187,3 +187,20 @@ def test_suite_writes_markdown(tmp_path):
     text = output.read_text()
     assert text.startswith("# Benchmarks") and "## Confusion-matrix update" in text
     assert "Machine: " in text and "python -m benchmarks --quick" in text
+
+
+@pytest.mark.slow
+def test_architectures_quick_counts_like_smp_and_writes_no_costs(capsys, monkeypatch, tmp_path):
+    import segmentation_models_pytorch as smp
+
+    module = importlib.import_module("benchmarks.architectures")
+    monkeypatch.setattr(module, "COSTS", tmp_path / "costs.json")
+    module.main(["--quick"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| `")][1:]  # skip header
+    assert [row.split("|")[1].strip() for row in rows] == ["`fpn`", "`unet_lite0`"]
+    # the parameter count of smp's own FPN on Lite0 with 11 classes, built here
+    reference = smp.FPN(encoder_name="tu-tf_efficientnet_lite0", encoder_weights=None, classes=11)
+    expected = sum(p.numel() for p in reference.parameters()) / 1e6
+    assert rows[0].split("|")[2].strip() == f"{expected:.2f}"
+    assert not (tmp_path / "costs.json").exists()  # only a full run writes RESULTS' costs
