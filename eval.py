@@ -6,13 +6,13 @@ Rebuilds the data module and the task from the config stored in the checkpoint (
 (``logs/eval/runs/<time>``), exactly as train.py does, plus the per-class console table.
 
 ``data.*``/``task.*`` given here are merged over the stored config; ``data=<group>`` merges
-that whole data config, except the normalisation and eval transform the model was trained
-with (``mean``, ``std``, ``eval_transform``: :func:`keep_trained_input`). Class counts and
-names that differ from the checkpoint's stop the run
-(:func:`segkit.checkpoints.checkpoint_overrides`). ``split=test`` scores a real test split: when
-the stored ``data.test_split`` is only the validation split standing in for a missing one
-(CamVid's shared copy, Cityscapes), the root's own ``test`` split is scored if it has one,
-and the run stops saying so if it has none (:func:`choose_test_split`).
+that whole data config, except the input channels, normalisation and eval transform the
+model was trained with (``in_channels``, ``mean``, ``std``, ``eval_transform``:
+:func:`keep_trained_input`). Class counts and names that differ from the checkpoint's stop
+the run (:func:`segkit.checkpoints.checkpoint_overrides`). ``split=test`` scores a real test
+split: when the stored ``data.test_split`` is only the validation split standing in for a
+missing one (CamVid's shared copy, Cityscapes), the root's own ``test`` split is scored if it
+has one, and the run stops saying so if it has none (:func:`choose_test_split`).
 
 ``ckpt_path=[a.ckpt,b.ckpt]`` scores the ensemble of several checkpoints (softmax
 probabilities averaged, ``ckpt_weights=[2,1]`` to weight them; :mod:`segkit.ensemble`); the
@@ -42,7 +42,7 @@ from segkit.tasks.semantic import SemanticSegmentationTask
 PLACEHOLDERS = ("dataset.root", "val_split", "test_split")
 # data keys that fix how the trained model sees its input: a data=<group> brings its own
 # defaults for them, which would score a model on inputs it was not trained on
-TRAINED_INPUT_KEYS = ("mean", "std", "eval_transform", "dataset.mean", "dataset.std")
+TRAINED_INPUT_KEYS = ("in_channels", "mean", "std", "eval_transform", "dataset.mean", "dataset.std")
 
 
 def stored_overrides(cfg: DictConfig) -> dict:

@@ -25,6 +25,8 @@ from rich.table import Table
 
 from segkit.metrics import PER_CLASS_KEYS, scores
 
+MEMBRANE_KEYS = ("pixel_error", "rand_error")  # segkit.membrane_metrics, in extras
+
 
 def _number(value: float) -> float | None:
     return None if math.isnan(value) else value
@@ -89,7 +91,8 @@ def _cell(value: float | None) -> str:
 
 
 def report_table(metrics: dict[str, Any], title: str | None = None) -> Table:
-    """A rich table of per-class IoU/CPA/Precision/Dice (in %) and the headline scores."""
+    """A rich table of per-class IoU/CPA/Precision/Dice (in %) and the headline scores
+    (with the pixel and Rand errors where ``metrics`` holds them)."""
     split = metrics["split"]
     table = Table(title=title or f"{split} scores (%)", show_footer=True)
     table.add_column("class", footer="mean")
@@ -98,9 +101,9 @@ def report_table(metrics: dict[str, Any], title: str | None = None) -> Table:
         table.add_column(key, justify="right", footer=_cell(metrics[mean_key]) if mean_key else "")
     for name in metrics["class_names"]:
         table.add_row(name, *(_cell(metrics[key][name]) for key in PER_CLASS_KEYS))
-    table.caption = "  ".join(
-        f"{key} {_cell(metrics[key])}" for key in ("PA", "MPA", "mIoU", "FWIoU")
-    )
+    # the ISBI 2012 challenge's errors where the task scored them (task.membrane_class)
+    keys = ["PA", "MPA", "mIoU", "FWIoU"] + [k for k in MEMBRANE_KEYS if k in metrics]
+    table.caption = "  ".join(f"{key} {_cell(metrics[key])}" for key in keys)
     return table
 
 

@@ -230,7 +230,9 @@ def main(argv: Sequence[str]) -> None:
         print(model_table(overrides))
         return
     cfg = compose(overrides)
-    print(format_summary(summarize(cfg.model, tuple(cfg.get("input_size", (512, 1024))))))
+    input_size = tuple(cfg.get("input_size", (512, 1024)))
+    in_channels = cfg.data.get("in_channels", 3)  # data=isbi2012: greyscale
+    print(format_summary(summarize(cfg.model, input_size, in_channels=in_channels)))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ def check_config(
     mean: Sequence[float],
     std: Sequence[float],
     palette: Sequence[Sequence[int]] | None,
+    in_channels: int = 3,
 ) -> None:
     """Stop on ``data.*`` settings that cannot be right (see the module docstring).
 
@@ -111,9 +112,17 @@ def check_config(
             f"data.ignore_index={ignore_index} is class {ignore_index} ({name!r}) of "
             f"0..{num_classes - 1}: that class would be neither trained nor scored. {fix}."
         )
+    if in_channels not in (1, 3):
+        problems.append(
+            f"data.in_channels={in_channels}: images are read as RGB (3) or converted to "
+            "greyscale (1); give 3 or 1."
+        )
     for key, values in (("mean", mean), ("std", std)):
-        if len(values) != 3:
-            problems.append(f"data.{key} has {len(values)} values; images are read as RGB: give 3.")
+        if len(values) != in_channels:
+            problems.append(
+                f"data.{key} has {len(values)} values but data.in_channels is {in_channels}: "
+                "give one value per input channel."
+            )
     if any(v > 1 for v in mean) or any(v > 1 for v in std):
         scaled = ", ".join(
             f"data.{key}=[{', '.join(f'{v / 255:.4g}' for v in values)}]"

@@ -12,8 +12,9 @@ Settings and data that cannot be right stop before anything is trained, with the
 and the fix; data that works but looks wrong gives a :class:`~segkit.data.folder.DataWarning`
 (:mod:`segkit.data.checks`, shared with ``python -m segkit.check_data``):
 
-* construction: ``ignore_index`` equal to a class, ``mean``/``std`` on the 0-255 scale, a
-  required dataset argument left unset (``data.dataset.root``);
+* construction: ``ignore_index`` equal to a class, ``mean``/``std`` on the 0-255 scale or
+  not one value per input channel (``in_channels``), a required dataset argument left unset
+  (``data.dataset.root``);
 * ``setup("fit")``: the validation split equal to the training split, the training split's
   labels (every mask counted once, cached under ``cache_dir``: no labelled pixel, a single
   class, binary 0/255 masks whose foreground would be ignored; classes that never appear
@@ -113,6 +114,10 @@ class SegmentationDataModule(L.LightningDataModule):
         crop_size: ``[H, W]`` of the training crop, or ``None`` (no crop); only checked
             here, the train transforms read it (``${data.crop_size}``: the data config's
             recipe and the ``augment`` presets, :mod:`segkit.data.augment`).
+        in_channels: channels of the images the model gets: 3 (RGB) or 1 (greyscale, the
+            RGB image converted after the transform); the model configs read it
+            (``in_channels: ${data.in_channels}``). ``mean`` and ``std`` give one value per
+            channel, which is what the datasets go by (:func:`~segkit.data.folder.image_tensor`).
         mean: normalisation mean on the 0-1 scale; only checked here, the dataset config
             passes it on to the dataset (``dataset.mean: ${data.mean}``).
         std: normalisation std on the 0-1 scale, likewise.
@@ -140,6 +145,7 @@ class SegmentationDataModule(L.LightningDataModule):
         train_transform: Callable[..., dict[str, Any]] | None = None,
         eval_transform: Callable[..., dict[str, Any]] | None = None,
         crop_size: Sequence[int] | None = None,
+        in_channels: int = 3,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         palette: Sequence[Sequence[int]] | None = None,
@@ -156,7 +162,9 @@ class SegmentationDataModule(L.LightningDataModule):
         cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        checks.check_config(dataset, num_classes, class_names, ignore_index, mean, std, palette)
+        checks.check_config(
+            dataset, num_classes, class_names, ignore_index, mean, std, palette, in_channels
+        )
         check_crop_size(crop_size)
         self.dataset = dataset
         self.num_classes = num_classes
@@ -165,6 +173,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.crop_size = None if crop_size is None else list(crop_size)
+        self.in_channels = in_channels
         self.prepare = prepare
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.batch_size = batch_size

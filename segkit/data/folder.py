@@ -31,9 +31,11 @@ predict.py (:func:`read_image`, :func:`read_mask`):
 * Hidden files (``.DS_Store``, macOS ``._img.png``) are skipped; a stem with two files in one
   folder (``img.png`` and ``img.jpg``) stops, since a stem must name one image.
 
-Each sample is ``{"image": float32 [3, H, W] normalised with mean/std (0-1 pixel scale),
-"mask": int64 [H, W], "name": stem}``. The albumentations ``transform`` sees the uint8 image
-and the mask, so geometric transforms keep them aligned; normalisation happens after it.
+Each sample is ``{"image": float32 [C, H, W] normalised with mean/std (0-1 pixel scale),
+"mask": int64 [H, W], "name": stem}``, ``C`` the number of mean/std values: 3 (RGB), or 1
+(greyscale, converted after the transform: :func:`image_tensor`). The albumentations
+``transform`` sees the uint8 RGB image and the mask, so geometric transforms keep them
+aligned; normalisation happens after it.
 
 ``decoded_cache=True`` reads samples from a decoded copy of the split instead of the files
 (:mod:`segkit.data.decoded_cache`): built once under ``cache_dir`` from the files as read
@@ -137,11 +139,25 @@ def _webp_is_lossy(path: Path) -> bool:
     return True  # no image chunk found: do not trust it as a label file
 
 
+def greyscale(image: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W, 1]`` luma of a uint8 RGB ``[H, W, 3]`` image, as Pillow's ``convert("L")``
+    computes it (ITU-R 601-2: ``(19595 R + 38470 G + 7471 B + 2**15) >> 16``), so a grey
+    image read as RGB gets its stored values back exactly."""
+    rgb = np.asarray(image, dtype=np.uint32)
+    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., None]
+
+
 def image_tensor(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    """float32 ``[3, H, W]`` of a uint8 RGB ``[H, W, 3]`` image, normalised as
+    """float32 ``[C, H, W]`` of a uint8 RGB ``[H, W, 3]`` image, normalised as
     ``(pixel - mean) / std`` with ``mean``/``std`` per channel on the 0-255 scale
-    (:func:`scaled_statistics`). Every dataset and predict.py normalise through this."""
-    normalised = (np.asarray(image, dtype=np.float32) - mean) / std
+    (:func:`scaled_statistics`). ``C`` is the number of statistics: 3 keeps RGB, 1 converts
+    the image to greyscale first (:func:`greyscale`; ``data.in_channels: 1``). Every dataset
+    and predict.py normalise through this."""
+    pixels = np.asarray(image)
+    if np.size(mean) == 1 and pixels.ndim == 3 and pixels.shape[2] == 3:
+        pixels = greyscale(pixels)
+    normalised = (pixels.astype(np.float32) - mean) / std
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
 

@@ -12,7 +12,10 @@ CPU, rows = ground truth) for reports. Where the batches carry ground-truth inst
 (``batch["instance"]``: Cityscapes with ``*_gtFine_instanceIds.png``), Cityscapes' iIoU
 (:class:`segkit.metrics.InstanceIoU`) is logged as ``{split}/iIoU_class`` and
 ``{split}/iIoU_category`` and kept, per class and category, in ``extra_scores[split]``
-(so ``metrics.json`` carries it).
+(so ``metrics.json`` carries it). With ``membrane_class`` set (``data=isbi2012``), the ISBI
+2012 challenge's scores of that class's map (:class:`segkit.membrane_metrics.MembraneErrors`)
+are logged as ``{split}/pixel_error`` and ``{split}/rand_error`` and kept in
+``extra_scores[split]`` the same way.
 
 Fine-tuning (:mod:`segkit.finetune`): parameter groups with ``backbone_lr_mult``/
 ``head_lr_mult`` and no weight decay on norm/bias parameters, ``freeze_backbone_epochs``,
@@ -23,6 +26,7 @@ weights; training steps use the raw ones.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +44,7 @@ from segkit.finetune import (
     parameter_groups,
     set_backbone_frozen,
 )
+from segkit.membrane_metrics import MembraneErrors
 from segkit.metrics import ConfusionMatrix, InstanceIoU, labels_from_logits, scores
 from segkit.schedulers import lightning_schedule
 
@@ -84,10 +89,14 @@ class SemanticSegmentationTask(L.LightningModule):
         ema_decay: ``None``, or the decay in (0, 1) of an exponential moving average of the
             weights, updated after every optimiser step, stored in checkpoints and used for
             validation, test and inference.
+        membrane_class: ``None``, or the class whose map the ISBI 2012 challenge scores
+            (membrane; every other class is cell): validation and test then also report its
+            pixel error and Rand error (:class:`~segkit.membrane_metrics.MembraneErrors`).
 
     Raises:
         ValueError: at construction, for a backbone control on a model without a backbone,
-            a negative ``freeze_backbone_epochs`` or an ``ema_decay`` outside (0, 1).
+            a negative ``freeze_backbone_epochs``, an ``ema_decay`` outside (0, 1) or a
+            ``membrane_class`` that is no class.
     """
 
     def __init__(
@@ -107,6 +116,7 @@ class SemanticSegmentationTask(L.LightningModule):
         freeze_backbone_epochs: int = 0,
         freeze_bn: bool = False,
         ema_decay: float | None = None,
+        membrane_class: int | None = None,
     ) -> None:
         super().__init__()
         check_finetune_options(model, backbone_lr_mult, freeze_backbone_epochs, freeze_bn)
@@ -135,8 +145,19 @@ class SemanticSegmentationTask(L.LightningModule):
         self.instance_metrics = nn.ModuleDict(
             {split: InstanceIoU(class_names) for split in ("val", "test")}
         )
+        self.membrane_errors = None  # the ISBI 2012 challenge's scores, where asked for
+        if membrane_class is not None:
+            if not 0 <= membrane_class < num_classes:
+                raise ValueError(
+                    f"task.membrane_class={membrane_class} is no class of 0..{num_classes - 1}: "
+                    "give the membrane's class index (data=isbi2012: 0)."
+                )
+            self.membrane_errors = nn.ModuleDict(
+                {split: MembraneErrors(membrane_class, ignore_index) for split in ("val", "test")}
+            )
         self.confusion_matrices: dict[str, torch.Tensor] = {}
-        self.extra_scores: dict[str, dict[str, Any]] = {}  # iIoU where scored (ScoredTask)
+        # iIoU, pixel/Rand error where scored (ScoredTask)
+        self.extra_scores: dict[str, dict[str, Any]] = {}
         self._epoch_loss_sum = torch.zeros(())  # running train loss of the epoch
         self._epoch_steps = 0
 
@@ -236,6 +257,8 @@ class SemanticSegmentationTask(L.LightningModule):
         scores = self.class_scores(batch["image"])  # logits, or log-probabilities of TTA
         loss = self.loss(scores, batch["mask"])
         self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(scores))
+        if self.membrane_errors is not None:
+            self.membrane_errors[split].update(scores, batch["mask"])
         if "instance" not in batch:
             self.metrics[split].update(scores, batch["mask"])
             return
@@ -249,8 +272,17 @@ class SemanticSegmentationTask(L.LightningModule):
         metric.reset()
         instance_scores = self.instance_metrics[split].scores(confmat)  # None: no instances
         self.instance_metrics[split].reset()
+        membrane_scores = None
+        if self.membrane_errors is not None:
+            membrane_scores = self.membrane_errors[split].compute()
+            self.membrane_errors[split].reset()
         if self.trainer.sanity_checking:
             return
+        if membrane_scores is not None:
+            for key, value in membrane_scores.items():
+                self.log(f"{split}/{key}", value)
+            kept = {key: None if math.isnan(v) else v for key, v in membrane_scores.items()}
+            self.extra_scores[split] = {**self.extra_scores.get(split, {}), **kept}
         if instance_scores is not None:
             self.extra_scores[split] = {**self.extra_scores.get(split, {}), **instance_scores}
             for key in ("iIoU_class", "iIoU_category"):

@@ -71,6 +71,14 @@ def test_mean_and_std_on_the_0_255_scale_stop_with_the_divided_values(tmp_path):
         module(tmp_path, std=(0.2, 0.0, 0.2))
 
 
+def test_statistics_give_one_value_per_input_channel(tmp_path):
+    with pytest.raises(ValueError, match="data.mean has 3 values but data.in_channels is 1"):
+        module(tmp_path, in_channels=1)  # greyscale with the RGB statistics
+    with pytest.raises(ValueError, match=r"data.in_channels=2: .*give 3 or 1"):
+        module(tmp_path, in_channels=2, mean=(0.5, 0.5), std=(0.2, 0.2))
+    assert module(tmp_path, in_channels=1, mean=(0.5,), std=(0.25,)).in_channels == 1
+
+
 @pytest.mark.parametrize("root", [[], ["data.dataset.root=null"]])
 def test_folder_without_a_root_names_data_dataset_root(root):
     cfg = compose(["data=folder", "data.num_classes=2", "data.class_names=[a,b]", *root])
