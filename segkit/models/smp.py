@@ -17,8 +17,18 @@ import torch
 from torch import nn
 
 from segkit.models.base import SegmentationModel
+from segkit.models.blocks import check_batch_for_pooled_batch_norm
 from segkit.models.encoder import hub_weights, init_encoder
 from segkit.models.weights import encoder_weights_errors, load_weights
+
+
+def has_pooled_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` pools to 1x1 somewhere and has batch norm layers."""
+    pools = any(
+        isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
+        for m in module.modules()
+    )
+    return pools and any(isinstance(m, nn.BatchNorm2d) for m in module.modules())
 
 
 class SMPModel(SegmentationModel):
@@ -32,6 +42,9 @@ class SMPModel(SegmentationModel):
         super().__init__()
         self.model = model
         self.output_stride = model.encoder.output_stride
+        # decoders with image-level pooling before a batch norm (UPerNet's and PSPNet's
+        # pyramid, DeepLab's ASPP) cannot train on a batch of one: say so clearly
+        self.pooled_batch_norm = has_pooled_batch_norm(model.decoder)
 
     @property
     def backbone(self) -> nn.Module:
@@ -40,6 +53,9 @@ class SMPModel(SegmentationModel):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""
+        if self.pooled_batch_norm:
+            where = f"smp {type(self.model).__name__}'s image-level pooling"
+            check_batch_for_pooled_batch_norm(x, self.training, where)
         return self.model(x)
 
 

@@ -108,6 +108,11 @@ BACKBONES = {  # independent reference: parameters of the pretrained part
     "unet": lambda: 0,
     "unet_r18": lambda: count(smp.encoders.get_encoder("resnet18").parameters()),
 }
+LITE0 = "tu-tf_efficientnet_lite0"
+for _name in ("deeplabv3", "deeplabv3plus", "fcn8s", "lraspp", "pspnet", "unet"):
+    BACKBONES[f"{_name}_lite0"] = lambda: count(smp.encoders.get_encoder(LITE0).parameters())
+for _name in ("fpn", "segformer", "upernet"):
+    BACKBONES[_name] = lambda: count(smp.encoders.get_encoder(LITE0).parameters())
 
 
 @pytest.mark.parametrize("name", MODELS)
