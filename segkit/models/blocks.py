@@ -1,4 +1,5 @@
-"""Blocks shared by the model files: padding, the norm choice, conv-norm-activation, heads.
+"""Blocks shared by the model files: padding, unpooling, the norm choice,
+conv-norm-activation, heads.
 
 ``model.norm`` picks the normalisation of every layer segkit builds itself (not of a
 pretrained backbone, which keeps its own):
@@ -39,6 +40,27 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """
     height, width = x.shape[-2:]
     return F.pad(x, (0, -width % multiple, 0, -height % multiple))
+
+
+class MaxUnpool(nn.Module):
+    """Undo a 2x2, stride-2 max-pool: each value back at its window's argmax, zeros elsewhere.
+
+    The same values as ``F.max_unpool2d(x, indices, kernel_size=2, stride=2)``, written as
+    a scatter: ``max_unpool2d`` checks its output size with a Python condition that the
+    TorchScript-based ONNX exporter and ``torch.jit.trace`` cannot follow at a dynamic size
+    ("cond must be a bool, but got a Tensor"); a scatter exports at any size (ONNX
+    ``ScatterElements``) and has the same gradient (a gather at ``indices``). A module, so
+    the export check can see (and replay) the indices each unpooling receives.
+    """
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, C, h, w]`` at ``indices`` ``[B, C, h, w]`` (int64 positions in each
+        flattened ``2h x 2w`` plane, as ``nn.MaxPool2d(2, 2, return_indices=True)`` gives
+        them) -> ``[B, C, 2h, 2w]``."""
+        batch, channels, height, width = x.shape
+        planes = x.new_zeros(batch, channels, 4 * height * width)
+        planes = planes.scatter(2, indices.flatten(2), x.flatten(2))
+        return planes.view(batch, channels, 2 * height, 2 * width)
 
 
 def norm_layer(norm: str | None, groups: int = 32) -> NormLayer | None:

@@ -26,12 +26,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segkit.models.backbones import VGG16
 from segkit.models.base import SegmentationModel
-from segkit.models.blocks import conv_norm_act, norm_layer
+from segkit.models.blocks import MaxUnpool, conv_norm_act, norm_layer
 from segkit.models.weights import load_weights
 
 # Deconvolution stages, deepest first: output channels of each 3x3 transposed conv.
@@ -75,6 +74,7 @@ class DeconvNet(SegmentationModel):
             fc7=conv_norm_act(4096, 4096, 1, layer, bias=True),
         )
         self.deconv_fc6 = conv_norm_act(4096, 512, 7, layer, transposed=True)
+        self.unpool = MaxUnpool()
         self.decoder = nn.ModuleList()
         channels = 512
         for widths in DECODER:
@@ -108,5 +108,5 @@ class DeconvNet(SegmentationModel):
             )
         x = self.deconv_fc6(self.encoder.fc(x))  # [B,512,H/32,W/32]
         for stage, index in zip(self.decoder, reversed(indices), strict=True):
-            x = stage(F.max_unpool2d(x, index, kernel_size=2, stride=2))
+            x = stage(self.unpool(x, index))
         return self.score(x)

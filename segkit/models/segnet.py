@@ -3,10 +3,10 @@ Image Segmentation", Badrinarayanan, Kendall & Cipolla, TPAMI 2017
 (https://arxiv.org/abs/1511.00561).
 
 SegNet: the 13 convolutions of VGG16-BN as encoder; every 2x2 max-pool keeps its argmax
-indices; the decoder mirrors the encoder, upsampling with ``max_unpool2d`` at those indices
-(sparse maps) followed by trainable 3x3 conv + BN + ReLU layers. No feature maps cross from
-encoder to decoder, only the indices. The last decoder conv maps 64 channels to the classes
-(the soft-max is in the loss).
+indices; the decoder mirrors the encoder, unpooling at those indices (sparse maps,
+:class:`~segkit.models.blocks.MaxUnpool`) followed by trainable 3x3 conv + BN + ReLU
+layers. No feature maps cross from encoder to decoder, only the indices. The last decoder
+conv maps 64 channels to the classes (the soft-max is in the loss).
 
 SegNet-Basic (the paper's smaller variant for the analysis on CamVid): four encoders of a 7x7
 conv with 64 channels + BN + ReLU + max-pool, four decoders of unpooling + 7x7 conv + BN (no
@@ -27,12 +27,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segkit.models.backbones import VGG16
 from segkit.models.base import SegmentationModel
-from segkit.models.blocks import conv_norm_act, norm_layer
+from segkit.models.blocks import MaxUnpool, conv_norm_act, norm_layer
 from segkit.models.weights import load_weights, no_pretrained_backbone
 
 # Decoder stages, deepest first: output channels of each 3x3 conv (mirror of VGG16's stages).
@@ -68,6 +67,7 @@ class SegNet(SegmentationModel):
         layer = norm_layer(norm, norm_groups)
         self.output_stride = 32
         self.encoder = VGG16(batch_norm=True, in_channels=in_channels)
+        self.unpool = MaxUnpool()
         self.decoder = nn.ModuleList()
         channels = VGG16.out_channels[-1]
         for widths in DECODER:
@@ -87,7 +87,7 @@ class SegNet(SegmentationModel):
         pooled, indices = self.encoder.forward_with_indices(x)
         x = pooled[-1]  # [B,512,H/32,W/32]
         for stage, index in zip(self.decoder, reversed(indices), strict=True):
-            x = stage(F.max_unpool2d(x, index, kernel_size=2, stride=2))
+            x = stage(self.unpool(x, index))
         return x
 
 
@@ -123,6 +123,7 @@ class SegNetBasic(SegmentationModel):
             conv_norm_act(in_channels if i == 0 else 64, 64, 7, layer) for i in range(4)
         )
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
+        self.unpool = MaxUnpool()
         self.up = nn.ModuleList(conv_norm_act(64, 64, 7, layer, activation=False) for _ in range(4))
         self.classifier = nn.Conv2d(64, num_classes, kernel_size=1)
         if weights_path is not None:
@@ -135,5 +136,5 @@ class SegNetBasic(SegmentationModel):
             x, index = self.pool(block(x))
             indices.append(index)
         for block, index in zip(self.up, reversed(indices), strict=True):
-            x = block(F.max_unpool2d(x, index, kernel_size=2, stride=2))  # [B,64,2h,2w]
+            x = block(self.unpool(x, index))  # [B,64,2h,2w]
         return self.classifier(x)
