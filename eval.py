@@ -1,7 +1,7 @@
 """Score a trained checkpoint: python eval.py ckpt_path=<.ckpt> [split=test] [inference=slide]
 
 Rebuilds the data module and the task from the config stored in the checkpoint (see
-:class:`segkit.callbacks.ConfigInCheckpoint`), scores the weights on a split and writes
+:class:`segkit.engine.callbacks.ConfigInCheckpoint`), scores the weights on a split and writes
 ``metrics.json``, ``confusion_matrix.npy`` and ``per_class.csv`` into the run folder
 (``logs/eval/runs/<time>``), exactly as train.py does, plus the per-class console table.
 
@@ -9,17 +9,17 @@ Rebuilds the data module and the task from the config stored in the checkpoint (
 that whole data config, except the input channels, normalisation and eval transform the
 model was trained with (``in_channels``, ``mean``, ``std``, ``eval_transform``:
 :func:`keep_trained_input`). Class counts and names that differ from the checkpoint's stop
-the run (:func:`segkit.checkpoints.checkpoint_overrides`). ``split=test`` scores a real test
+the run (:func:`segkit.engine.checkpoints.checkpoint_overrides`). ``split=test`` scores a real test
 split: when the stored ``data.test_split`` is only the validation split standing in for a
 missing one (CamVid's shared copy, Cityscapes), the root's own ``test`` split is scored if it
 has one, and the run stops saying so if it has none (:func:`choose_test_split`).
 
 ``ckpt_path=[a.ckpt,b.ckpt]`` scores the ensemble of several checkpoints (softmax
-probabilities averaged, ``ckpt_weights=[2,1]`` to weight them; :mod:`segkit.ensemble`); the
+probabilities averaged, ``ckpt_weights=[2,1]`` to weight them; :mod:`segkit.engine.ensemble`); the
 data config is the first checkpoint's, and ``metrics.json`` lists every checkpoint, epoch
 and weight.
 
-``ckpt_path`` may also be a result published with ``python -m segkit.publish`` (a
+``ckpt_path`` may also be a result published with ``python -m segkit.cli.publish`` (a
 ``model.pt`` holding the weights and config only, e.g. ``results/camvid/<recipe>/model.pt``).
 """
 
@@ -33,8 +33,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.data.folder import DataError
-from segkit.ensemble import checkpoint_paths, ensemble_task, is_ensemble, load_members
-from segkit.runner import evaluate, print_results, quiet_known_noise
+from segkit.engine.ensemble import checkpoint_paths, ensemble_task, is_ensemble, load_members
+from segkit.engine.runner import evaluate, print_results, quiet_known_noise
 from segkit.tasks.instance import InstanceSegmentationTask
 from segkit.tasks.semantic import SemanticSegmentationTask
 
@@ -168,7 +168,7 @@ def evaluate_task(
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    # one checkpoint, or an ensemble of several (segkit/ensemble.py)
+    # one checkpoint, or an ensemble of several (segkit/engine/ensemble.py)
     members = load_members(
         checkpoint_paths(cfg.ckpt_path),
         lambda stored: keep_trained_input(stored_overrides(cfg), stored),

@@ -8,7 +8,7 @@ the output stride, network, upsampling and crop inside the graph), returning log
 ``[B, C, H, W]`` or, with ``returns=labels``, the int64 argmax ``[B, H, W]``; the
 normalisation constants, class names, palette and test-time inference in its metadata.
 The export is checked against PyTorch before it is written. ``predict.py ckpt_path=<.onnx>``
-runs the ONNX file. See :mod:`segkit.export` for the graph, the metadata and the exporters.
+runs the ONNX file. See :mod:`segkit.deploy.export` for the graph, the metadata and the exporters.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.export import SUFFIXES, export_checkpoint, read_metadata
-from segkit.runner import print_results
+from segkit.deploy.export import SUFFIXES, export_checkpoint, read_metadata
+from segkit.engine.runner import print_results
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> Path:
     output = cfg.output or Path(cfg.paths.output_dir) / f"model{SUFFIXES.get(cfg.format, '')}"
-    input_size = cfg.get("input_size")  # +input_size=[H,W]: not declared, as in segkit.summary
+    # +input_size=[H,W]: not declared, as in segkit.cli.model_summary
+    input_size = cfg.get("input_size")
     path = export_checkpoint(
         cfg.ckpt_path,
         cfg.format,

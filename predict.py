@@ -17,15 +17,15 @@ holds Cityscapes labelIds instead, the official result format, and nothing else 
 a folder input is then searched recursively for ``*_leftImg8bit.png``.
 
 ``ckpt_path=[a.ckpt,b.ckpt]`` (``ckpt_weights=[2,1]``) predicts with the ensemble of several
-checkpoints: softmax probabilities averaged (:mod:`segkit.ensemble`).
+checkpoints: softmax probabilities averaged (:mod:`segkit.engine.ensemble`).
 
 ``ckpt_path=<model.onnx>`` (written by export.py) runs the ONNX file on onnxruntime's CPU
 provider; its metadata gives the normalisation, classes, palette and inference. A
 checkpoint runs on ``backend=`` (conf/predict.yaml): ``auto``, the default, compiles the
 model (``torch.compile``, the fastest correct CPU path in BENCHMARKS.md) from 25 images on
 and runs it eagerly for fewer; or ``eager``, ``channels_last``, ``compile``, ``onnxruntime``
-(:func:`segkit.export.choose_backend`, :func:`segkit.export.fast_path`). An ensemble runs
-eagerly (each member keeps its own inference).
+(:func:`segkit.deploy.export.choose_backend`, :func:`segkit.deploy.export.fast_path`). An
+ensemble runs eagerly (each member keeps its own inference).
 
 The model, normalisation and palette come from the config stored in the checkpoint (the
 first one of an ensemble).
@@ -43,13 +43,13 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from rich.progress import track
 
-from segkit.colours import colourise, palette_of
 from segkit.config import ConfigError
 from segkit.data.cityscapes import check_cityscapes_classes, label_ids
 from segkit.data.folder import IMAGE_SUFFIXES, image_tensor, read_image, scaled_statistics
-from segkit.ensemble import checkpoint_paths, ensemble_task, is_ensemble, load_members
-from segkit.export import OnnxSegmenter, choose_backend, fast_path, onnx_predictor
-from segkit.runner import print_results
+from segkit.data.palettes import colourise, palette_of
+from segkit.deploy.export import OnnxSegmenter, choose_backend, fast_path, onnx_predictor
+from segkit.engine.ensemble import checkpoint_paths, ensemble_task, is_ensemble, load_members
+from segkit.engine.runner import print_results
 from segkit.tasks.instance import InstanceSegmentationTask, draw_instances
 from segkit.tasks.semantic import SemanticSegmentationTask
 
@@ -217,7 +217,7 @@ def main(cfg: DictConfig) -> None:
         stored, onnx_task = onnx_predictor(cfg.ckpt_path, given)
         predict_semantic(cfg, stored, onnx_task)
         return
-    # one checkpoint, or an ensemble of several (segkit/ensemble.py); classes must match
+    # one checkpoint, or an ensemble of several (segkit/engine/ensemble.py); classes must match
     members = load_members(checkpoint_paths(cfg.ckpt_path), lambda stored: given)
     stored, task = members[0].config, members[0].task
     ensemble = is_ensemble(cfg.ckpt_path) or cfg.get("ckpt_weights") is not None

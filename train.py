@@ -22,9 +22,9 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from segkit.checkpoints import best_checkpoint, resume_checkpoint
 from segkit.config import check_arguments
-from segkit.runner import build_trainer, check_task_kinds, evaluate, fit, print_results
+from segkit.engine.checkpoints import best_checkpoint, resume_checkpoint
+from segkit.engine.runner import build_trainer, check_task_kinds, evaluate, fit, print_results
 from segkit.tasks import build_task
 
 

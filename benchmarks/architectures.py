@@ -5,18 +5,18 @@ python -m benchmarks.architectures [--quick] [--threads N]
 For every model config of RESULTS.md's architecture table (``experiment=camvid_bench
 model=<name>``, 11 classes, random weights: cost does not depend on them):
 
-* parameters and GMACs of one 360x480 frame (:func:`segkit.summary.summarize`; one
+* parameters and GMACs of one 360x480 frame (:func:`segkit.cli.model_summary.summarize`; one
   multiply-add = 1 MAC);
 * CPU inference milliseconds per 360x480 frame, batch 1, eval mode, ``torch.no_grad``:
   eager PyTorch, and ONNX Runtime on the graph predict.py's ``backend=onnxruntime`` runs
-  (:func:`segkit.export.export_onnx`, dynamic batch and size); the models of one backend
+  (:func:`segkit.deploy.export.export_onnx`, dynamic batch and size); the models of one backend
   are timed interleaved, round by round;
 * seconds of one training step as the protocol runs it (batch 8 of 160x224 crops,
   forward, backward and an AdamW step), interleaved the same way: times 46 steps gives an
   epoch's training cost, which decides whether a from-scratch model fits the protocol.
 
 Besides the Markdown section, a full (not ``--quick``) run writes the figures to
-``results/camvid/camvid_bench/costs.json``, which ``python -m segkit.compare --costs`` reads
+``results/camvid/camvid_bench/costs.json``, which ``python -m segkit.cli.compare --costs`` reads
 into RESULTS.md's table.
 """
 
@@ -82,7 +82,7 @@ def train_step(model: nn.Module, crop: tuple[int, int], batch: int) -> Callable[
 
 def onnx_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], Any] | str:
     """A zero-argument ONNX Runtime call on ``x``, or why the model did not export."""
-    from segkit.export import ExportedModel, export_onnx, onnx_session
+    from segkit.deploy.export import ExportedModel, export_onnx, onnx_session
 
     try:
         data = export_onnx(ExportedModel(model), tuple(x.shape[-2:]), dynamic=True)
@@ -95,7 +95,7 @@ def onnx_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], Any] | str:
 
 def run(quick: bool = False) -> str:
     """Measure every model; write :data:`COSTS` (not with ``quick``); return the section."""
-    from segkit.summary import summarize
+    from segkit.cli.model_summary import summarize
 
     names = MODELS[:2] if quick else MODELS
     frame, crop, batch = ((64, 96), (64, 64), 2) if quick else (FRAME, CROP, BATCH)
@@ -155,8 +155,8 @@ def run(quick: bool = False) -> str:
             f"`backend=onnxruntime`), and one AdamW training step on {batch} crops of "
             f"{crop[0]}x{crop[1]}; {torch.get_num_threads()} threads. Median of {repeats} "
             "repetitions after a warm-up round, the models of each column interleaved. "
-            "GMACs: one multiply-add = 1, at the frame size (`segkit.summary`). min/epoch "
-            "counts training steps only (validation excluded).",
+            "GMACs: one multiply-add = 1, at the frame size (`segkit.cli.model_summary`). "
+            "min/epoch counts training steps only (validation excluded).",
             table(header, rows),
         ]
     )

@@ -16,7 +16,7 @@ import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
-from segkit.metrics import ConfusionMatrix
+from segkit.evaluation.metrics import ConfusionMatrix
 
 NUM_CLASSES = 19
 IGNORE = 255

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
-from segkit.callbacks import compile_supported
 from segkit.config import compose
+from segkit.engine.callbacks import compile_supported
 from segkit.tasks import build_task
 from segkit.tasks.semantic import SemanticSegmentationTask
 
@@ -191,7 +191,7 @@ def run(quick: bool = False) -> str:
         labels, batch, size, repeats = list(MODELS), 2, (512, 1024), 10
     else:  # 512x1024 steps of the ResNet-50 models take minutes each on a small CPU
         labels, batch, size, repeats = list(MODELS), 2, (128, 256), 3
-    # compiling takes minutes, so --quick leaves it to tests/test_speed.py
+    # compiling takes minutes, so --quick leaves it to tests/engine/test_speed.py
     no_compile = "skipped in --quick" if quick else compile_supported()
     rows = [
         row

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from benchmarks.common import machine, parse_args, table
-from segkit.losses import CrossEntropyLoss
+from segkit.tasks.losses import CrossEntropyLoss
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TITLE = "Data-loader throughput (CPU)"

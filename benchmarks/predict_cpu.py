@@ -3,13 +3,13 @@
 python -m benchmarks.predict_cpu [--quick] [--threads N]
 
 What is timed is what predict.py runs per image once the image is read and normalised:
-``task.class_scores(x).argmax(1)`` of a task prepared by :func:`segkit.export.fast_path`
+``task.class_scores(x).argmax(1)`` of a task prepared by :func:`segkit.deploy.export.fast_path`
 for each ``backend=`` of predict.py: ``eager``, ``channels_last``, ``compile``
 (``torch.compile``, Inductor, frozen weights) and ``onnxruntime`` (the task exported to a
 dynamic ONNX graph in memory, run by onnxruntime's CPU provider with as many threads as
 torch), under ``torch.no_grad`` as predict.py runs. The model is the shipped CamVid recipe's
 weights (``results/camvid/camvid_fpn_lite0/model.pt``: FPN on EfficientNet-Lite0, 11
-classes) rebuilt by :func:`segkit.checkpoints.task_from_checkpoint`; where that file is
+classes) rebuilt by :func:`segkit.engine.checkpoints.task_from_checkpoint`; where that file is
 absent (``--quick``), an untrained smp Linknet (MobileNetV3-small-050, 11 classes).
 
 Each backend starts from a fresh copy of the task for each size (compiled graphs are reset
@@ -30,10 +30,10 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
-from segkit.callbacks import compile_supported
-from segkit.checkpoints import load_checkpoint, task_from_checkpoint
 from segkit.data.folder import image_tensor, scaled_statistics
-from segkit.export import BACKENDS, fast_path
+from segkit.deploy.export import BACKENDS, fast_path
+from segkit.engine.callbacks import compile_supported
+from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
 
 TITLE = "predict.py CPU inference: eager, channels_last, torch.compile, ONNX Runtime"
 WEIGHTS = Path(__file__).resolve().parents[1] / "results/camvid/camvid_fpn_lite0/model.pt"
@@ -114,7 +114,7 @@ def run(quick: bool = False) -> str:
             f"## {TITLE}",
             f"What is timed: predict.py's per-image inference, `class_scores(x).argmax(1)` of "
             f"one normalised image under each `backend=` of predict.py "
-            f"(`segkit.export.fast_path`), {description}, `torch.no_grad`, "
+            f"(`segkit.deploy.export.fast_path`), {description}, `torch.no_grad`, "
             f"{torch.get_num_threads()} threads (ONNX Runtime: as many intra-op threads). "
             f"Median of {repeats} interleaved repetitions after a warm-up round; 'setup s' is "
             "the rebuild from the checkpoint, the backend's preparation and its first call "

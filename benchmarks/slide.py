@@ -3,8 +3,8 @@
 python -m benchmarks.slide [--quick]
 
 Both produce the averaged logits of overlapping windows; the loop runs the model once per
-window and accumulates, ``segkit.inference.slide_logits`` runs the windows of all images as
-one batch. Each is also timed with the model and images in channels_last layout (the
+window and accumulates, ``segkit.evaluation.inference.slide_logits`` runs the windows of all
+images as one batch. Each is also timed with the model and images in channels_last layout (the
 ``fast_paths`` callback's switch), to show what the memory format adds on top of batching.
 Outputs are checked equal (float tolerance) before timing.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
-from segkit.inference import WINDOW_PIXELS, slide_logits, window_starts, windows_per_pass
+from segkit.evaluation.inference import WINDOW_PIXELS, slide_logits, window_starts, windows_per_pass
 from segkit.models.smp import smp_model
 
 NUM_CLASSES = 19

@@ -23,8 +23,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from benchmarks.common import machine, ms, parse_args, ratio, table
-from segkit.losses import CrossEntropyLoss
 from segkit.models.smp import smp_model
+from segkit.tasks.losses import CrossEntropyLoss
 from segkit.tasks.semantic import SemanticSegmentationTask
 
 NUM_CLASSES = 5

@@ -1,7 +1,7 @@
 """Where segkit's configs live, how a tool composes them, and the start-up check of their keys.
 
 The configs are the checkout's ``conf/``, which the wheel ships as ``segkit/conf``
-(:data:`CONF_DIR`), so train.py and every ``python -m segkit.<tool>`` compose the same
+(:data:`CONF_DIR`), so train.py and every ``python -m segkit.cli.<tool>`` compose the same
 configs from a checkout or from an installed wheel. ``${paths.root_dir}`` is where runs and
 data go (:func:`project_root`: ``SEGKIT_ROOT``, else the checkout, else the current folder).
 Importing :mod:`segkit` registers the resolvers the configs use: ``${segkit_root:}`` and

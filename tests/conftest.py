@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny datasets written to tmp folders, paths to shared data, the one
-Optuna sweep of the session (helpers in ``helpers.py``)."""
+"""Shared fixtures: tiny datasets written to tmp folders, the one Optuna sweep and the one
+small train.py run of the session. The code they call, and every constant and path that
+test modules share, is in ``helpers.py``: test modules import from there, never from here."""
 
 from __future__ import annotations
 
@@ -8,14 +9,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from filelock import FileLock
-from PIL import Image
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+from .helpers import write_folder_dataset
 
 # `make test` runs the suite in pytest-xdist workers, one per core: each worker and every
 # process it starts computes on one thread, so the workers share the cores instead of
@@ -45,26 +43,6 @@ def built_once(
             folder.mkdir()
             done.write_text(str(build(folder)))
     return Path(done.read_text())
-
-
-def write_folder_dataset(
-    root: Path, num_images: int = 4, size: tuple[int, int] = (24, 32), num_classes: int = 3
-) -> Path:
-    """images/, masks/, splits/{train,val}.txt with random content; returns root."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    (root / "splits").mkdir()
-    stems = [f"img{i}" for i in range(num_images)]
-    for stem in stems:
-        image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
-        mask = rng.integers(0, num_classes, size=size, dtype=np.uint8)
-        Image.fromarray(image).save(root / "images" / f"{stem}.png")
-        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
-    half = num_images // 2
-    (root / "splits" / "train.txt").write_text("\n".join(stems[:half]) + "\n")
-    (root / "splits" / "val.txt").write_text("\n".join(stems[half:]) + "\n")
-    return root
 
 
 @pytest.fixture

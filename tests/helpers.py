@@ -1,9 +1,12 @@
-"""What many test modules share: the small-run presets (all built from :data:`SMALL_DATA`),
+"""What many test modules share: the project paths (:data:`PROJECT_ROOT`, :data:`SHARED_DATA`),
+the small-run presets (all built from :data:`SMALL_DATA`), a tiny folder dataset,
 train.py / eval.py / predict.py in a subprocess, a job config composed as Hydra hands it to
 ``main``, and the check of a run's report files against a numpy recomputation.
 
-Test modules import from here (and fixtures come from ``conftest.py``), never from each
-other.
+Test modules import from here (fixtures come from the ``conftest.py`` files, which pytest
+finds itself), never from a conftest or from each other. The test folders mirror ``segkit/``:
+``tests/<package>/`` tests ``segkit/<package>/``; the top level tests what lies outside it
+(``conf/``, ``results/``, ``notebooks/``, ``benchmarks/``, the wheel, the package layout).
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
+from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF = PROJECT_ROOT / "conf"
+# Real datasets (CamVid, ISBI 2012, ...) beside the checkout; tests that need them are
+# marked shared_data and skip where the folder is absent.
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 # Instance models follow torchvision's detection contract, not [B, C, H, W] logits; they are
-# tested in tests/test_maskrcnn.py (model contract and an end-to-end train.py run).
+# tested in tests/models/test_maskrcnn.py (model contract and an end-to-end train.py run).
 INSTANCE_MODELS = {"maskrcnn"}
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml") if p.stem not in INSTANCE_MODELS)
 
@@ -71,6 +78,26 @@ FAST = [
     "test=false",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def write_folder_dataset(
+    root: Path, num_images: int = 4, size: tuple[int, int] = (24, 32), num_classes: int = 3
+) -> Path:
+    """images/, masks/, splits/{train,val}.txt with random content; returns root."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "splits").mkdir()
+    stems = [f"img{i}" for i in range(num_images)]
+    for stem in stems:
+        image = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        mask = rng.integers(0, num_classes, size=size, dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{stem}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    half = num_images // 2
+    (root / "splits" / "train.txt").write_text("\n".join(stems[:half]) + "\n")
+    (root / "splits" / "val.txt").write_text("\n".join(stems[half:]) + "\n")
+    return root
 
 
 def run_train(tmp_path: Path, *overrides: str, timeout: int = 600) -> Path:

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.metrics import (
+from segkit.evaluation.metrics import (
     ConfusionMatrix,
     _scatter_histogram,
     confusion_matrix,
     labels_from_logits,
 )
 
-from .conftest import PROJECT_ROOT
+from .helpers import PROJECT_ROOT
 
 
 def numpy_confmat(

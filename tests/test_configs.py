@@ -15,12 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from optuna.samplers import BaseSampler
 
-from segkit.class_weights import CHOICES as CLASS_WEIGHT_CHOICES
-from segkit.sweeps import check_optimized_metric, check_searched_keys
+from segkit.engine.sweeps import check_optimized_metric, check_searched_keys
 from segkit.tasks import build_task
+from segkit.tasks.class_weights import CHOICES as CLASS_WEIGHT_CHOICES
 
-from .conftest import PROJECT_ROOT
-from .helpers import compose
+from .helpers import PROJECT_ROOT, compose
 
 CONF = PROJECT_ROOT / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())

@@ -1,4 +1,5 @@
-"""segkit.analysis on hand-made runs, and notebooks/per_class_iou.ipynb run top to bottom."""
+"""segkit.evaluation.analysis on hand-made runs, and notebooks/per_class_iou.ipynb run top to
+bottom."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segkit import analysis
-from segkit.report import write_report
+from segkit.evaluation import analysis
+from segkit.evaluation.report import write_report
 
-from .conftest import PROJECT_ROOT, write_folder_dataset
+from .helpers import PROJECT_ROOT, write_folder_dataset
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "per_class_iou.ipynb"
 

@@ -1,7 +1,7 @@
 """segkit installed from a wheel, outside the checkout: the configs travel with it.
 
 ``conf/`` is package data (``segkit/conf`` in the wheel, pyproject.toml), so
-``python -m segkit.<tool>`` composes configs from any folder.
+``python -m segkit.cli.<tool>`` composes configs from any folder.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import pytest
 import segmentation_models_pytorch as smp
 
-from .conftest import PROJECT_ROOT
+from .helpers import PROJECT_ROOT
 
 tomllib = pytest.importorskip("tomllib")  # the standard library from Python 3.11
 
@@ -58,7 +58,7 @@ def test_summary_runs_from_a_wheel_installed_outside_the_checkout(tmp_path):
         str(site / "segkit" / "conf"),
     ], where.stderr
     summary = subprocess.run(
-        [sys.executable, "-m", "segkit.summary", "model=unet_r18"],
+        [sys.executable, "-m", "segkit.cli.model_summary", "model=unet_r18"],
         env=env,
         cwd=elsewhere,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""The shipped CamVid results (``results/camvid/<recipe>/``, written by ``segkit.publish``).
+"""The shipped CamVid results (``results/camvid/<recipe>/``, written by ``segkit.deploy.publish``).
 
 Each result folder is checked for its files and size, its report against a numpy
 recomputation of the scores from its confusion matrix, and (with ``../shared`` CamVid
@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit.checkpoints import load_checkpoint, task_from_checkpoint
+from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
 
-from .conftest import PROJECT_ROOT, SHARED_DATA
+from .helpers import PROJECT_ROOT, SHARED_DATA
 
 RESULTS = PROJECT_ROOT / "results" / "camvid"
 # the recipes RESULTS.md reports with weights
@@ -64,7 +64,7 @@ def confusion(labels: np.ndarray, prediction: np.ndarray, num_classes: int) -> n
 def test_result_folder_is_complete_and_small(recipe):
     folder = RESULTS / recipe
     missing = [name for name in FILES if not (folder / name).is_file()]
-    assert not missing, f"{folder} lacks {missing}; python -m segkit.publish <run dir> {folder}"
+    assert not missing, f"{folder} lacks {missing}; python -m segkit.cli.publish <run dir> {folder}"
     assert (folder / "model.pt").stat().st_size < 30e6
     checkpoint = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     assert {"config", "state_dict", "epoch"} <= set(checkpoint)

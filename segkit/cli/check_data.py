@@ -1,6 +1,6 @@
 """Scan a dataset's label files and list every problem at once.
 
-    python -m segkit.check_data data=<name> [data.dataset.root=...] [any train.py override]
+    python -m segkit.cli.check_data data=<name> [data.dataset.root=...] [any train.py override]
 
 Composes ``conf/train.yaml`` with the given overrides, builds each split of ``cfg.data``
 and reads every image and label file. It reports, per split, the number of images and the
@@ -24,7 +24,7 @@ Datasets without per-sample label files (``data=coco``) are scanned sample by sa
 training reads them.
 
 It also prints the training split's class weights, both ``loss.class_weights`` choices
-(``median_frequency``, ``inverse_frequency``; see :mod:`segkit.class_weights`), from the
+(``median_frequency``, ``inverse_frequency``; see :mod:`segkit.tasks.class_weights`), from the
 same counts that train.py uses to resolve them.
 
 Progress goes to stderr (stdout keeps the report): a progress bar per split on a
@@ -39,17 +39,13 @@ every validation and test mask.
 
 from __future__ import annotations
 
-import inspect
 import math
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import hydra
-import numpy as np
 from hydra.errors import InstantiationException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -57,50 +53,12 @@ from rich.table import Table
 
 from segkit.config import compose
 from segkit.data import checks
-from segkit.data.folder import DataError, InspectableDataset
+from segkit.data.folder import DataError
+from segkit.data.stats import Report, SplitStats, build_split, scan_split
+from segkit.tasks.class_weights import CHOICES, weights_from_stats
 
 CITYSCAPES_LABEL_IDS = 34  # labelIds 0..33; the 19 trainIds are a subset of them
 MAX_FILES_LISTED = 5
-
-
-@dataclass
-class SplitStats:
-    """What one split holds: images, pixels per class, and which values sit where.
-
-    ``pixels[c]`` counts the pixels of class ``c``, ``images_with[c]`` the images holding
-    it, and ``image_pixels[c]`` the labelled pixels (classes ``0..C-1``, not ignored) of
-    those images: the denominator of median-frequency balancing
-    (:mod:`segkit.class_weights`). All are int64 ``[C]``.
-    """
-
-    name: str
-    num_classes: int
-    images: int = 0
-    pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C]
-    images_with: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C]
-    image_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # [C]
-    ignored: int = 0
-    bad_values: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
-    raw_values: set[int] = field(default_factory=set)
-    label_ids_with_255: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # per-file facts (EXIF orientation, ...)
-    # palette masks: the colour each index had in the first file holding it, and that file
-    palette: dict[int, tuple[tuple[int, int, int], str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.pixels = np.zeros(self.num_classes, np.int64)
-        self.images_with = np.zeros(self.num_classes, np.int64)
-        self.image_pixels = np.zeros(self.num_classes, np.int64)
-
-
-@dataclass
-class Report:
-    """Everything :func:`check_splits` found; ``problems`` are definite errors."""
-
-    splits: dict[str, SplitStats] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    hints: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 class ScanProgress:
@@ -171,91 +129,6 @@ class ScanProgress:
 
     def _line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
-
-
-def build_split(factory: Any, split: str) -> Any:
-    """``factory(split=split, transform=None)`` without the dataset's start-up sample check."""
-    try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        parameters = {}
-    if "startup_check" in parameters:
-        return factory(split=split, transform=None, startup_check=0)
-    return factory(split=split, transform=None)
-
-
-def _count(stats: SplitStats, mask: np.ndarray, ignore_index: int, name: str) -> None:
-    values, counts = np.unique(mask, return_counts=True)
-    labelled = (values >= 0) & (values < stats.num_classes)
-    present = values[labelled]
-    stats.pixels[present] += counts[labelled]
-    stats.images_with[present] += 1
-    stats.image_pixels[present] += counts[labelled].sum()  # this image's labelled pixels
-    stats.ignored += int(counts[values == ignore_index].sum())
-    for value in values[~labelled & (values != ignore_index)].tolist():
-        stats.bad_values[value].append(name)
-
-
-def _hex(colour: tuple[int, int, int]) -> str:
-    return "#" + "".join(f"{v:02x}" for v in colour)
-
-
-def scan_split(
-    dataset: Any,
-    stats: SplitStats,
-    ignore_index: int,
-    report: Report,
-    decode_images: bool = True,
-    progress: ScanProgress | None = None,
-) -> None:
-    """Read every sample of ``dataset`` into ``stats``; problems go to ``report``.
-
-    ``dataset`` is a :class:`~segkit.data.folder.FolderDataset` (or subclass): its masks are
-    counted as the dataset maps them (label map, labelIds -> trainIds), with no transform.
-    ``decode_images=False`` reads only the images' headers (for their size), which is enough
-    to count labels and skips finding truncated image files. Any other dataset (COCO) is
-    read sample by sample (``dataset[i]["mask"]``). ``progress`` (started on this split by
-    the caller) advances once per sample.
-    """
-    advance = progress.advance if progress is not None else lambda: None
-    if not isinstance(dataset, InspectableDataset):
-        for index in range(len(dataset)):
-            stats.images += 1
-            advance()
-            try:
-                sample = dataset[index]
-            except DataError as error:
-                report.problems.append(str(error))
-                continue
-            mask = np.asarray(sample["mask"])
-            _count(stats, mask, ignore_index, str(sample.get("name", index)))
-            stats.raw_values.update(np.unique(mask).tolist())
-        return
-    for index in range(len(dataset)):
-        found = dataset.inspect(index, decode_image=decode_images)
-        advance()
-        report.problems += found.problems
-        stats.notes += found.notes
-        stats.images += 1
-        if found.mask is None:
-            continue
-        mask_path = str(dataset.samples[index][2])
-        _count(stats, found.mask, ignore_index, mask_path)
-        raw_values = np.unique(found.raw).tolist()
-        stats.raw_values.update(raw_values)
-        for value, colour in (found.palette or {}).items():
-            first = stats.palette.setdefault(value, (colour, mask_path))
-            if first[0] != colour:
-                stats.notes.append(
-                    f"palette masks {first[1]} and {mask_path} give index {value} different "
-                    f"colours ({_hex(first[0])}, {_hex(colour)}): segkit reads the indices, "
-                    "never the colours. If the masks were saved with a palette per file (an "
-                    "image editor's indexed mode), their indices are no class ids: convert the "
-                    "colours to class indices"
-                )
-                stats.palette[value] = (colour, mask_path)  # report each change once
-        if mask_path.endswith("_labelIds.png") and 255 in raw_values:
-            stats.label_ids_with_255.append(mask_path)
 
 
 def label_hints(stats: SplitStats, ignore_index: int) -> list[str]:
@@ -388,9 +261,6 @@ def _split_findings(datamodule: Any, datasets: dict[str, Any], report: Report) -
 
 def print_class_weights(stats: SplitStats, class_names: Sequence[str], console: Console) -> None:
     """Both computed weight vectors of one split, per class and as YAML lists."""
-    # imported here, not at the top: segkit.class_weights imports this module
-    from segkit.class_weights import CHOICES, weights_from_stats
-
     if not stats.pixels.any():
         print(f"\nno class weights: split {stats.name!r} has no labelled pixel")
         return

@@ -1,8 +1,8 @@
 """Get annotations into the ``data=folder`` layout, and split a folder for training.
 
-    python -m segkit.convert labelme <dir> <out_root> [--classes background,a,b] [--link]
-    python -m segkit.convert split <root> [--val 0.2] [--test 0.0] [--seed 0]
-    python -m segkit.convert split <root> --folds K [--test 0.0] [--seed 0]
+    python -m segkit.cli.convert labelme <dir> <out_root> [--classes background,a,b] [--link]
+    python -m segkit.cli.convert split <root> [--val 0.2] [--test 0.0] [--seed 0]
+    python -m segkit.cli.convert split <root> --folds K [--test 0.0] [--seed 0]
 
 ``labelme`` reads every ``<dir>/*.json`` written by labelme and writes ``<out_root>/images/``
 (each image copied, or symlinked with ``--link``; from the JSON's ``imageData`` when the image
@@ -388,7 +388,7 @@ def _class_list(value: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line (see the module docstring); returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m segkit.convert",
+        prog="python -m segkit.cli.convert",
         description="Convert annotations into the data=folder layout, or write its splits.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             count = len(list((args.out_root / "masks").glob("*.png")))
             print(f"wrote {count} images and masks to {args.out_root}")
             print("classes: " + ", ".join(f"{i} {name}" for i, name in enumerate(classes)))
-            print(f"next: python -m segkit.convert split {args.out_root} --val 0.2")
+            print(f"next: python -m segkit.cli.convert split {args.out_root} --val 0.2")
             names = ",".join(classes)
             print(
                 f"then: python train.py data=folder data.dataset.root={args.out_root} "

@@ -1,4 +1,4 @@
-"""The data checks that run at start-up and in ``python -m segkit.check_data``.
+"""The data checks that run at start-up and in ``python -m segkit.cli.check_data``.
 
 Each check says the same thing in both places: a *problem* is a setting or data that cannot
 give a right result (the run stops with one message naming the key or file and the fix), a
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from segkit.data.folder import DataError, image_size, split_command
+from segkit.data.stats import count_training_split
 
 MAX_LISTED = 3
 CROP_AREA_RATIO = 4  # a crop with this many times an image's pixels is mostly padding
@@ -287,7 +288,7 @@ def label_findings(
     """Problems and warnings of a training split's label counts.
 
     Args:
-        stats: the split's :class:`~segkit.check_data.SplitStats` (``pixels [C]``,
+        stats: the split's :class:`~segkit.data.stats.SplitStats` (``pixels [C]``,
             ``ignored``, ``images``, ``name``).
         class_names: ``C`` names.
         ignore_index: the ignored value.
@@ -311,7 +312,7 @@ def label_findings(
             f"pixel is ignore_index={ignore_index}): the model would learn nothing. Check "
             "data.ignore_index, the label mapping (data.dataset.label_map, "
             "reduce_zero_label) and that the masks hold class indices; python -m "
-            "segkit.check_data data=<name> counts each class."
+            "segkit.cli.check_data data=<name> counts each class."
         ], []
     label_map = getattr(dataset, "label_map", None) or {}
     if present.size == 1 and len(class_names) > 1:
@@ -344,8 +345,6 @@ def training_label_findings(datamodule: Any) -> tuple[list[str], list[str]]:
     Datasets without per-sample label files (COCO) are skipped. A label file with a problem
     (a value outside the class set, ...) anywhere in the split is a problem.
     """
-    from segkit.class_weights import count_training_split  # it imports check_data
-
     dataset = datamodule.datasets.get("train")
     if dataset is None or not (hasattr(dataset, "samples") and hasattr(dataset, "inspect")):
         return [], []

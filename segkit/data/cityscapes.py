@@ -15,7 +15,7 @@ Where every image of a split has ``*_gtFine_instanceIds.png`` beside its label a
 has no transform (the eval splits, scored at full resolution), each sample also carries
 ``"instance"``: int64 ``[H, W]`` instance ids (the file's values above 1000, i.e.
 ``labelId * 1000 + k``; 0 elsewhere), and the semantic task adds Cityscapes' iIoU
-(:class:`segkit.metrics.InstanceIoU`) to the report.
+(:class:`segkit.evaluation.metrics.InstanceIoU`) to the report.
 
 :func:`label_ids` maps predicted trainIds back to labelIds, the official result format
 (``predict.py format=cityscapes``).

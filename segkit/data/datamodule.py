@@ -10,7 +10,7 @@ them (``${data.num_classes}``). Instance data differs only in how a batch is put
 
 Settings and data that cannot be right stop before anything is trained, with the key or file
 and the fix; data that works but looks wrong gives a :class:`~segkit.data.folder.DataWarning`
-(:mod:`segkit.data.checks`, shared with ``python -m segkit.check_data``):
+(:mod:`segkit.data.checks`, shared with ``python -m segkit.cli.check_data``):
 
 * construction: ``ignore_index`` equal to a class, ``mean``/``std`` on the 0-255 scale or
   not one value per input channel (``in_channels``), a required dataset argument left unset

@@ -12,7 +12,7 @@ with the command that writes them (``python -m segkit.data.folder <root> --val 0
 values must be in ``[0, num_classes)`` or equal ``ignore_index`` after the optional
 ``label_map`` / ``reduce_zero_label``; anything else stops with an error naming the file.
 Building the dataset checks a few samples at once (``startup_check``), so a run never starts
-on broken files; ``python -m segkit.check_data`` checks them all.
+on broken files; ``python -m segkit.cli.check_data`` checks them all.
 
 Every file is read the way an image viewer shows it, the same way in training, check_data and
 predict.py (:func:`read_image`, :func:`read_mask`):
@@ -421,7 +421,7 @@ class Inspection(NamedTuple):
 
 @runtime_checkable
 class InspectableDataset(Protocol):
-    """A dataset whose files ``python -m segkit.check_data`` and the class-weight counts
+    """A dataset whose files ``python -m segkit.cli.check_data`` and the class-weight counts
     read one by one, beyond ``len``/``[i]``: :class:`FolderDataset` and every dataset built
     on it. Other datasets are checked from ``dataset[i]["mask"]`` only.
 
@@ -556,7 +556,7 @@ class FolderDataset(Dataset):
             unlisted values stay, e.g. ``{255: 1}`` for 0/255 binary masks.
         startup_check: number of samples (evenly spread) read and checked when the dataset
             is built, so a run stops at once on broken files; 0 skips the check.
-            ``python -m segkit.check_data`` checks every file.
+            ``python -m segkit.cli.check_data`` checks every file.
         decoded_cache: read samples from a decoded copy of the split under ``cache_dir``
             (built on first use, see :meth:`open_decoded_cache`) instead of decoding files.
         cache_dir: folder for decoded caches (``<cache_dir>/decoded/``), needed when
@@ -721,7 +721,7 @@ class FolderDataset(Dataset):
             raise DataError(
                 f"{len(problems)} problem(s) in {len(indices)} checked samples of split "
                 f"{self.split!r} ({self.root}):\n  {listed}\nFix the files; "
-                "python -m segkit.check_data data=<name> lists the problems of every file."
+                "python -m segkit.cli.check_data data=<name> lists the problems of every file."
             )
 
     def __len__(self) -> int:

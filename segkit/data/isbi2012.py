@@ -13,7 +13,7 @@ slices would be near-copies of training ones), training is every other slice, ``
 every slice. Images are read as RGB like every dataset; ``data.in_channels: 1`` (one mean/std
 value) turns them back into the stored grey values (:func:`~segkit.data.folder.image_tensor`).
 
-The challenge's pixel and Rand errors: :mod:`segkit.membrane_metrics`.
+The challenge's pixel and Rand errors: :mod:`segkit.evaluation.membrane_metrics`.
 """
 
 from __future__ import annotations

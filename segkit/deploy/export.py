@@ -176,7 +176,7 @@ def export_metadata(
         stored: the checkpoint's config (``data.mean``, ``data.std``, ``data.class_names``,
             ``data.palette``, ``task.inference``, ``model``).
     """
-    from segkit.checkpoints import describe_model
+    from segkit.engine.checkpoints import describe_model
 
     def plain(key: str) -> Any:
         node = OmegaConf.select(stored, key)
@@ -608,7 +608,7 @@ def _json_or_text(value: str) -> Any:
 
 
 def is_whole_image(inference: Any) -> bool:
-    """Whether ``inference`` (an :class:`~segkit.inference.Inference` or ``None``) is one
+    """Whether ``inference`` (an :class:`~segkit.evaluation.inference.Inference` or ``None``) is one
     unmirrored pass over the whole image at scale 1, whose argmax equals the logits'."""
     if inference is None:
         return True
@@ -706,7 +706,7 @@ def onnx_predictor(
     the command line's ``data``/``task`` keys merged over it (checked as for a checkpoint:
     the classes cannot change).
     """
-    from segkit.checkpoints import checkpoint_overrides
+    from segkit.engine.checkpoints import checkpoint_overrides
 
     meta = read_metadata(path)
     data = {k: meta[k] for k in ("mean", "std", "class_names", "num_classes")}
@@ -733,7 +733,7 @@ def choose_backend(backend: str, images: int) -> str:
         return backend
     if images < COMPILE_MIN_IMAGES:
         return "eager"
-    from segkit.callbacks import compile_supported
+    from segkit.engine.callbacks import compile_supported
 
     return "compile" if compile_supported() is None else "eager"
 
@@ -762,7 +762,7 @@ def fast_path(task: Any, backend: str) -> Any:
             lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
         )
     elif backend == "compile":
-        from segkit.callbacks import compile_supported
+        from segkit.engine.callbacks import compile_supported
 
         reason = compile_supported()
         if reason is not None:
@@ -794,7 +794,7 @@ def export_checkpoint(
 
     Args:
         ckpt_path: the checkpoint; its stored config rebuilds the task
-            (:func:`segkit.checkpoints.task_from_checkpoint`).
+            (:func:`segkit.engine.checkpoints.task_from_checkpoint`).
         format: ``"onnx"`` or ``"torchscript"``.
         output: the file to write (default: the checkpoint's name with ``.onnx``/``.pt``
             in the current folder).
@@ -810,7 +810,7 @@ def export_checkpoint(
         ConfigError: a bad ``format``/``returns``/``input_size``, or an instance checkpoint.
         ExportError: the model cannot be exported (why, per exporter).
     """
-    from segkit.checkpoints import describe_model, load_checkpoint, task_from_checkpoint
+    from segkit.engine.checkpoints import describe_model, load_checkpoint, task_from_checkpoint
 
     if format not in FORMATS:
         raise ConfigError(f"format={format} must be one of {', '.join(FORMATS)}.")

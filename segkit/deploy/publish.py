@@ -1,11 +1,11 @@
 """Publish a finished train.py run as a small result folder that eval.py and predict.py load.
 
-``python -m segkit.publish <run dir> <result folder> [--data-root <root>]`` writes:
+:func:`publish` (the command: ``python -m segkit.cli.publish``) writes:
 
 * ``model.pt``: the best checkpoint's weights alone, in the layout of a train.py checkpoint
   (``config``, ``state_dict``, ``epoch``, ``global_step``) so that
   ``python eval.py ckpt_path=<result folder>/model.pt`` and predict.py read it unchanged
-  (:func:`segkit.checkpoints.load_checkpoint`). A run that kept an EMA of its weights
+  (:func:`segkit.engine.checkpoints.load_checkpoint`). A run that kept an EMA of its weights
   (``task.ema_decay``) is published with the EMA weights, the ones it was validated and
   selected with, as ``model.*``, and ``task.ema_decay`` null in the stored config; optimiser
   state, the second weight copy and the callbacks' state are left out (a 76 MB checkpoint
@@ -16,7 +16,7 @@
 * ``curve.png``: validation mIoU and the training and validation loss per epoch
   (``csv/metrics.csv``), and ``history.csv``: those values (``epoch`` counted from 1,
   ``train_loss``, ``val_loss``, ``val_mIoU`` as a fraction), for charts over several results
-  (:mod:`segkit.compare`).
+  (:mod:`segkit.evaluation.compare`).
 * ``samples.json`` and ``samples.png``: :data:`SAMPLE_COUNT` fixed validation images (evenly
   spaced in the split's order, :func:`sample_indices`), their per-image confusion matrices
   (rows = ground truth) computed from ``model.pt`` as eval.py loads it, and an image |
@@ -29,7 +29,6 @@ Publishing never trains; it runs the model on the sample images only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -44,10 +43,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segkit.analysis import load_run
-from segkit.checkpoints import load_checkpoint, task_from_checkpoint
-from segkit.figures import sample_indices, sample_panels
-from segkit.metrics import confusion_matrix
+from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
+from segkit.evaluation.analysis import load_run
+from segkit.evaluation.figures import sample_indices, sample_panels
+from segkit.evaluation.metrics import confusion_matrix
 from segkit.models.weights import EMA_PREFIX
 
 SAMPLE_COUNT = 4
@@ -131,7 +130,8 @@ def plot_samples(
 ) -> None:
     """Image | ground truth | prediction rows, with a colour legend; void is black.
 
-    The picture the tracking callback logs (:func:`segkit.figures.sample_panels`, full size).
+    The picture the tracking callback logs (:func:`segkit.evaluation.figures.sample_panels`,
+    full size).
     """
     Image.fromarray(sample_panels(panels, names, class_names, palette)).save(path)
 
@@ -270,18 +270,3 @@ def publish(
     }
     (out_dir / "run.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m segkit.publish <run dir> <result folder> [--data-root <root>]``."""
-    parser = argparse.ArgumentParser(prog="python -m segkit.publish", description=__doc__)
-    parser.add_argument("run_dir", type=Path, help="a finished train.py run dir")
-    parser.add_argument("out_dir", type=Path, help="e.g. results/camvid/<recipe>")
-    parser.add_argument("--data-root", type=Path, help="dataset root for the sample images")
-    args = parser.parse_args(argv)
-    info = publish(args.run_dir, args.out_dir, args.data_root)
-    print(json.dumps(info, indent=1))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,9 @@
-"""Every Lightning callback of segkit (Hydra's callbacks are in :mod:`segkit.hydra_callbacks`).
+"""Every Lightning callback of segkit (Hydra's: :mod:`segkit.engine.hydra_callbacks`).
 
 * :class:`ConfigInCheckpoint` stores the composed config in every checkpoint and gives it,
   flattened, to every logger as the run's hyperparameters.
 * :class:`ResumeGuard` compares a resumed run's config with the checkpoint's and applies,
-  refuses or accepts each change (the rules: :mod:`segkit.checkpoints`).
+  refuses or accepts each change (the rules: :mod:`segkit.engine.checkpoints`).
 * :class:`LastCheckpoint` keeps ``last.ckpt`` current within an epoch (every N optimiser
   steps) and after each epoch, so ``ckpt_path=last`` / ``resume=auto`` lose little work, and
   writes it when the run is interrupted (Ctrl-C / SIGINT, or SIGTERM before pre-emption).
@@ -19,7 +19,7 @@
   (``trainer.precision=bf16-mixed``, ``trainer.benchmark=true``). ``channels_last`` stores
   the model's 4-D weights and every image batch as NHWC, the layout that cuDNN tensor cores
   and oneDNN prefer; ``compile`` compiles the task's ``model``. Both give the same logits up
-  to float rounding (``tests/test_speed.py``).
+  to float rounding (``tests/engine/test_speed.py``).
 * :class:`ValidationFigures`: every ``n`` epochs, the validation confusion matrix as a
   heatmap and ``k`` fixed validation images as image | ground truth | prediction panels, to
   the loggers that take images (TensorBoard, W&B, MLflow).
@@ -45,7 +45,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 
-from segkit.checkpoints import (
+from segkit.data.voc import voc_colour
+from segkit.engine.checkpoints import (
     PARTIAL_SUFFIX,
     RUN_LENGTH,
     ResumeError,
@@ -54,10 +55,9 @@ from segkit.checkpoints import (
     move_superseded_checkpoints,
     refused_changes,
 )
-from segkit.data.voc import voc_colour
-from segkit.figures import confusion_heatmap, sample_indices, sample_panels
-from segkit.loggers import flat_config, log_image, takes_images
-from segkit.schedulers import scheduled_total_steps, set_total_steps
+from segkit.engine.loggers import flat_config, log_image, takes_images
+from segkit.evaluation.figures import confusion_heatmap, sample_indices, sample_panels
+from segkit.tasks.schedulers import scheduled_total_steps, set_total_steps
 
 
 class ConfigInCheckpoint(L.Callback):
@@ -66,7 +66,7 @@ class ConfigInCheckpoint(L.Callback):
 
     ``hydra.utils.instantiate(checkpoint["config"]["model"])`` then rebuilds the model, so
     eval.py and predict.py need nothing but the checkpoint. When fitting starts, every
-    logger gets the config as flat hyperparameters (:func:`segkit.loggers.flat_config`:
+    logger gets the config as flat hyperparameters (:func:`segkit.engine.loggers.flat_config`:
     ``optimizer.lr``, ``model.encoder_name``, ...; TensorBoard's HPARAMS tab, W&B's config,
     MLflow's params); a resumed run logs them again.
     """
@@ -90,7 +90,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Raised by :class:`LastCheckpoint` after it saved ``last.ckpt`` for a SIGINT/SIGTERM.
 
     A ``KeyboardInterrupt``, so Lightning shuts down as for Ctrl-C (``on_exception`` hooks,
-    loggers finalised, DDP children stopped); :func:`segkit.runner.fit` then prints the
+    loggers finalised, DDP children stopped); :func:`segkit.engine.runner.fit` then prints the
     command that continues the run and exits with status 128 + the signal number.
     """
 
@@ -102,7 +102,7 @@ class LastCheckpoint(Checkpoint):
     Lightning's ``ModelCheckpoint`` cannot combine a step interval with epoch-end saves in
     one instance, and a second instance with ``save_last`` would write ``last-v1.ckpt``;
     hence this small callback. It is a Lightning ``Checkpoint``, so it runs after every
-    other callback, and :func:`segkit.runner.build_trainer` puts it after the
+    other callback, and :func:`segkit.engine.runner.build_trainer` puts it after the
     ``ModelCheckpoint``: the epoch-end ``last.ckpt`` then holds that epoch's best-checkpoint
     record (``ModelCheckpoint`` saves at the end of the training epoch too), and a resumed
     run knows every ``best_*.ckpt`` written before it. It saves through
@@ -527,7 +527,7 @@ def _total_steps(trainer: L.Trainer) -> int | None:
 class ResumeGuard(L.Callback):
     """Compare, apply or refuse config changes of a resumed run (see the module docstring).
 
-    Added to every trainer by :func:`segkit.runner.build_trainer`; does nothing in a fresh
+    Added to every trainer by :func:`segkit.engine.runner.build_trainer`; does nothing in a fresh
     run. Its state (optimiser steps per epoch and the run length) is stored in every
     checkpoint, so the next resume can compare them.
 
@@ -658,7 +658,7 @@ class EpochLines(L.Callback):
     epochs without one; "best" is the best ``monitor`` so far (maximised). Written through
     the ``segkit.progress`` logger, which Hydra sends to the console and to the run's
     ``train.log``; the progress bar is off when the output is not a terminal
-    (:func:`segkit.runner.build_trainer`), so a log file reads one line per epoch.
+    (:func:`segkit.engine.runner.build_trainer`), so a log file reads one line per epoch.
 
     Args:
         monitor: the validation metric followed for "best" (the config's
@@ -725,10 +725,10 @@ class EpochLines(L.Callback):
 
 class RunOverview(L.Callback):
     """At the start of fitting, one log line naming what trains: the model config
-    (:func:`segkit.checkpoints.describe_model`), the parameter counts of ``pl_module.model``,
+    (:func:`segkit.engine.checkpoints.describe_model`), the parameter counts of ``pl_module.model``,
     the loss and the optimiser. It stands in for Lightning's summary table
     (``trainer.enable_model_summary: false``), which names only wrapper classes and prints
-    a FLOPs column of zeros without an example input; ``python -m segkit.summary`` counts
+    a FLOPs column of zeros without an example input; ``python -m segkit.cli.model_summary`` counts
     FLOPs.
 
     Args:
@@ -763,15 +763,16 @@ class ValidationFigures(L.Callback):
 
     * ``val/confusion_matrix``: the epoch's confusion matrix normalised by rows (rows =
       ground truth; each cell the % of the row's pixels), as a labelled heatmap
-      (:func:`segkit.figures.confusion_heatmap`).
+      (:func:`segkit.evaluation.figures.confusion_heatmap`).
     * ``val/samples``: ``num_images`` fixed validation images, evenly spaced in the split's
-      order (:func:`segkit.figures.sample_indices`), one row each: image | ground truth |
-      prediction in the data's palette, with a legend (:func:`segkit.figures.sample_panels`).
+      order (:func:`segkit.evaluation.figures.sample_indices`), one row each: image | ground
+      truth | prediction in the data's palette, with a legend
+      (:func:`segkit.evaluation.figures.sample_panels`).
       Predictions are the task's ``class_scores`` (the weights and test-time inference that
       validation scores), run on rank 0 only; tasks without ``class_scores`` (Mask R-CNN)
       log the confusion matrix alone.
 
-    Loggers that take images: TensorBoard, W&B and MLflow (:func:`segkit.loggers.log_image`).
+    Loggers that take images: TensorBoard, W&B and MLflow (:func:`segkit.engine.loggers.log_image`).
     With none of them (``logger=csv``, ``logger=none``) the callback does nothing, not even
     the forward passes.
 

@@ -4,16 +4,16 @@ check that one fits before Lightning loads it, and rebuild a trained task from o
 * :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the target folder
   and renames it into place, so a killed process never leaves a half-written ``.ckpt``.
 * :func:`load_checkpoint` and :func:`task_from_checkpoint` rebuild a trained task from the
-  config stored in a train.py checkpoint (eval.py, predict.py, ``segkit.publish``);
+  config stored in a train.py checkpoint (eval.py, predict.py, ``segkit.deploy.publish``);
   :func:`checkpoint_overrides` checks the command-line overrides of those tools against it.
 * :func:`resume_checkpoint` picks the checkpoint of ``ckpt_path=<file>|last`` or
   ``resume=auto``, and :func:`check_checkpoint_fits` compares its weights with the task's.
 * What a resumed run may change (:func:`config_changes`, :func:`refused_changes`; the
-  :class:`~segkit.callbacks.ResumeGuard` callback applies them):
+  :class:`~segkit.engine.callbacks.ResumeGuard` callback applies them):
 
   - **applied**: a new run length (``trainer.max_epochs``, ``trainer.max_steps``). The
     step-counted schedule (poly, cosine, multistep) is given the new total
-    (:func:`segkit.schedulers.set_total_steps`): from the restored step on, the learning
+    (:func:`segkit.tasks.schedulers.set_total_steps`): from the restored step on, the learning
     rate is the one a run of the new length has at that step. Without this, a finished
     poly schedule would train every extra step at learning rate 0.
   - **refused** (:class:`ResumeError`, before the first step): ``optimizer.*``,

@@ -8,8 +8,8 @@ with its own inference (``class_scores``: whole, sliding window or multi-scale, 
 config says, or as ``inference=`` sets for all), so members may differ in architecture.
 The ensemble's score of a pixel is ``log(sum_i w_i softmax(s_i))`` with the weights
 normalised to sum 1 (equal weights by default): the log of the averaged probabilities, the
-convention of :class:`segkit.inference.Inference`, so ``argmax`` and the losses work on it
-unchanged. An ensemble of one is its member's ``log_softmax``: the same labels.
+convention of :class:`segkit.evaluation.inference.Inference`, so ``argmax`` and the losses
+work on it unchanged. An ensemble of one is its member's ``log_softmax``: the same labels.
 
 Members must share the class set (``data.num_classes`` and ``data.class_names``) and the
 input normalisation (``data.mean``, ``data.std``): the images are read and normalised once,
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from segkit.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
 from segkit.config import ConfigError
+from segkit.engine.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
 from segkit.tasks.semantic import SemanticSegmentationTask
 
 # Keys every member must share: the classes (fixed by the weights) and the normalisation
@@ -71,7 +71,7 @@ def load_members(
         paths: checkpoint files (:func:`checkpoint_paths`).
         given: ``stored config -> {"data": ..., "task": ...}`` overrides for that checkpoint
             (eval.py keeps each checkpoint's trained normalisation, see ``keep_trained_input``);
-            they are checked against it (:func:`segkit.checkpoints.checkpoint_overrides`).
+            they are checked against it (:func:`segkit.engine.checkpoints.checkpoint_overrides`).
 
     Raises:
         ConfigError: the members do not share :data:`SHARED_KEYS` (:func:`check_members`).

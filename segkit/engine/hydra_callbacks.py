@@ -1,11 +1,11 @@
 """Hydra callbacks (``hydra.callbacks`` in ``conf/``): they act around runs and jobs, not
-training steps (those are Lightning's, in :mod:`segkit.callbacks`).
+training steps (those are Lightning's, in :mod:`segkit.engine.callbacks`).
 
 * :class:`DDPJobCallback`: each job of a multirun in its own DDP world and folder.
 * :class:`KeepEarlierConfigs`: a run started again in its folder keeps the earlier
   ``.hydra`` files.
 * :class:`SweepSummary`: a multirun ends with its folder and the leaderboard command.
-* :class:`SweepCallback`: Optuna sweeps that survive failing trials (:mod:`segkit.sweeps`).
+* :class:`SweepCallback`: Optuna sweeps that survive failing trials (:mod:`segkit.engine.sweeps`).
 * :class:`SubmititJob`: jobs of ``hydra/launcher=submitit_slurm`` (or ``submitit_local``)
   save ``last.ckpt`` before submitit requeues them, and continue with ``resume=auto``.
 """
@@ -32,10 +32,15 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from segkit.callbacks import LastCheckpoint
 from segkit.config import ConfigError
-from segkit.runner import print_results
-from segkit.sweeps import best_params_dict, check_optimized_metric, check_searched_keys, open_study
+from segkit.engine.callbacks import LastCheckpoint
+from segkit.engine.runner import print_results
+from segkit.engine.sweeps import (
+    best_params_dict,
+    check_optimized_metric,
+    check_searched_keys,
+    open_study,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +122,9 @@ class SweepSummary(HydraCallback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep = Path(config.hydra.sweep.dir)
         print_results(sweep, "one folder per job")
-        print(f"Leaderboard: python -m segkit.leaderboard {shlex.quote(str(sweep))}", flush=True)
+        print(
+            f"Leaderboard: python -m segkit.cli.leaderboard {shlex.quote(str(sweep))}", flush=True
+        )
 
 
 class SweepCallback(HydraCallback):
@@ -202,7 +209,7 @@ class RequeueAfterSave:
 
     A context manager. On entry it takes over ``signums`` and keeps the first one's handler,
     submitit's (it requeues the job and exits at once, mid-step). A signal that arrives while
-    :class:`~segkit.callbacks.LastCheckpoint` holds ``SIGTERM`` (the training loop) goes to
+    :class:`~segkit.engine.callbacks.LastCheckpoint` holds ``SIGTERM`` (the training loop) goes to
     ``LastCheckpoint``: ``last.ckpt`` at the end of the step in progress, then the run stops
     (``SystemExit``); :meth:`after_stop` then calls submitit's handler. At any other time
     (data preparation, final scoring) submitit's handler runs at once.

@@ -4,7 +4,7 @@ interrupted run, :func:`continue_command`), scoring a split into the report file
 line that says where a run's results are.
 
 The task is built by :func:`segkit.tasks.build_task`; checkpoints are chosen, checked and
-read by :mod:`segkit.checkpoints`.
+read by :mod:`segkit.engine.checkpoints`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.callbacks import (
+from segkit.config import ConfigError
+from segkit.engine.callbacks import (
     ConfigInCheckpoint,
     EpochLines,
     LastCheckpoint,
@@ -32,9 +33,8 @@ from segkit.callbacks import (
     RunOverview,
     TrainingBatchesCheck,
 )
-from segkit.checkpoints import AtomicCheckpointIO, checkpoint_epoch
-from segkit.config import ConfigError
-from segkit.report import print_report, write_report
+from segkit.engine.checkpoints import AtomicCheckpointIO, checkpoint_epoch
+from segkit.evaluation.report import print_report, write_report
 
 
 def check_task_kinds(task: L.LightningModule, datamodule: L.LightningDataModule) -> None:
@@ -110,9 +110,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     With no logger (``logger=none``) a ``LearningRateMonitor`` is left out.
 
     The resolved config is stored in every checkpoint (:class:`ConfigInCheckpoint`), a
-    resumed run checks its config changes against it (:class:`~segkit.callbacks.ResumeGuard`),
+    resumed run checks its config changes against it
+    (:class:`~segkit.engine.callbacks.ResumeGuard`),
     a training split without a single batch stops the run
-    (:class:`~segkit.callbacks.TrainingBatchesCheck`), and checkpoints are written
+    (:class:`~segkit.engine.callbacks.TrainingBatchesCheck`), and checkpoints are written
     atomically (:class:`AtomicCheckpointIO`). ``trainer.
     sync_batchnorm=true`` is turned off with a warning when only one process runs (nothing
     to synchronise) or on CPU (torch's SyncBatchNorm supports only GPU-like devices).
@@ -210,7 +211,7 @@ def evaluate(
     if not isinstance(task, ScoredTask):
         raise TypeError(
             f"{type(task).__name__} cannot be scored: evaluate needs class_names, "
-            "confusion_matrices and extra_scores on the task (segkit.runner.ScoredTask)."
+            "confusion_matrices and extra_scores on the task (segkit.engine.runner.ScoredTask)."
         )
     run = trainer.validate if subset == "val" else trainer.test
     run(task, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=True)
@@ -266,7 +267,7 @@ def fit(
 ) -> None:
     """``trainer.fit`` that says where the work is when it stops early.
 
-    On an interrupt (SIGINT/SIGTERM: :class:`~segkit.callbacks.LastCheckpoint` has saved
+    On an interrupt (SIGINT/SIGTERM: :class:`~segkit.engine.callbacks.LastCheckpoint` has saved
     ``last.ckpt`` at the end of the step in progress) or an error after training began, rank
     0 prints which ``last.ckpt`` holds the work (or that none was written, so the work is
     lost) and the exact command that continues the run (:func:`continue_command`). An

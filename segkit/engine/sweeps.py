@@ -8,7 +8,7 @@
 * ``max_failure_rate: 1.0``: a trial that raises (any exception, CUDA out of memory, or the
   ``NonFiniteLossError`` of ``callbacks.nonfinite_guard`` on a NaN/Inf loss) is told to
   Optuna as ``FAIL`` (Hydra catches the job's exception) and the sweep goes on;
-* :class:`~segkit.hydra_callbacks.SweepCallback`, which checks ``optimized_metric`` and the
+* :class:`~segkit.engine.hydra_callbacks.SweepCallback`, which checks ``optimized_metric`` and the
   searched keys before the first trial and writes ``best_params.yaml`` into the sweep dir
   at the end.
 

@@ -31,7 +31,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from segkit.data.folder import read_image, read_mask
-from segkit.metrics import scores
+from segkit.evaluation.metrics import scores
 
 SUMMARY_KEYS = ("mIoU", "MPA", "PA", "FWIoU", "mDice")
 

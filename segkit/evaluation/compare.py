@@ -1,22 +1,19 @@
 """Published results side by side: the tables and the chart of RESULTS.md's architecture table.
 
-    python -m segkit.compare results/camvid/camvid_bench/* \\
-        [--costs results/camvid/camvid_bench/costs.json] [--chart results/camvid/architectures.png]
-
-Each argument is a result folder written by :mod:`segkit.publish` (``run.json``,
-``metrics.json``, ``history.csv``); folders without ``metrics.json`` (runs still to come) are
-skipped with a note. Printed, in Markdown: one row per result (the folder name, which for
-the architecture protocol is the ``model=`` config) with the run's seconds per epoch
-(the run's wall time over its epochs: training plus every epoch's validation) and wall
-time, val PA/MPA/mIoU/FWIoU (%) and the best epoch (counted from 1); then the per-class
-val IoU table. ``--costs`` adds the columns measured by ``python -m benchmarks --only
-architectures`` (parameters, GMACs at 360x480, CPU inference ms per frame, eager and ONNX
-Runtime). ``--chart`` draws val mIoU per epoch of every result on one chart.
+A result folder is one written by :mod:`segkit.deploy.publish` (``run.json``,
+``metrics.json``, ``history.csv``); :func:`load_result` reads it (``None`` without
+``metrics.json``: a run still to come). :func:`result_table` is one Markdown row per result
+(the folder name, which for the architecture protocol is the ``model=`` config) with the
+run's seconds per epoch (the run's wall time over its epochs: training plus every epoch's
+validation) and wall time, val PA/MPA/mIoU/FWIoU (%) and the best epoch (counted from 1),
+plus the columns measured by ``python -m benchmarks --only architectures`` when given
+(parameters, GMACs at 360x480, CPU inference ms per frame, eager and ONNX Runtime);
+:func:`per_class_table` is the per-class val IoU table and :func:`plot_histories` draws val
+mIoU per epoch of every result on one chart. The command is ``python -m segkit.cli.compare``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
@@ -127,33 +124,3 @@ def plot_histories(results: Sequence[Result], path: str | Path, title: str) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def main(argv: Sequence[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folders", nargs="+", type=Path, help="result folders (segkit.publish)")
-    parser.add_argument("--costs", type=Path, help="JSON of benchmarks.architectures")
-    parser.add_argument("--chart", type=Path, help="PNG of val mIoU per epoch")
-    parser.add_argument("--title", default="CamVid val mIoU per epoch")
-    args = parser.parse_args(argv)
-    results, pending = [], []
-    for folder in args.folders:
-        if folder.is_dir():
-            result = load_result(folder)
-            (results if result else pending).append(result or folder.name)
-    if not results:
-        raise SystemExit(f"none of {[str(f) for f in args.folders]} holds a metrics.json")
-    costs = json.loads(args.costs.read_text())["models"] if args.costs else None
-    text = (
-        result_table(results, costs) + "\n\nPer-class val IoU (%):\n\n" + per_class_table(results)
-    )
-    if pending:
-        text += f"\n\nStill to come (no metrics.json): {', '.join(map(str, pending))}"
-    if args.chart:
-        plot_histories(results, args.chart, args.title)
-    print(text)
-    return text
-
-
-if __name__ == "__main__":
-    main()

@@ -2,8 +2,8 @@
 
 The base install has no matplotlib (it comes with the ``notebook`` extra), and these
 pictures are drawn during training for the experiment trackers
-(:class:`segkit.callbacks.ValidationFigures`) and for published results
-(:mod:`segkit.publish`), so they need nothing beyond Pillow and numpy.
+(:class:`segkit.engine.callbacks.ValidationFigures`) and for published results
+(:mod:`segkit.deploy.publish`), so they need nothing beyond Pillow and numpy.
 
 * :func:`sample_indices`: the fixed validation images, evenly spaced in the split's order.
 * :func:`sample_panels`: image | ground truth | prediction rows in the data's palette, with
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from segkit.colours import colourise
+from segkit.data.palettes import colourise
 
 MAX_PRINTED_CLASSES = 20  # above this the cells are too small for their numbers
 # Colour scale of the heatmap, linear in RGB from 0 to 1 (the end points of matplotlib's

@@ -31,7 +31,7 @@ pixels instead, and treats the prediction's 0 as one segment; given each membran
 pixel its own label, it returns ``1 - (TP - n) / ((2 TP + FP + FN) / 2 - n)`` for one image
 with ``n`` ground-truth cell pixels. The two differ by ``2 n (FP + FN) / (D (D - 2 n))``,
 ``D = 2 TP + FP + FN``: below ``1e-3`` on ISBI slices, whose cells have thousands of pixels
-(``tests/test_membrane_metrics.py`` checks both).
+(``tests/evaluation/test_membrane_metrics.py`` checks both).
 
 The U-Net paper's Rand error 0.0382 and pixel error 0.0611 (Table 1) were measured by the
 challenge on its unpublished 30-slice test stack; segkit scores the run's validation or test

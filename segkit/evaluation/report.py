@@ -3,7 +3,7 @@
 Files written by :func:`write_report` into a folder:
 
 * ``metrics.json``: ``split``, ``num_classes``, ``class_names``, every key of
-  :func:`segkit.metrics.scores` (per-class values as ``{class_name: value}``; NaN as
+  :func:`segkit.evaluation.metrics.scores` (per-class values as ``{class_name: value}``; NaN as
   ``null``), plus any ``extra`` fields (e.g. checkpoint, epoch).
 * ``confusion_matrix.npy``: int64 ``[C, C]``, rows = ground truth, columns = prediction.
 * ``per_class.csv``: one row per class: ``class, IoU, CPA, Precision, Dice, GT_pixels``.
@@ -23,9 +23,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from segkit.metrics import PER_CLASS_KEYS, scores
+from segkit.evaluation.metrics import PER_CLASS_KEYS, scores
 
-MEMBRANE_KEYS = ("pixel_error", "rand_error")  # segkit.membrane_metrics, in extras
+MEMBRANE_KEYS = ("pixel_error", "rand_error")  # segkit.evaluation.membrane_metrics, in extras
 
 
 def _number(value: float) -> float | None:

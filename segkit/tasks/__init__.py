@@ -1,4 +1,10 @@
-"""Lightning modules (semantic, instance) and :func:`build_task`, which builds one from config."""
+"""Lightning modules (semantic, instance) and :func:`build_task`, which builds one from config,
+with what a training step needs besides the model: losses, class weights, optimiser
+parameter groups and EMA (``optim.py``), learning-rate schedules.
+
+Above ``evaluation`` (a task logs its metrics and runs its inference), below ``engine`` (the
+run that builds and drives a task).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from segkit.class_weights import resolve_class_weights
+from segkit.tasks.class_weights import resolve_class_weights
 
 
 def build_task(
@@ -22,7 +28,7 @@ def build_task(
 
     With ``datamodule``, named ``loss.class_weights`` (``median_frequency``, ...) are first
     computed from its training split and written into ``cfg.loss`` as numbers
-    (:func:`segkit.class_weights.resolve_class_weights`), so the config stored in the
+    (:func:`segkit.tasks.class_weights.resolve_class_weights`), so the config stored in the
     checkpoints holds them and rebuilding the task never needs the training data.
     """
     if datamodule is not None:

@@ -1,7 +1,8 @@
 """Per-class loss weights computed from the training split's label counts.
 
-``loss.class_weights`` (of :class:`~segkit.losses.CrossEntropyLoss`, :class:`~segkit.losses.
-FocalLoss`, also nested, e.g. ``loss.losses.ce.class_weights``) takes
+``loss.class_weights`` (of :class:`~segkit.tasks.losses.CrossEntropyLoss`,
+:class:`~segkit.tasks.losses.FocalLoss`, also nested, e.g. ``loss.losses.ce.class_weights``)
+takes
 
 * ``null``: every class weighs 1;
 * a list of ``C`` floats, used as given (e.g. a paper's published weights);
@@ -17,17 +18,13 @@ training split's masks as the dataset maps them (label map, labelIds -> trainIds
 augmentation; ignored pixels count nowhere (neither as a class nor in any total). A class
 with no pixel in the training split gets weight 0 (it never occurs in a training target, so
 the weight has no effect) with a warning, and the median and ``K`` are taken over the
-present classes only. The counts come from :func:`segkit.check_data.scan_split`, the same
-code that ``python -m segkit.check_data`` runs (it prints both vectors), and are cached as
-a small JSON file, recomputed when the split's label files, their sizes or mtimes, the
-dataset class, its label mapping, ``num_classes`` or ``ignore_index`` change.
+present classes only. The counts come from
+:func:`segkit.data.stats.count_training_split` (cached; the same counting that ``python -m
+segkit.cli.check_data`` runs, and it prints both vectors).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,11 +33,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from segkit.check_data import Report, SplitStats, build_split, scan_split
-from segkit.data.folder import DataError, InspectableDataset
+from segkit.data.folder import DataError
+from segkit.data.stats import SplitStats, count_training_split
 
 CHOICES = ("median_frequency", "inverse_frequency")
-CACHE_VERSION = 1  # bump when the counting changes, so old cache files are not read
 
 
 def _present(pixels: np.ndarray) -> np.ndarray:
@@ -96,116 +92,6 @@ def weights_from_stats(name: str, stats: SplitStats) -> np.ndarray:
     if name == "inverse_frequency":
         return inverse_frequency_weights(stats.pixels)
     raise ValueError(f"unknown class weighting {name!r}; choose one of {list(CHOICES)}")
-
-
-def _cache_key(dataset: Any, num_classes: int, ignore_index: int) -> dict[str, Any]:
-    label_files = []
-    for sample in dataset.samples:
-        path = Path(sample[2])
-        status = path.stat()
-        label_files.append([str(path.resolve()), status.st_size, status.st_mtime_ns])
-    dataset_class = type(dataset)
-    return {
-        "version": CACHE_VERSION,
-        "dataset": f"{dataset_class.__module__}.{dataset_class.__qualname__}",
-        "split": str(getattr(dataset, "split", None)),
-        "num_classes": int(num_classes),
-        "ignore_index": int(ignore_index),
-        # the mapping changes the counts of the same files
-        "label_map": sorted((getattr(dataset, "label_map", None) or {}).items()),
-        "reduce_zero_label": bool(getattr(dataset, "reduce_zero_label", False)),
-        # a digest keeps the file small for large splits (Cityscapes, VOC train_aug)
-        "label_files": len(label_files),
-        "label_files_sha1": hashlib.sha1(json.dumps(label_files).encode()).hexdigest(),
-    }
-
-
-def _stats_from_json(data: dict[str, Any], name: str, num_classes: int) -> SplitStats:
-    stats = SplitStats(name, num_classes)
-    stats.images = int(data["images"])
-    stats.ignored = int(data["ignored"])
-    for field in ("pixels", "images_with", "image_pixels"):
-        setattr(stats, field, np.asarray(data[field], np.int64))
-    return stats
-
-
-def count_training_split(datamodule: Any, cache_dir: Path | str | None = None) -> SplitStats:
-    """Pixel and image counts per class of ``datamodule``'s training split.
-
-    Args:
-        datamodule: a :class:`~segkit.data.datamodule.SegmentationDataModule` (``dataset``,
-            ``splits``, ``num_classes``, ``ignore_index``) whose dataset is a
-            :class:`~segkit.data.folder.FolderDataset` (folder, shapes, CamVid, Cityscapes,
-            VOC, instance folders). ``prepare_data()`` is called first.
-        cache_dir: folder for the cached counts (``None``: no cache).
-
-    Returns:
-        The split's :class:`~segkit.check_data.SplitStats` (counts only).
-
-    Raises:
-        ValueError: the dataset gives no per-sample label files to count.
-        DataError: the split cannot be built, or its files have problems (listed).
-    """
-    for attribute in ("dataset", "splits", "num_classes", "ignore_index"):
-        if not hasattr(datamodule, attribute):
-            raise ValueError(
-                f"computed class weights need a segkit SegmentationDataModule; "
-                f"{type(datamodule).__name__} has no {attribute!r}. Give loss.class_weights "
-                "as a list of floats instead."
-            )
-    datamodule.prepare_data()
-    split = datamodule.splits["train"]
-    num_classes, ignore_index = int(datamodule.num_classes), int(datamodule.ignore_index)
-    dataset = build_split(datamodule.dataset, split)
-    if not isinstance(dataset, InspectableDataset):
-        raise ValueError(
-            f"cannot count the labels of {type(dataset).__name__}: computed class weights "
-            "(loss.class_weights=median_frequency|inverse_frequency) need a dataset with "
-            "class-index label files, a segkit FolderDataset or subclass (folder, shapes, "
-            "camvid, cityscapes, voc). Give loss.class_weights as a list of floats instead."
-        )
-    key = _cache_key(dataset, num_classes, ignore_index)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"class_counts_{type(dataset).__name__}_{digest}.json"
-        if cache_file.is_file():
-            try:
-                data = json.loads(cache_file.read_text())
-            except (OSError, json.JSONDecodeError):
-                data = {}  # a damaged cache file is recomputed
-            if data.get("key") == key:
-                return _stats_from_json(data, split, num_classes)
-
-    stats, report = SplitStats(split, num_classes), Report()
-    scan_split(dataset, stats, ignore_index, report, decode_images=False)
-    problems = report.problems + [
-        f"value {value} is no class (0..{num_classes - 1}) and not ignore_index="
-        f"{ignore_index}, in {len(files)} files, e.g. {files[0]}"
-        for value, files in sorted(stats.bad_values.items())
-    ]
-    if problems:
-        listed = "\n  ".join(problems[:10])
-        raise DataError(
-            f"cannot count the labels of training split {split!r}: {len(problems)} "
-            f"problem(s):\n  {listed}\nFix the files; python -m segkit.check_data "
-            "data=<name> lists them all."
-        )
-    if cache_file is not None:
-        data = {
-            "key": key,
-            "images": stats.images,
-            "ignored": stats.ignored,
-            "pixels": stats.pixels.tolist(),
-            "images_with": stats.images_with.tolist(),
-            "image_pixels": stats.image_pixels.tolist(),
-        }
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # atomic: DDP processes may write the same file at once
-        temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(data))
-        os.replace(temporary, cache_file)
-    return stats
 
 
 def _weight_nodes(node: Any, path: str) -> list[tuple[DictConfig, str]]:

@@ -12,11 +12,11 @@ Scores of each val/test epoch:
   ``<split>/{box,mask}_{AP,AP50,AP75,APs,APm,APl}`` and per class
   ``<split>/{box,mask}_AP/<class>``. The last epoch's values are kept in
   ``extra_scores[split]`` (``None`` where COCOeval reports -1: nothing to score), which
-  :func:`segkit.runner.evaluate` adds to ``metrics.json``.
+  :func:`segkit.engine.runner.evaluate` adds to ``metrics.json``.
 * The semantic view: detections scoring at least ``score_threshold`` are pasted into a class
   map (:func:`paste_instances`, higher scores on top) and counted in the same
-  :class:`~segkit.metrics.ConfusionMatrix` as the semantic models, so ``<split>/mIoU`` and
-  ``confusion_matrices[split]`` mean exactly what they mean there.
+  :class:`~segkit.evaluation.metrics.ConfusionMatrix` as the semantic models, so
+  ``<split>/mIoU`` and ``confusion_matrices[split]`` mean exactly what they mean there.
 
 :func:`draw_instances` renders detections for predict.py.
 """
@@ -33,9 +33,9 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from segkit.finetune import build_optimizer, parameter_groups
-from segkit.metrics import ConfusionMatrix, scores
-from segkit.schedulers import lightning_schedule
+from segkit.evaluation.metrics import ConfusionMatrix, scores
+from segkit.tasks.optim import build_optimizer, parameter_groups
+from segkit.tasks.schedulers import lightning_schedule
 from segkit.tasks.semantic import HEADLINE_KEYS
 
 AP_KEYS = {  # torchmetrics name -> segkit name
@@ -179,7 +179,7 @@ class InstanceSegmentationTask(L.LightningModule):
         backbone_lr_mult: learning rate of ``model.backbone`` (ResNet + FPN) = lr * this.
         head_lr_mult: learning rate of the RPN and RoI heads = lr * this.
         no_decay_norm_bias: weight decay 0 on norm-layer weights and biases
-            (:func:`segkit.finetune.parameter_groups`).
+            (:func:`segkit.tasks.optim.parameter_groups`).
     """
 
     def __init__(

@@ -37,7 +37,7 @@ def _weight_buffer(class_weights: Sequence[float] | None) -> torch.Tensor | None
     if isinstance(class_weights, str):
         raise ValueError(
             f"class_weights={class_weights!r} is a name, not a list: it is computed from the "
-            "training split's labels by segkit.class_weights.resolve_class_weights, which "
+            "training split's labels by segkit.tasks.class_weights.resolve_class_weights, which "
             "train.py runs before building the loss. Build the loss from the resolved config, "
             "or pass a list of floats."
         )
@@ -75,7 +75,7 @@ class CrossEntropyLoss(nn.Module):
         ignore_index: target value excluded from the loss.
         class_weights: optional per-class weights ``[C]``; the config names
             ``median_frequency``/``inverse_frequency`` are resolved to lists beforehand
-            (:mod:`segkit.class_weights`).
+            (:mod:`segkit.tasks.class_weights`).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
     """
 

@@ -10,14 +10,15 @@ Logged names: ``train/loss_step`` (every ``log_every_n_steps``), ``train/loss_ep
 finished val/test epoch is kept in ``confusion_matrices[split]`` (int64 ``[C, C]`` on the
 CPU, rows = ground truth) for reports. Where the batches carry ground-truth instance ids
 (``batch["instance"]``: Cityscapes with ``*_gtFine_instanceIds.png``), Cityscapes' iIoU
-(:class:`segkit.metrics.InstanceIoU`) is logged as ``{split}/iIoU_class`` and
+(:class:`segkit.evaluation.metrics.InstanceIoU`) is logged as ``{split}/iIoU_class`` and
 ``{split}/iIoU_category`` and kept, per class and category, in ``extra_scores[split]``
 (so ``metrics.json`` carries it). With ``membrane_class`` set (``data=isbi2012``), the ISBI
-2012 challenge's scores of that class's map (:class:`segkit.membrane_metrics.MembraneErrors`)
-are logged as ``{split}/pixel_error`` and ``{split}/rand_error`` and kept in
-``extra_scores[split]`` the same way.
+2012 challenge's scores of that class's map
+(:class:`segkit.evaluation.membrane_metrics.MembraneErrors`) are logged as
+``{split}/pixel_error`` and ``{split}/rand_error`` and kept in ``extra_scores[split]`` the
+same way.
 
-Fine-tuning (:mod:`segkit.finetune`): parameter groups with ``backbone_lr_mult``/
+Fine-tuning (:mod:`segkit.tasks.optim`): parameter groups with ``backbone_lr_mult``/
 ``head_lr_mult`` and no weight decay on norm/bias parameters, ``freeze_backbone_epochs``,
 ``freeze_bn`` and ``ema_decay``. With EMA, validation, test, ``forward`` (eval.py,
 predict.py) and the ``val/*`` scores that choose the best checkpoint all use the averaged
@@ -35,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.finetune import (
+from segkit.evaluation.membrane_metrics import MembraneErrors
+from segkit.evaluation.metrics import ConfusionMatrix, InstanceIoU, labels_from_logits, scores
+from segkit.tasks.optim import (
     WeightEMA,
     apply_eval_modes,
     backbone_of,
@@ -44,9 +47,7 @@ from segkit.finetune import (
     parameter_groups,
     set_backbone_frozen,
 )
-from segkit.membrane_metrics import MembraneErrors
-from segkit.metrics import ConfusionMatrix, InstanceIoU, labels_from_logits, scores
-from segkit.schedulers import lightning_schedule
+from segkit.tasks.schedulers import lightning_schedule
 
 HEADLINE_KEYS = ("PA", "MPA", "mIoU", "FWIoU", "mDice")
 
@@ -77,7 +78,8 @@ class SemanticSegmentationTask(L.LightningModule):
         ignore_index: target value excluded from metrics (the loss has its own).
         aux_weight: weight of the auxiliary-head loss.
         inference: val/test inference, ``inference(model, images [B,3,H,W]) -> [B,C,H,W]``
-            scores (:class:`segkit.inference.Inference`: sliding window, multi-scale, flip);
+            scores (:class:`segkit.evaluation.inference.Inference`: sliding window,
+            multi-scale, flip);
             ``None`` runs the model once on the whole image.
         backbone_lr_mult: learning rate of ``model.backbone`` = optimizer lr * this.
         head_lr_mult: learning rate of every other parameter = optimizer lr * this.
@@ -91,7 +93,8 @@ class SemanticSegmentationTask(L.LightningModule):
             validation, test and inference.
         membrane_class: ``None``, or the class whose map the ISBI 2012 challenge scores
             (membrane; every other class is cell): validation and test then also report its
-            pixel error and Rand error (:class:`~segkit.membrane_metrics.MembraneErrors`).
+            pixel error and Rand error
+            (:class:`~segkit.evaluation.membrane_metrics.MembraneErrors`).
 
     Raises:
         ValueError: at construction, for a backbone control on a model without a backbone,
@@ -176,7 +179,7 @@ class SemanticSegmentationTask(L.LightningModule):
         The task's ``inference`` (sliding window, multi-scale, flip: log-probabilities)
         over :meth:`forward`, or the logits of :meth:`forward` alone when it has none.
         ``argmax(1)`` gives the labels either way. eval.py, predict.py and
-        ``segkit.publish`` all score through this one method.
+        ``segkit.deploy.publish`` all score through this one method.
         """
         if self.inference is None:
             return self.forward(images)

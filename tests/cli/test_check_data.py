@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from segkit.check_data import main
+from segkit.cli.check_data import main
 
-from .conftest import write_folder_dataset
+from ..helpers import write_folder_dataset
 
 
 def run(capsys, root, num_classes=3, *extra):

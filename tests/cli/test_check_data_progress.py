@@ -7,10 +7,9 @@ import re
 
 import hydra
 
-from segkit.check_data import ScanProgress, check_splits, main
+from segkit.cli.check_data import ScanProgress, check_splits, main
 
-from .conftest import write_folder_dataset
-from .helpers import compose
+from ..helpers import compose, write_folder_dataset
 
 FOLDER = ["data=folder", "data.num_classes=3", "data.class_names=[a,b,c]"]
 

@@ -1,11 +1,12 @@
-"""segkit.compare: the architecture table and chart of RESULTS.md from published folders."""
+"""python -m segkit.cli.compare: the architecture table and chart of RESULTS.md from
+published folders."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from segkit.compare import main
+from segkit.cli.compare import main
 
 
 def result_folder(root: Path, name: str, miou: float, wall: int, epochs: int, best: int) -> Path:

@@ -1,4 +1,4 @@
-"""``python -m segkit.convert``: labelme JSON files into the data=folder layout, checked
+"""``python -m segkit.cli.convert``: labelme JSON files into the data=folder layout, checked
 against masks drawn here with numpy, and split lists that FolderDataset reads."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.convert import convert_labelme, main, write_folds
+from segkit.cli.convert import convert_labelme, main, write_folds
 from segkit.data.folder import DataError, FolderDataset
 
 H, W = 40, 48

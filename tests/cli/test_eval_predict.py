@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit.checkpoints import load_checkpoint, task_from_checkpoint
+from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
 
-from .helpers import run_script
+from ..helpers import run_script
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_predict_refuses_to_write_into_the_input_folder(trained_run, tmp_path):
 
 
 def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained_run, tmp_path):
-    from segkit.publish import publish
+    from segkit.deploy.publish import publish
 
     out = tmp_path / "result"
     info = publish(trained_run, out)
@@ -111,7 +111,7 @@ def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained_ru
 
 
 def test_publish_refuses_a_run_whose_reported_checkpoint_is_gone(trained_run, tmp_path):
-    from segkit.publish import best_checkpoint_of
+    from segkit.deploy.publish import best_checkpoint_of
 
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert best_checkpoint_of(trained_run, metrics).is_file()
@@ -125,7 +125,7 @@ def test_publish_refuses_a_run_whose_reported_checkpoint_is_gone(trained_run, tm
 
 
 def test_weights_only_keeps_the_ema_weights_as_the_model():
-    from segkit.publish import weights_only
+    from segkit.deploy.publish import weights_only
 
     checkpoint = {
         "config": {"task": {"ema_decay": 0.999}},

@@ -1,4 +1,5 @@
-"""segkit.summary: FLOPs and output stride against hand counts, CLI output, README table."""
+"""segkit.cli.model_summary: FLOPs and output stride against hand counts, CLI output, README
+table."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from segkit.config import compose
-from segkit.summary import (
+from segkit.cli.model_summary import (
     count_parameters,
     format_summary,
     main,
@@ -16,6 +16,7 @@ from segkit.summary import (
     model_table,
     summarize,
 )
+from segkit.config import compose
 
 
 def tiny_model() -> nn.Sequential:

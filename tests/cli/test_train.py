@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .helpers import SMALL_MODEL, TINY, check_report, run_train
+from ..helpers import SMALL_MODEL, TINY, check_report, run_train
 
 
 @pytest.mark.slow

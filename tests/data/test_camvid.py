@@ -14,8 +14,7 @@ from PIL import Image
 from segkit.data.camvid import CLASS_NAMES, PALETTE, CamVidDataset
 from segkit.data.folder import DataError
 
-from ..conftest import PROJECT_ROOT, SHARED_DATA
-from ..helpers import run_train
+from ..helpers import PROJECT_ROOT, SHARED_DATA, run_train
 
 CAMVID = SHARED_DATA / "camvid"
 needs_camvid = pytest.mark.skipif(

@@ -13,7 +13,7 @@ from PIL import Image
 from segkit.data.cityscapes import CLASS_NAMES, PALETTE, CityscapesDataset
 from segkit.data.folder import DataError
 
-from ..conftest import PROJECT_ROOT
+from ..helpers import PROJECT_ROOT
 
 # cityscapesScripts helpers/labels.py: (name, id, trainId, color); 255 = not evaluated
 LABELS = [

@@ -23,7 +23,7 @@ from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.decoded_cache import DecodedCache
 from segkit.data.folder import ORIENTATION, DataError, FolderDataset
 
-from ..conftest import PROJECT_ROOT, SHARED_DATA
+from ..helpers import PROJECT_ROOT, SHARED_DATA
 
 CAMVID = SHARED_DATA / "camvid"
 needs_camvid = pytest.mark.skipif(

@@ -91,7 +91,7 @@ def test_startup_check_lists_every_problem_of_the_sample(folder_dataset):
     message = str(info.value)
     assert "2 problem(s) in 2 checked samples" in message
     assert "img0.png has values [9]" in message and "img1.png is 10x10" in message
-    assert "segkit.check_data" in message
+    assert "segkit.cli.check_data" in message
     # with the check off the dataset builds, and the sample fails when read
     ds = FolderDataset(folder_dataset, num_classes=3, split="train", startup_check=0)
     with pytest.raises(DataError, match=r"img0.png has values \[9\]"):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.check_data import main as check_data_main
+from segkit.cli.check_data import main as check_data_main
 from segkit.data.folder import DataError, FolderDataset, read_image, read_mask, write_splits
 
 ORIENTATION = 274  # EXIF tag

@@ -20,8 +20,7 @@ from segkit.data.folder import DataError
 from segkit.data.isbi2012 import CLASS_NAMES, ISBI2012Dataset
 from segkit.tasks import build_task
 
-from ..conftest import SHARED_DATA
-from ..helpers import compose, load_script
+from ..helpers import SHARED_DATA, compose, load_script
 
 ISBI = SHARED_DATA / "isbi2012"
 needs_isbi = pytest.mark.skipif(

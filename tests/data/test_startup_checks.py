@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit.check_data import main as check_data_main
+from segkit.cli.check_data import main as check_data_main
 from segkit.config import compose
 from segkit.data.datamodule import SegmentationDataModule, UnpaddedDistributedSampler
 from segkit.data.folder import DataError, DataWarning, FolderDataset

@@ -13,7 +13,7 @@ from scipy.io import savemat
 from segkit.data.folder import DataError
 from segkit.data.voc import CLASS_NAMES, PALETTE, VOCDataset
 
-from ..conftest import PROJECT_ROOT
+from ..helpers import PROJECT_ROOT
 
 OFFICIAL_NAMES = (
     "background aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog "

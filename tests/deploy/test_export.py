@@ -1,4 +1,4 @@
-"""export.py and segkit.export: every conf/model exports a dynamic ONNX graph that gives the
+"""export.py and segkit.deploy.export: every conf/model exports a dynamic ONNX graph that gives the
 PyTorch logits under onnxruntime (the peer tool) at two input and batch sizes, within a
 check that rounding passes and wrong graphs fail; TorchScript modules under
 ``torch.jit.load``; the metadata carries the normalisation and class names; predict.py runs
@@ -18,9 +18,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-import segkit.callbacks
+import segkit.engine.callbacks
 from segkit.config import ConfigError, compose
-from segkit.export import (
+from segkit.deploy.export import (
     ATOL,
     COMPILE_MIN_IMAGES,
     RTOL,
@@ -39,8 +39,8 @@ from segkit.export import (
 )
 from segkit.tasks import build_task
 
-from . import helpers
-from .helpers import HEAVY, MODELS, SMALL, SMALL_MODEL, run_script
+from .. import helpers
+from ..helpers import HEAVY, MODELS, SMALL, SMALL_MODEL, run_script
 
 SIZES = [(64, 96), (96, 128)]  # two sizes, neither a multiple of 32 in both sides
 # Every model config's dynamic graph is traced at TRACED (batch 2; export_onnx checks it
@@ -271,9 +271,9 @@ def test_fast_paths_equal_the_eager_task(tmp_path, monkeypatch):
     # auto: a few images run eagerly (compiling costs more than it saves), a folder compiles
     # where torch.compile works (stood in for here: really compiling takes tens of seconds)
     assert choose_backend("auto", COMPILE_MIN_IMAGES - 1) == "eager"
-    monkeypatch.setattr(segkit.callbacks, "compile_supported", lambda: None)
+    monkeypatch.setattr(segkit.engine.callbacks, "compile_supported", lambda: None)
     assert choose_backend("auto", COMPILE_MIN_IMAGES) == "compile"
-    monkeypatch.setattr(segkit.callbacks, "compile_supported", lambda: "no C++ compiler")
+    monkeypatch.setattr(segkit.engine.callbacks, "compile_supported", lambda: "no C++ compiler")
     assert choose_backend("auto", COMPILE_MIN_IMAGES) == "eager"
     assert choose_backend("channels_last", 1) == "channels_last"
     with pytest.raises(ConfigError, match="backend=fast must be one of auto, eager"):

@@ -1,5 +1,5 @@
 """Cluster launch: the submitit launchers (hydra-submitit-launcher), the resume=auto rule and
-the requeue signal that saves last.ckpt before submitit requeues (segkit.hydra_callbacks)."""
+the requeue signal that saves last.ckpt before submitit requeues (segkit.engine.hydra_callbacks)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pytest
 from submitit.core.utils import DelayedSubmission
 
 import train as train_script
+from segkit.cli.leaderboard import main as leaderboard
 from segkit.config import ConfigError
-from segkit.hydra_callbacks import RequeueAfterSave, SubmititJob
-from segkit.leaderboard import main as leaderboard
+from segkit.engine.hydra_callbacks import RequeueAfterSave, SubmititJob
 
-from .helpers import ENV, FAST, PROJECT_ROOT, check_report, compose, compose_job, load
+from ..helpers import ENV, FAST, PROJECT_ROOT, check_report, compose, compose_job, load
 
 LAUNCHERS = "hydra_plugins.hydra_submitit_launcher.submitit_launcher"
 # segkit.config silences it for train.py; pytest resets warning filters per test

@@ -12,8 +12,7 @@ from torch.utils.data import DistributedSampler
 
 from segkit.data.datamodule import UnpaddedDistributedSampler
 
-from .conftest import PROJECT_ROOT
-from .helpers import FAST, load, run, train_command
+from ..helpers import FAST, PROJECT_ROOT, load, run, train_command
 
 
 def multirun_command(tmp_path, sweep) -> list[str]:

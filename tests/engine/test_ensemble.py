@@ -1,4 +1,4 @@
-"""Ensembles (segkit/ensemble.py, ``ckpt_path=[a,b]`` in eval.py and predict.py): an ensemble
+"""Ensembles (segkit/engine/ensemble.py, ``ckpt_path=[a,b]`` in eval.py and predict.py): an ensemble
 of one scores like its model, the ensemble's probabilities are the weighted mean of the
 members' softmax (numpy reference), and members with other classes are refused."""
 
@@ -13,12 +13,12 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segkit.checkpoints import load_checkpoint, task_from_checkpoint
 from segkit.config import ConfigError
-from segkit.ensemble import Ensemble
+from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
+from segkit.engine.ensemble import Ensemble
 from segkit.tasks import build_task
 
-from .helpers import SMALL_DATA, SMALL_MODEL, compose_job, load_script
+from ..helpers import SMALL_DATA, SMALL_MODEL, compose_job, load_script
 
 SIZE = (32, 48)
 

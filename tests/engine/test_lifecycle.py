@@ -24,19 +24,33 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segkit.callbacks import NoTrainingBatchesError
-from segkit.checkpoints import ResumeError, checkpoint_overrides, config_changes, refused_changes
 from segkit.config import ConfigError, check_arguments
 from segkit.data.folder import DataError
-from segkit.hydra_callbacks import SweepSummary
-from segkit.loggers import CSVLogger
-from segkit.report import write_report
-from segkit.runner import continue_command
-from segkit.schedulers import poly_lr, set_total_steps
+from segkit.engine.callbacks import NoTrainingBatchesError
+from segkit.engine.checkpoints import (
+    ResumeError,
+    checkpoint_overrides,
+    config_changes,
+    refused_changes,
+)
+from segkit.engine.hydra_callbacks import SweepSummary
+from segkit.engine.loggers import CSVLogger
+from segkit.engine.runner import continue_command
+from segkit.evaluation.report import write_report
 from segkit.tasks import build_task
+from segkit.tasks.schedulers import poly_lr, set_total_steps
 
-from .conftest import PROJECT_ROOT
-from .helpers import ENV, FAST, SMALL_MODEL, compose_job, load, load_script, run, train_command
+from ..helpers import (
+    ENV,
+    FAST,
+    PROJECT_ROOT,
+    SMALL_MODEL,
+    compose_job,
+    load,
+    load_script,
+    run,
+    train_command,
+)
 
 CONF = PROJECT_ROOT / "conf"
 # 16 images / batch 4 = 4 optimiser steps per epoch; lr logged every step
@@ -299,12 +313,13 @@ def test_interrupts_save_last_ckpt_and_the_printed_command_continues(tmp_path):
     # SIGINT in the first epoch, SIGTERM in the run its printed command resumes, then that
     # run's printed command to the end. A warm-up of 100 steps on a flat schedule never ends,
     # so the final lr pins the exact scheduler step: an uninterrupted run takes 2 epochs x 4
-    # steps, and the warm-up rule (segkit.schedulers) gives lr = 1e-3 * (0.001 + 0.999 * 8/100).
+    # steps, and the warm-up rule (segkit.tasks.schedulers) gives
+    # lr = 1e-3 * (0.001 + 0.999 * 8/100).
     step_file = tmp_path / "step.txt"
     args = [*STEP_LOGGED, "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=0"]
     args += ["scheduler=exponential", "scheduler.end_factor=1.0", "scheduler.warmup_steps=100"]
     args += ["optimizer.lr=1e-3"]
-    args += ["+callbacks.probe._target_=tests.lifecycle_probe.StepFile"]
+    args += ["+callbacks.probe._target_=tests.engine.lifecycle_probe.StepFile"]
     args += [f"+callbacks.probe.path={step_file}", "+callbacks.probe.delay=0.5"]
     run_dir = tmp_path / "run"
     checkpoints = run_dir / "checkpoints"
@@ -496,9 +511,9 @@ def test_multirun_ends_with_the_sweep_folder_and_the_leaderboard_command(tmp_pat
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith(f"Results: {sweep}")
-    assert lines[1] == f"Leaderboard: python -m segkit.leaderboard {sweep}"
+    assert lines[1] == f"Leaderboard: python -m segkit.cli.leaderboard {sweep}"
     with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hydra.compose("train", return_hydra_config=True)
     targets = [c._target_ for c in cfg.hydra.callbacks.values()]
-    assert "segkit.hydra_callbacks.SweepSummary" in targets
-    assert "segkit.hydra_callbacks.KeepEarlierConfigs" in targets
+    assert "segkit.engine.hydra_callbacks.SweepSummary" in targets
+    assert "segkit.engine.hydra_callbacks.KeepEarlierConfigs" in targets

@@ -20,11 +20,11 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segkit.callbacks import NonFiniteGuard, NonFiniteLossError
-from segkit.checkpoints import AtomicCheckpointIO, CheckpointMismatchError, resume_checkpoint
-from segkit.runner import build_trainer
+from segkit.engine.callbacks import NonFiniteGuard, NonFiniteLossError
+from segkit.engine.checkpoints import AtomicCheckpointIO, CheckpointMismatchError, resume_checkpoint
+from segkit.engine.runner import build_trainer
 
-from .helpers import ENV, compose, load, run, train_command
+from ..helpers import ENV, compose, load, run, train_command
 
 # --- atomic checkpoint writes -------------------------------------------------------------
 
@@ -361,7 +361,7 @@ def test_seeded_deterministic_runs_are_bit_identical(tmp_path):
 _MEMORY_SCRIPT = """
 import resource, sys, torch, lightning as L
 from torch import nn
-from segkit.losses import CrossEntropyLoss
+from segkit.tasks.losses import CrossEntropyLoss
 from segkit.tasks.semantic import SemanticSegmentationTask
 
 class Images(torch.utils.data.Dataset):  # made on the fly: the dataset itself holds nothing

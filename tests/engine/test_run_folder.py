@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .helpers import PROJECT_ROOT
+from ..helpers import PROJECT_ROOT
 
 HARNESS_FILES = {"stdout.txt", "stderr.txt"}  # helpers.run_train's copies of the console
 

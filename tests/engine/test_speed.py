@@ -11,10 +11,10 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segkit import callbacks
-from segkit.callbacks import FastPaths, compile_supported
-from segkit.losses import CrossEntropyLoss
+from segkit.engine import callbacks
+from segkit.engine.callbacks import FastPaths, compile_supported
 from segkit.models.smp import smp_model
+from segkit.tasks.losses import CrossEntropyLoss
 from segkit.tasks.semantic import SemanticSegmentationTask
 
 

@@ -1,8 +1,8 @@
 """Hydra multirun and Optuna sweeps of train.py: run dirs, failed trials, SQLite study, resume.
 
-:func:`tiny_optuna_sweep` is the one tiny sweep shared with test_leaderboard.py and
-test_notebook.py: it is made once per pytest session (kept under the session's base temp
-folder) and reused.
+:func:`~tests.helpers.tiny_optuna_sweep` is the one tiny sweep shared with
+tests/cli/test_leaderboard.py and tests/test_notebook.py: it is made once per pytest session
+(kept under the session's base temp folder) and reused.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import optuna
 import pytest
 from omegaconf import OmegaConf, open_dict, read_write
 
-from segkit.hydra_callbacks import SweepCallback
-from segkit.sweeps import check_optimized_metric, check_searched_keys
+from segkit.engine.hydra_callbacks import SweepCallback
+from segkit.engine.sweeps import check_optimized_metric, check_searched_keys
 
-from .conftest import PROJECT_ROOT
-from .helpers import SWEEP_TINY, check_report, run_multirun
+from ..helpers import PROJECT_ROOT, SWEEP_TINY, check_report, run_multirun
 
 CLASS_NAMES = ["background", "circle", "square", "triangle", "star"]
 
@@ -47,8 +46,8 @@ def test_multirun_gives_one_complete_run_dir_per_value(tmp_path):
         assert (run_dir / "csv" / "metrics.csv").is_file()
         check_report(run_dir, CLASS_NAMES, "val")
     assert losses == {
-        "0": ["loss=ce", "segkit.losses.CrossEntropyLoss"],
-        "1": ["loss=dice", "segkit.losses.DiceLoss"],
+        "0": ["loss=ce", "segkit.tasks.losses.CrossEntropyLoss"],
+        "1": ["loss=dice", "segkit.tasks.losses.DiceLoss"],
     }
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
 

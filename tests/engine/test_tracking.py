@@ -20,10 +20,10 @@ import pytest
 from lightning.pytorch.loggers.logger import DummyLogger
 from PIL import Image
 
-from segkit.callbacks import ValidationFigures
 from segkit.data.shapes import CLASS_NAMES, PALETTE
-from segkit.figures import confusion_heatmap, sample_panels
-from segkit.loggers import MissingTrackerError, flat_config, mlflow_logger, wandb_logger
+from segkit.engine.callbacks import ValidationFigures
+from segkit.engine.loggers import MissingTrackerError, flat_config, mlflow_logger, wandb_logger
+from segkit.evaluation.figures import confusion_heatmap, sample_panels
 from tests.helpers import FAST, compose_job, expected_scores, load_script
 
 # 16 training images in batches of 4: 4 optimiser steps per epoch. Lightning logs an

@@ -9,9 +9,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from segkit.schedulers import lightning_schedule
+from segkit.tasks.schedulers import lightning_schedule
 
-from .helpers import compose
+from ..helpers import compose
 
 
 class StalledTask(L.LightningModule):

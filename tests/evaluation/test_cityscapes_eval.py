@@ -16,10 +16,10 @@ from PIL import Image
 from torch import nn
 
 from segkit.data.cityscapes import CLASS_NAMES, TRAIN_LABEL_IDS
-from segkit.metrics import CITYSCAPES_AVERAGE_INSTANCE_SIZE
+from segkit.evaluation.metrics import CITYSCAPES_AVERAGE_INSTANCE_SIZE
 from segkit.tasks import build_task
 
-from .helpers import compose_job, load_script
+from ..helpers import compose_job, load_script
 
 CITY, SIZE = "aachen", (48, 64)
 STEP = 12  # red value per trainId in the painted images

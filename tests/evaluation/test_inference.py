@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit import inference
-from segkit.inference import Inference, slide_logits, window_starts
+from segkit.evaluation import inference
+from segkit.evaluation.inference import Inference, slide_logits, window_starts
 
 
 def tiny_model(num_classes: int = 4) -> nn.Module:

@@ -1,6 +1,7 @@
-"""The ISBI 2012 challenge's pixel and Rand errors (segkit.membrane_metrics): hand-computed
-cases, scikit-image's adapted Rand error on real and synthetic label maps and perturbed
-predictions, threshold maximisation, pooling over images, and the task's reporting."""
+"""The ISBI 2012 challenge's pixel and Rand errors (segkit.evaluation.membrane_metrics):
+hand-computed cases, scikit-image's adapted Rand error on real and synthetic label maps and
+perturbed predictions, threshold maximisation, pooling over images, and the task's
+reporting."""
 
 from __future__ import annotations
 
@@ -16,11 +17,16 @@ from skimage.metrics import adapted_rand_error
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segkit.losses import CrossEntropyLoss
-from segkit.membrane_metrics import MembraneErrors, cell_segments, rand_counts, rand_f_score
+from segkit.evaluation.membrane_metrics import (
+    MembraneErrors,
+    cell_segments,
+    rand_counts,
+    rand_f_score,
+)
+from segkit.tasks.losses import CrossEntropyLoss
 from segkit.tasks.semantic import SemanticSegmentationTask
 
-from .conftest import SHARED_DATA
+from ..helpers import SHARED_DATA
 
 ISBI = SHARED_DATA / "isbi2012"
 needs_isbi = pytest.mark.skipif(

@@ -1,4 +1,5 @@
-"""segkit.metrics against an independent numpy reference (np.bincount + the seed formulas)."""
+"""segkit.evaluation.metrics against an independent numpy reference (np.bincount + the seed
+formulas)."""
 
 import math
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from segkit.metrics import ConfusionMatrix, confusion_matrix, scores
+from segkit.evaluation.metrics import ConfusionMatrix, confusion_matrix, scores
 
 IGNORE = 255
 

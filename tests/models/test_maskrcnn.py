@@ -18,13 +18,13 @@ from torch.utils.data import DataLoader
 from torchvision.ops import FrozenBatchNorm2d
 
 from segkit.data.instances import collate_instances, masks_to_boxes
-from segkit.metrics import confusion_matrix, scores
+from segkit.evaluation.metrics import confusion_matrix, scores
 from segkit.models.maskrcnn import mask_rcnn
 from segkit.models.weights import WeightsError, cached_weights_file
-from segkit.schedulers import multistep_lr
 from segkit.tasks.instance import InstanceSegmentationTask, paste_instances
+from segkit.tasks.schedulers import multistep_lr
 
-from .helpers import check_report, run_train
+from ..helpers import check_report, run_train
 
 LIGHT = {  # a few-MB Mask R-CNN for CPU tests
     "backbone": "resnet18",
@@ -409,7 +409,7 @@ def test_train_maskrcnn_learns_and_reports(tmp_path):
 
     # the same commands as the semantic models: eval.py reproduces the final validation
     # report exactly, predict.py writes the semantic view, a drawing and the detections
-    from .helpers import run_script
+    from ..helpers import run_script
 
     out = tmp_path / "eval"
     run_script("eval.py", f"ckpt_path={metrics['checkpoint']}", f"hydra.run.dir={out}")

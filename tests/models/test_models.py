@@ -21,8 +21,7 @@ from torch import nn
 from segkit.models.base import SegmentationModel
 from segkit.tasks.semantic import split_outputs
 
-from ..conftest import PROJECT_ROOT
-from ..helpers import HEAVY, MODELS, SMALL
+from ..helpers import HEAVY, MODELS, PROJECT_ROOT, SMALL
 
 CONF = PROJECT_ROOT / "conf"
 NUM_CLASSES = 3

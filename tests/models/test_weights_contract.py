@@ -30,8 +30,7 @@ from segkit.models.smp import smp_model
 from segkit.models.weights import WeightsError, align_keys, load_weights, read_state_dict
 from segkit.tasks import build_task
 
-from ..conftest import PROJECT_ROOT
-from ..helpers import HEAVY, MODELS, RESNET18, SMALL
+from ..helpers import HEAVY, MODELS, PROJECT_ROOT, RESNET18, SMALL
 
 CONF = PROJECT_ROOT / "conf"
 SIZE = 32  # image side of the training step and of the logits check

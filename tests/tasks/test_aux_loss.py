@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segkit.losses import CrossEntropyLoss
 from segkit.models.pspnet import PSPNet
+from segkit.tasks.losses import CrossEntropyLoss
 from segkit.tasks.semantic import SemanticSegmentationTask
 
 

@@ -14,14 +14,15 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from segkit.check_data import main as check_data_main
-from segkit.class_weights import count_training_split, resolve_class_weights
+from segkit.cli.check_data import main as check_data_main
 from segkit.data.camvid import CLASS_NAMES, CamVidDataset
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.folder import FolderDataset
-from segkit.losses import CrossEntropyLoss
+from segkit.data.stats import count_training_split
+from segkit.tasks.class_weights import resolve_class_weights
+from segkit.tasks.losses import CrossEntropyLoss
 
-from .conftest import SHARED_DATA
+from ..helpers import SHARED_DATA
 
 CAMVID = SHARED_DATA / "camvid"
 IGNORE = 255
@@ -65,7 +66,7 @@ def datamodule(root: Path, num_classes: int = 3) -> SegmentationDataModule:
 
 def ce(class_weights):
     return OmegaConf.create(
-        {"_target_": "segkit.losses.CrossEntropyLoss", "class_weights": class_weights}
+        {"_target_": "segkit.tasks.losses.CrossEntropyLoss", "class_weights": class_weights}
     )
 
 
@@ -97,9 +98,9 @@ def test_nested_names_are_resolved_and_lists_and_null_kept(root, tmp_path):
     }
     cfg = OmegaConf.create(
         {
-            "_target_": "segkit.losses.WeightedSumLoss",
+            "_target_": "segkit.tasks.losses.WeightedSumLoss",
             "losses": {
-                key: {"_target_": f"segkit.losses.{cls}", "class_weights": weights}
+                key: {"_target_": f"segkit.tasks.losses.{cls}", "class_weights": weights}
                 for key, (cls, weights) in losses.items()
             },
         }

@@ -1,4 +1,4 @@
-"""segkit.losses: ignored pixels contribute nothing; values against hand-computed ones."""
+"""segkit.tasks.losses: ignored pixels contribute nothing; values against hand-computed ones."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segkit.losses import (
+from segkit.tasks.losses import (
     CrossEntropyLoss,
     DiceLoss,
     FocalLoss,

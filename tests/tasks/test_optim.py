@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segkit.losses import CrossEntropyLoss
-from segkit.metrics import ConfusionMatrix
+from segkit.evaluation.metrics import ConfusionMatrix
+from segkit.tasks.losses import CrossEntropyLoss
 from segkit.tasks.semantic import SemanticSegmentationTask
 
 NUM_CLASSES = 3
@@ -126,7 +126,7 @@ def test_decay_on_every_parameter_when_the_switch_is_off():
 
 
 def test_backbone_lr_multiplier_survives_the_poly_schedule():
-    from segkit.schedulers import poly_lr
+    from segkit.tasks.schedulers import poly_lr
 
     task = make_task(backbone_lr_mult=0.1)
     task.scheduler_factory = partial(poly_lr, power=1.0)

@@ -1,4 +1,4 @@
-"""segkit.schedulers: rates at chosen steps against the closed forms (and PyTorch's own
+"""segkit.tasks.schedulers: rates at chosen steps against the closed forms (and PyTorch's own
 schedulers where one exists); one warm-up rule for every per-step schedule."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from segkit.schedulers import (
+from segkit.tasks.schedulers import (
     cosine_lr,
     exponential_lr,
     multistep_lr,

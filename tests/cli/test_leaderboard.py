@@ -1,4 +1,4 @@
-"""python -m segkit.leaderboard: hand-made runs with known scores, and the shared tiny sweep."""
+"""python -m segkit.cli.leaderboard: hand-made runs with known scores, and the shared tiny sweep."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from segkit.analysis import load_runs
-from segkit.leaderboard import BEST, leaderboard_rows, leaderboard_table, main, varying_overrides
-from segkit.report import write_report
+from segkit.cli.leaderboard import main
+from segkit.evaluation.analysis import load_runs
+from segkit.evaluation.leaderboard import (
+    BEST,
+    leaderboard_rows,
+    leaderboard_table,
+    varying_overrides,
+)
+from segkit.evaluation.report import write_report
 
 
 def fake_run(folder: Path, confmat: list[list[int]] | None, overrides: list[str]) -> Path:
