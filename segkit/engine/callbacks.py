@@ -54,6 +54,7 @@ from segkit.engine.checkpoints import (
     describe_model,
     move_superseded_checkpoints,
     refused_changes,
+    upgrade_targets,
 )
 from segkit.engine.loggers import flat_config, log_image, takes_images
 from segkit.evaluation.figures import confusion_heatmap, sample_indices, sample_panels
@@ -557,7 +558,8 @@ class ResumeGuard(L.Callback):
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        self.stored_config = checkpoint.get("config")
+        stored = checkpoint.get("config")  # with the _target_ paths of today's modules
+        self.stored_config = None if stored is None else upgrade_targets(stored)
         self._position = (checkpoint.get("epoch"), checkpoint.get("global_step"))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

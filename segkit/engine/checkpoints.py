@@ -6,6 +6,8 @@ check that one fits before Lightning loads it, and rebuild a trained task from o
 * :func:`load_checkpoint` and :func:`task_from_checkpoint` rebuild a trained task from the
   config stored in a train.py checkpoint (eval.py, predict.py, ``segkit.deploy.publish``);
   :func:`checkpoint_overrides` checks the command-line overrides of those tools against it.
+  A stored config written before the sub-package layout names the old modules in its
+  ``_target_`` paths; :func:`load_checkpoint` rewrites them (:data:`MOVED_MODULES`).
 * :func:`resume_checkpoint` picks the checkpoint of ``ckpt_path=<file>|last`` or
   ``resume=auto``, and :func:`check_checkpoint_fits` compares its weights with the task's.
 * What a resumed run may change (:func:`config_changes`, :func:`refused_changes`; the
@@ -122,7 +124,57 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} has no 'config' entry, so the model cannot be rebuilt; it "
             "must come from segkit's train.py (ConfigInCheckpoint callback)."
         )
+    checkpoint["config"] = upgrade_targets(checkpoint["config"])
     return checkpoint
+
+
+# Where each module of the flat segkit/ went when it was split into sub-packages (issue 28).
+# Checkpoints and published model.pt files written before store their config with the old
+# `_target_` paths (segkit.losses.CrossEntropyLoss, ...); upgrade_targets rewrites them when
+# a stored config is read (load_checkpoint, and ResumeGuard for a resumed run).
+MOVED_MODULES = {
+    "segkit.analysis": "segkit.evaluation.analysis",
+    "segkit.callbacks": "segkit.engine.callbacks",
+    "segkit.check_data": "segkit.cli.check_data",
+    "segkit.checkpoints": "segkit.engine.checkpoints",
+    "segkit.class_weights": "segkit.tasks.class_weights",
+    "segkit.colours": "segkit.data.palettes",
+    "segkit.compare": "segkit.evaluation.compare",
+    "segkit.convert": "segkit.cli.convert",
+    "segkit.ensemble": "segkit.engine.ensemble",
+    "segkit.export": "segkit.deploy.export",
+    "segkit.figures": "segkit.evaluation.figures",
+    "segkit.finetune": "segkit.tasks.optim",
+    "segkit.hydra_callbacks": "segkit.engine.hydra_callbacks",
+    "segkit.inference": "segkit.evaluation.inference",
+    "segkit.leaderboard": "segkit.evaluation.leaderboard",
+    "segkit.loggers": "segkit.engine.loggers",
+    "segkit.losses": "segkit.tasks.losses",
+    "segkit.membrane_metrics": "segkit.evaluation.membrane_metrics",
+    "segkit.metrics": "segkit.evaluation.metrics",
+    "segkit.publish": "segkit.deploy.publish",
+    "segkit.report": "segkit.evaluation.report",
+    "segkit.runner": "segkit.engine.runner",
+    "segkit.schedulers": "segkit.tasks.schedulers",
+    "segkit.summary": "segkit.cli.model_summary",
+    "segkit.sweeps": "segkit.engine.sweeps",
+}
+
+
+def upgrade_targets(config: Any) -> Any:
+    """A copy of a stored config (plain dicts and lists) whose ``_target_`` paths name the
+    modules of today's layout (:data:`MOVED_MODULES`); every other value is kept as is."""
+    if isinstance(config, Mapping):
+        upgraded = {key: upgrade_targets(value) for key, value in config.items()}
+        target = upgraded.get("_target_")
+        if isinstance(target, str):
+            module, _, name = target.rpartition(".")
+            if module in MOVED_MODULES:
+                upgraded["_target_"] = f"{MOVED_MODULES[module]}.{name}"
+        return upgraded
+    if isinstance(config, list | tuple):
+        return [upgrade_targets(value) for value in config]
+    return config
 
 
 # Model config keys that fetch weights at build time (the last two: Mask R-CNN configs

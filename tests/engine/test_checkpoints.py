@@ -1,0 +1,133 @@
+"""Checkpoints written before the sub-package layout (issue 28) still load: their stored
+``_target_`` paths name the old flat modules (``segkit.losses.CrossEntropyLoss``), which
+:data:`~segkit.engine.checkpoints.MOVED_MODULES` maps to today's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from segkit.engine.callbacks import ResumeGuard
+from segkit.engine.checkpoints import (
+    config_changes,
+    load_checkpoint,
+    task_from_checkpoint,
+    upgrade_targets,
+)
+from segkit.tasks import build_task
+
+from ..helpers import PROJECT_ROOT, SMALL_DATA, SMALL_MODEL, compose_job
+
+# Written by hand from the layout before issue 28, independently of MOVED_MODULES: today's
+# module -> where a checkpoint of that time names it.
+OLD_MODULE = {
+    "segkit.tasks.losses": "segkit.losses",
+    "segkit.tasks.schedulers": "segkit.schedulers",
+    "segkit.engine.callbacks": "segkit.callbacks",
+    "segkit.engine.loggers": "segkit.loggers",
+    "segkit.evaluation.inference": "segkit.inference",
+}
+RESULTS = PROJECT_ROOT / "results"
+
+
+def targets(node: Any) -> list[str]:
+    """Every ``_target_`` value in a plain config (dicts and lists), at any depth."""
+    if isinstance(node, dict):
+        own = [node["_target_"]] if isinstance(node.get("_target_"), str) else []
+        return own + [t for value in node.values() for t in targets(value)]
+    if isinstance(node, list):
+        return [t for value in node for t in targets(value)]
+    return []
+
+
+def with_old_targets(node: Any) -> Any:
+    """``node`` with the ``_target_`` paths a checkpoint from before the layout holds."""
+    if isinstance(node, dict):
+        node = {key: with_old_targets(value) for key, value in node.items()}
+        module, _, name = str(node.get("_target_", "")).rpartition(".")
+        if module in OLD_MODULE:
+            node["_target_"] = f"{OLD_MODULE[module]}.{name}"
+        return node
+    if isinstance(node, list):
+        return [with_old_targets(value) for value in node]
+    return node
+
+
+@pytest.fixture
+def old_checkpoint(tmp_path: Path) -> tuple[Path, dict[str, Any], torch.nn.Module]:
+    """A checkpoint of the small model whose config names the old modules; its config as
+    today's layout names it; the task it was saved from."""
+    overrides = [*SMALL_MODEL, *SMALL_DATA, "inference=slide", "scheduler=poly"]
+    cfg = compose_job("train", tmp_path, tmp_path / "run", overrides)
+    torch.manual_seed(0)
+    task = build_task(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    old = with_old_targets(config)
+    moved = {t for t in targets(old) if t.rpartition(".")[0] in OLD_MODULE.values()}
+    assert {t.rpartition(".")[0] for t in moved} == set(OLD_MODULE.values())  # all five kinds
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": task.state_dict(), "config": old, "epoch": 3}, path)
+    return path, config, task
+
+
+def test_an_old_checkpoint_loads_with_todays_targets_and_the_same_logits(old_checkpoint):
+    path, config, task = old_checkpoint
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["config"] == config
+    _, rebuilt = task_from_checkpoint(checkpoint)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.model(x), task.eval().model(x), rtol=0, atol=0)
+
+
+def test_an_old_checkpoint_loads_as_weights_path(old_checkpoint):
+    path, config, task = old_checkpoint
+    model = hydra.utils.instantiate({**config["model"], "weights_path": str(path)})
+    for key, value in task.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_resuming_an_old_checkpoint_sees_no_config_change(old_checkpoint):
+    path, config, _ = old_checkpoint
+    guard = ResumeGuard(config)
+    guard.on_load_checkpoint(None, None, torch.load(path, weights_only=True))
+    assert guard.stored_config == config
+    assert config_changes(guard.stored_config, config) == []
+
+
+def test_upgrade_keeps_everything_but_moved_targets():
+    stored = {
+        "loss": {"_target_": "segkit.losses.DiceLoss", "ignore_index": 255},
+        "model": {"_target_": "segkit.models.unet.UNet", "note": "segkit.losses.DiceLoss"},
+        "callbacks": [{"_target_": "segkit.hydra_callbacks.SweepSummary"}],
+        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True},
+    }
+    assert upgrade_targets(stored) == {
+        "loss": {"_target_": "segkit.tasks.losses.DiceLoss", "ignore_index": 255},
+        "model": {"_target_": "segkit.models.unet.UNet", "note": "segkit.losses.DiceLoss"},
+        "callbacks": [{"_target_": "segkit.engine.hydra_callbacks.SweepSummary"}],
+        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True},
+    }
+    assert stored["loss"]["_target_"] == "segkit.losses.DiceLoss"  # a copy: the input is kept
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(RESULTS.rglob("model.pt")) + sorted(RESULTS.rglob("config.yaml")),
+    ids=lambda p: str(p.relative_to(RESULTS)),
+)
+def test_every_target_of_a_shipped_result_resolves(path):
+    """The shipped results (``model.pt`` as eval.py reads it, ``config.yaml`` as stored)."""
+    if path.suffix == ".pt":
+        config = load_checkpoint(path)["config"]
+    else:
+        config = upgrade_targets(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    found = targets(config)
+    assert any(t.startswith("segkit.") for t in found)
+    for target in found:
+        assert callable(hydra.utils.get_object(target)), target
