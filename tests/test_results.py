@@ -24,7 +24,11 @@ from .helpers import PROJECT_ROOT, SHARED_DATA
 
 RESULTS = PROJECT_ROOT / "results" / "camvid"
 # the recipes RESULTS.md reports with weights
-SHIPPED = ("camvid_fpn_lite0", "camvid_fpn_scratch", "camvid_segnet_basic")
+SHIPPED = ("camvid_fpn_lite0", "camvid_fpn_scratch", "camvid_segnet_basic") + tuple(
+    # the architecture table's rows (RESULTS.md), each published with its weights
+    f"camvid_bench/{path.parent.name}"
+    for path in sorted((RESULTS / "camvid_bench").glob("*/model.pt"))
+)
 CAMVID = SHARED_DATA / "camvid"
 FILES = (
     "model.pt",
