@@ -167,7 +167,7 @@ def test_requeue_signal_saves_last_ckpt_then_hands_over_to_submitit(tmp_path):
                 "data.prepare.num_train=16",  # 4 steps per epoch
                 "trainer.max_epochs=2",
                 "callbacks.last_checkpoint.every_n_train_steps=0",
-                "+callbacks.probe._target_=tests.test_cluster.SignalAtStep",
+                "+callbacks.probe._target_=tests.engine.test_cluster.SignalAtStep",
                 "+callbacks.probe.step=2",
                 f"+callbacks.probe.signum={int(signal.SIGUSR2)}",
             ],
