@@ -56,3 +56,20 @@ def test_decoder_sees_the_encoder_features_concatenated():
     # the last decoder block gets [first-level features (64), upsampled (64)], padded to 48x48
     assert seen["x"].shape == (1, 128, 48, 48)
     torch.testing.assert_close(seen["x"][:, :64], seen["first"])
+
+
+def test_weights_start_as_the_paper_says():
+    """Sec. 3: Gaussian weights with standard deviation sqrt(2/N), N = inputs of one unit
+    (a 3x3 conv over 64 channels: N = 9 * 64); biases zero."""
+    torch.manual_seed(0)
+    model = UNet(num_classes=2, in_channels=1)
+    cases = [
+        (model.down[0][0][0], 9 * 1),  # first 3x3 conv on the grey input
+        (model.down[4][1][0], 9 * 1024),  # the deepest 3x3 conv
+        (model.up[0], 1024),  # 2x2 up-convolution, stride 2: one kernel position per output
+        (model.head, 64),  # the 1x1 classifier
+    ]
+    for conv, inputs in cases:
+        assert conv.weight.std().item() == pytest.approx((2 / inputs) ** 0.5, rel=0.05)
+        assert conv.weight.mean().item() == pytest.approx(0, abs=0.05 * (2 / inputs) ** 0.5)
+        assert torch.count_nonzero(conv.bias) == 0
