@@ -107,10 +107,29 @@ def test_data_dependent_model_is_run_on_cpu_or_left_unmeasured():
 def test_table_rows():
     table = model_table(["+input_size=[64,64]"], names=["lraspp", "unet_r18"])
     lines = table.splitlines()
-    assert "| model | class | params (M) | GMACs | GFLOPs | output stride |" in lines
+    header = "| model | class | params (M) | GMACs | GFLOPs | output stride | CamVid val mIoU |"
+    assert header in lines
     rows = [line.split("|")[1:-1] for line in lines if line.startswith("| `")]
     # LR-ASPP: 3.2M parameters (torchvision docs); 3.9 GMACs / 7.9 GFLOPs at 512x1024 scale
     # to 0.03 / 0.06 at 64x64
-    assert [cell.strip() for cell in rows[0]] == ["`lraspp`", "LRASPP", "3.2", "0.0", "0.1", "16"]
+    assert [cell.strip() for cell in rows[0]][:6] == [
+        "`lraspp`",
+        "LRASPP",
+        "3.2",
+        "0.0",
+        "0.1",
+        "16",
+    ]
     assert [cell.strip() for cell in rows[1]][:2] == ["`unet_r18`", "smp Unet/resnet18"]
     assert "1x3x64x64, 19 classes" in table
+
+
+def test_camvid_column_reads_the_published_row(tmp_path):
+    from segkit.cli.model_summary import camvid_cell
+
+    (tmp_path / "pspnet_lite0").mkdir()
+    (tmp_path / "pspnet_lite0" / "metrics.json").write_text('{"mIoU": 0.4321}')
+    link = "(RESULTS.md#camvid-architecture-table)"
+    assert camvid_cell("pspnet_lite0", tmp_path) == f"[43.2]{link}"
+    assert camvid_cell("pspnet", tmp_path) == f"[43.2]{link} (`pspnet_lite0`)"  # its Lite0 row
+    assert camvid_cell("segnet", tmp_path) == f"[see table]{link}"
