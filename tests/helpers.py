@@ -174,9 +174,9 @@ def compose(
 
 
 def expected_scores(matrix: np.ndarray) -> dict[str, np.ndarray]:
-    """The README's formulas in numpy, for a confusion matrix (rows = ground truth): PA,
-    CPA, MPA, IoU, mIoU, FWIoU, Dice, mDice, Precision; a 0/0 ratio is NaN and left out of
-    the means."""
+    """The metric formulas of docs/evaluation.md in numpy, for a confusion matrix (rows =
+    ground truth): PA, CPA, MPA, IoU, mIoU, FWIoU, Dice, mDice, Precision; a 0/0 ratio is NaN
+    and left out of the means."""
     m = matrix.astype(np.float64)
     tp, gt, pred, total = np.diag(m), m.sum(1), m.sum(0), m.sum()
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -17,7 +17,7 @@ activations, pooling, interpolation) are not.
 The output stride is the input height over the smallest map produced by a strided
 convolution or pooling, functional calls included (dilated stages do not count), rounded
 to a power of two.
-``--table`` prints the markdown table of every ``conf/model/*.yaml`` for the README
+``--table`` prints the markdown table of every ``conf/model/*.yaml`` for docs/models.md
 (defaults: 19 classes, 512x1024, as Cityscapes).
 """
 
@@ -189,11 +189,11 @@ def format_summary(summary: Summary) -> str:
     return "\n".join(lines)
 
 
-ARCHITECTURE_TABLE = "RESULTS.md#camvid-architecture-table"
+ARCHITECTURE_TABLE = "../RESULTS.md#camvid-architecture-table"  # links from docs/
 
 
 def camvid_cell(name: str, results: Path) -> str:
-    """The README's link to a model's row of RESULTS.md's architecture table: the val mIoU
+    """docs/models.md's link to a model's row of RESULTS.md's architecture table: the val mIoU
     of ``results/<name>`` or, for a config whose protocol row uses the Lite0 encoder,
     ``results/<name>_lite0``; otherwise a link to the table (a run to come, or the reason
     a model has no row)."""

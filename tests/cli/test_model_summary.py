@@ -1,5 +1,5 @@
-"""segkit.cli.model_summary: FLOPs and output stride against hand counts, CLI output, README
-table."""
+"""segkit.cli.model_summary: FLOPs and output stride against hand counts, CLI output,
+the table of docs/models.md."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def test_camvid_column_reads_the_published_row(tmp_path):
 
     (tmp_path / "pspnet_lite0").mkdir()
     (tmp_path / "pspnet_lite0" / "metrics.json").write_text('{"mIoU": 0.4321}')
-    link = "(RESULTS.md#camvid-architecture-table)"
+    link = "(../RESULTS.md#camvid-architecture-table)"
     assert camvid_cell("pspnet_lite0", tmp_path) == f"[43.2]{link}"
     assert camvid_cell("pspnet", tmp_path) == f"[43.2]{link} (`pspnet_lite0`)"  # its Lite0 row
     assert camvid_cell("segnet", tmp_path) == f"[see table]{link}"

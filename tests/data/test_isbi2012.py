@@ -75,7 +75,7 @@ def test_missing_root_names_data_dataset_root(tmp_path):
 
 
 def test_any_model_takes_one_channel_and_scores_the_errors(tmp_path):
-    """The README's data=isbi2012 model=unet_r18 task.membrane_class=0."""
+    """docs/data.md's data=isbi2012 model=unet_r18 task.membrane_class=0."""
     cfg = compose(tmp_path, ["data=isbi2012", "model=unet_r18", "task.membrane_class=0"])
     task = build_task(cfg).eval()
     assert cfg.model.in_channels == 1 and task.membrane_errors is not None

@@ -429,7 +429,7 @@ def test_eval_split_test_scores_the_roots_test_split_or_says_it_has_none(tmp_pat
     assert not (tmp_path / "none" / "metrics.json").exists()
 
 
-# --- case 10: the README's predict and notebook commands --------------------------------
+# --- case 10: the documented predict and notebook commands ---------------------------------
 
 
 @pytest.mark.slow
@@ -443,20 +443,20 @@ def test_readme_predict_command_on_a_photo_in_the_current_folder(tmp_path, monke
         env = {**ENV, "SEGKIT_ROOT": str(tmp_path)}  # its run folder under tmp_path/logs
         return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
 
-    result = predict("input=photo.png", "output=preds/")  # as in the README
+    result = predict("input=photo.png", "output=preds/")  # as in docs/evaluation.md
     assert result.returncode == 0, result.stderr[-3000:]
     written = Image.open(tmp_path / "preds" / "photo.png")
     assert written.mode == "P" and written.size == (64, 32)
     assert f"Results: {tmp_path / 'preds'}" in result.stdout
 
-    # the refusals, in-process (predict.py's own checks, on the README's relative paths,
+    # the refusals, in-process (predict.py's own checks, on the documented relative paths,
     # from the same folder): a missing input; output=. would write ./photo.png over it
     script = load_script("predict")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="input=missing.png does not exist"):
         script.input_files(Path("missing.png"))
     files = script.input_files(Path("photo.png"))
-    script.check_output(Path("preds"), Path("photo.png"), files)  # the README's case is fine
+    script.check_output(Path("preds"), Path("photo.png"), files)  # the documented case is fine
     with pytest.raises(ValueError, match="over the input image"):
         script.check_output(Path("."), Path("photo.png"), files)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "photo.png")), image)
@@ -480,7 +480,7 @@ def test_readme_notebook_command_runs_as_written_and_keeps_the_notebook(tmp_path
     fake_run(sweep / "0", np.array([[8, 2], [1, 5]]))
     fake_run(sweep / "1", np.array([[9, 1], [3, 3]]))
     jupyter = Path(sys.executable).parent / "jupyter"
-    command = (  # the README's command, from the project root
+    command = (  # docs/experiments.md's command, from the project root
         f"cd {shlex.quote(str(clone))} && SEGKIT_RUNS=logs/train/multiruns/2026-01-01_00-00-00 "
         f"{shlex.quote(str(jupyter))} execute notebooks/per_class_iou.ipynb "
         "--output=../logs/per_class_iou"

@@ -1,4 +1,5 @@
-"""README's "What a run leaves behind" table lists every file and folder a run writes."""
+"""The "What a run leaves behind" table of docs/getting-started.md lists every file and folder
+a run writes."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from ..helpers import PROJECT_ROOT
 HARNESS_FILES = {"stdout.txt", "stderr.txt"}  # helpers.run_train's copies of the console
 
 
-def readme_table() -> list[tuple[list[str], bool]]:
+def run_folder_table() -> list[tuple[list[str], bool]]:
     """Rows of the table: (the backticked paths of the first cell, whether the row is
     optional, i.e. its description starts with "only")."""
-    text = (PROJECT_ROOT / "README.md").read_text()
+    text = (PROJECT_ROOT / "docs" / "getting-started.md").read_text()
     section = text.split("## What a run leaves behind", 1)[1].split("\n## ", 1)[0]
     rows = []
     for line in section.splitlines():
@@ -40,12 +41,12 @@ def test_the_table_parser_reads_entries_and_optional_rows():
     assert pattern("tensorboard/events.out.tfevents.*").fullmatch(
         "tensorboard/events.out.tfevents.1.vm.2.0"
     )
-    rows = readme_table()
+    rows = run_folder_table()
     assert (["metrics.json"], False) in rows and (["fit-profile.txt"], True) in rows
 
 
 @pytest.mark.slow
-def test_readme_table_lists_every_file_a_run_writes(trained_run):
+def test_docs_table_lists_every_file_a_run_writes(trained_run):
     # every file, and every folder that holds none (a folder with files is named by them)
     written = {
         path.relative_to(trained_run).as_posix()
@@ -53,10 +54,11 @@ def test_readme_table_lists_every_file_a_run_writes(trained_run):
         if (path.is_file() or not any(path.iterdir()))
         and not (path.parent == trained_run and path.name in HARNESS_FILES)
     }
-    entries = [(pattern(entry), optional) for paths, optional in readme_table() for entry in paths]
+    rows = run_folder_table()
+    entries = [(pattern(entry), optional) for paths, optional in rows for entry in paths]
     unlisted = sorted(path for path in written if not any(p.fullmatch(path) for p, _ in entries))
-    assert not unlisted, f"written by the run, not in the README table: {unlisted}"
+    assert not unlisted, f"written by the run, not in the docs table: {unlisted}"
     missing = [
         p.pattern for p, optional in entries if not optional and not any(map(p.fullmatch, written))
     ]
-    assert not missing, f"listed in the README table, but the run wrote none: {missing}"
+    assert not missing, f"listed in the docs table, but the run wrote none: {missing}"

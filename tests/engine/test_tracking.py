@@ -1,4 +1,4 @@
-"""Experiment tracking (README "Tracking"): logger=many, read back from each tracker.
+"""Experiment tracking (docs/experiments.md, "Tracking"): logger=many, read back from each tracker.
 
 One tiny in-process run with ``logger=many`` (CSV + TensorBoard + W&B offline + MLflow in
 SQLite, every file under tmp) is shared by the read-back tests: W&B's offline ``.wandb``
