@@ -4,38 +4,15 @@
     python -m segkit.cli.convert split <root> [--val 0.2] [--test 0.0] [--seed 0]
     python -m segkit.cli.convert split <root> --folds K [--test 0.0] [--seed 0]
 
-``labelme`` reads every ``<dir>/*.json`` written by labelme and writes ``<out_root>/images/``
-(each image copied, or symlinked with ``--link``; from the JSON's ``imageData`` when the image
-file is missing), ``<out_root>/masks/<stem>.png`` (8-bit class-index PNGs) and
-``<out_root>/classes.txt`` (one name per line, in index order). Conventions:
-
-* Class indices: ``--classes`` lists the class names in index order; the first is the
-  background, the value of every pixel no shape covers. Without it the classes are
-  ``background`` followed by every label found, sorted. Shapes labelled ``__ignore__``
-  (labelme's own convention) get ``--ignore-index`` (255).
-* Shapes are drawn in file order, later shapes over earlier ones, as labelme's own exporter
-  draws them (Pillow ``ImageDraw``, outline included): ``polygon`` (also a shape without a
-  ``shape_type``), ``rectangle`` (the box of its two corners, both included) and ``circle``
-  (centre, then a point on the circle). Other types (``line``, ``linestrip``, ``point``,
-  ``points``, ``mask``) have no area or are not supported: they stop the conversion, listed
-  with their files, unless ``--skip-unsupported`` leaves them out.
-* A label not in ``--classes`` stops the conversion, listing every such label with its
-  files, unless ``--unknown-as-ignore`` gives its pixels ``--ignore-index``.
-* Coordinates are those of the image as displayed (EXIF orientation applied, as labelme
-  and segkit's reader do); an image whose size differs from ``imageHeight``/``imageWidth``
-  stops, naming both.
-
-Every JSON file is read and checked before anything is written, so a problem leaves no
-half-converted folder. The input folder is never written to: ``out_root`` must lie outside
-it, and existing ``images/`` or ``masks/`` files in ``out_root`` are never overwritten.
-
-``split`` writes ``<root>/splits/*.txt`` (one stem per line, sorted, the format
-:class:`~segkit.data.folder.FolderDataset` reads) from the stems of ``<root>/images``,
-shuffled with ``--seed``: ``train``/``val``/``test`` by fractions
-(:func:`segkit.data.folder.write_splits`, the same as ``python -m segkit.data.folder``), or
-with ``--folds K`` K-fold cross-validation lists ``fold<k>_train.txt`` and ``fold<k>_val.txt``
-(``k = 0..K-1``; every non-test image is in exactly one ``fold<k>_val``), plus ``test.txt``
-held out of every fold when ``--test`` > 0. Existing lists are never overwritten.
+Contract: ``labelme`` reads ``<dir>/*.json`` and writes ``<out_root>/images/``,
+``<out_root>/masks/<stem>.png`` (8-bit class indices; the first class is the background, the
+value of every pixel no shape covers) and ``<out_root>/classes.txt``. ``split`` writes
+``<root>/splits/*.txt``, one stem per line, sorted, the format
+:class:`~segkit.data.folder.FolderDataset` reads (fractions through
+:func:`segkit.data.folder.write_splits`, or K folds). Invariants: every JSON file is checked
+before anything is written; the input folder, existing images, masks and split lists are
+never written over. The conventions (class order, drawing order and shape types, unknown
+labels, sizes, folds) are in docs/data.md, "Your own data".
 """
 
 from __future__ import annotations

@@ -1,28 +1,12 @@
 """Semantic segmentation scores from one confusion matrix.
 
-Conventions (used everywhere in segkit: logs, ``metrics.json``, ``per_class.csv``):
-
-* The confusion matrix ``M`` is int64 ``[C, C]``; **rows are ground truth, columns are
-  predictions**: ``M[i, j]`` counts pixels of true class ``i`` predicted as ``j``.
-  Pixels whose target equals ``ignore_index`` are dropped before counting.
-* ``GT_i = sum_j M[i, j]``, ``Pred_i = sum_j M[j, i]``, ``TP_i = M[i, i]``, ``total = sum M``.
-* ``PA = trace / total``; ``CPA_i = TP_i / GT_i`` (per-class recall); ``MPA = nanmean(CPA)``.
-* ``IoU_i = TP_i / (GT_i + Pred_i - TP_i)``; ``mIoU = nanmean(IoU)``.
-* ``FWIoU = sum over classes with GT_i > 0 of (GT_i / total) * IoU_i``.
-* ``Dice_i = 2 TP_i / (GT_i + Pred_i)``; ``mDice = nanmean(Dice)``;
-  ``Precision_i = TP_i / Pred_i``.
-* A ratio whose denominator is zero is NaN and is left out of every mean (the nanmean
-  convention of mmsegmentation): a class with neither ground truth nor prediction has NaN
-  IoU/Dice; a class absent from the ground truth has NaN CPA; a class never predicted has
-  NaN Precision. A class that is predicted but absent from the ground truth gets IoU 0 and
-  Dice 0, so false positives on absent classes do lower mIoU.
-
-:class:`InstanceIoU` adds Cityscapes' instance-level iIoU where the ground truth carries
-instance ids (per class with instances, per category, and their means).
-
-The counts are accumulated on the device of the inputs and summed across processes by
-torchmetrics (``dist_reduce_fx="sum"``), so a score never depends on the number of GPUs
-(provided every pixel is seen exactly once).
+Contract: :class:`ConfusionMatrix` accumulates an int64 ``[C, C]`` matrix ``M``, rows = ground
+truth, columns = prediction, pixels whose target is ``ignore_index`` dropped, on the inputs'
+device, summed across processes (``dist_reduce_fx="sum"``); :func:`scores` derives every score
+from ``M`` alone, and a 0/0 ratio is NaN and left out of every mean. :class:`InstanceIoU` adds
+Cityscapes' instance-level iIoU where the ground truth carries instance ids (per class with
+instances, per category, and their means). The formulas and the NaN rule, class by class, are
+in docs/evaluation.md, "Metrics"; the iIoU definition in its "Cityscapes" section.
 """
 
 from __future__ import annotations
