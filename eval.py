@@ -1,9 +1,10 @@
 """Score a trained checkpoint: python eval.py ckpt_path=<.ckpt> [split=test] [inference=slide]
 
 Rebuilds the data module and the task from the config stored in the checkpoint (see
-:class:`segkit.engine.callbacks.ConfigInCheckpoint`), scores the weights on a split and writes
-``metrics.json``, ``confusion_matrix.npy`` and ``per_class.csv`` into the run folder
-(``logs/eval/runs/<time>``), exactly as train.py does, plus the per-class console table.
+:class:`segkit.engine.callbacks.checkpointing.ConfigInCheckpoint`), scores the weights on a
+split and writes ``metrics.json``, ``confusion_matrix.npy`` and ``per_class.csv`` into the
+run folder (``logs/eval/runs/<time>``), exactly as train.py does, plus the per-class console
+table.
 
 ``data.*``/``task.*`` given here are merged over the stored config; ``data=<group>`` merges
 that whole data config, except the input channels, normalisation and eval transform the

@@ -30,7 +30,7 @@ import torch
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
 from segkit.config import compose
-from segkit.engine.callbacks import compile_supported
+from segkit.engine.callbacks.speed import compile_supported
 from segkit.tasks import build_task
 from segkit.tasks.semantic import SemanticSegmentationTask
 

@@ -733,7 +733,7 @@ def choose_backend(backend: str, images: int) -> str:
         return backend
     if images < COMPILE_MIN_IMAGES:
         return "eager"
-    from segkit.engine.callbacks import compile_supported
+    from segkit.engine.callbacks.speed import compile_supported
 
     return "compile" if compile_supported() is None else "eager"
 
@@ -762,7 +762,7 @@ def fast_path(task: Any, backend: str) -> Any:
             lambda _, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
         )
     elif backend == "compile":
-        from segkit.engine.callbacks import compile_supported
+        from segkit.engine.callbacks.speed import compile_supported
 
         reason = compile_supported()
         if reason is not None:

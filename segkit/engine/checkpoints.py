@@ -11,7 +11,7 @@ check that one fits before Lightning loads it, and rebuild a trained task from o
 * :func:`resume_checkpoint` picks the checkpoint of ``ckpt_path=<file>|last`` or
   ``resume=auto``, and :func:`check_checkpoint_fits` compares its weights with the task's.
 * What a resumed run may change (:func:`config_changes`, :func:`refused_changes`; the
-  :class:`~segkit.engine.callbacks.ResumeGuard` callback applies them):
+  :class:`~segkit.engine.callbacks.checkpointing.ResumeGuard` callback applies them):
 
   - **applied**: a new run length (``trainer.max_epochs``, ``trainer.max_steps``). The
     step-counted schedule (poly, cosine, multistep) is given the new total
@@ -29,14 +29,14 @@ check that one fits before Lightning loads it, and rebuild a trained task from o
 
   Checkpoints of ``ModelCheckpoint`` (``best_epoch*.ckpt``) that the restored state does
   not know come from the interrupted part of the earlier run, after the checkpoint resumed
-  from; :func:`move_superseded_checkpoints` moves them to ``checkpoints/superseded/``
-  (nothing is deleted), so the folder holds only the resumed run's best checkpoint.
+  from; :func:`segkit.engine.callbacks.checkpointing.move_superseded_checkpoints` moves them
+  to ``checkpoints/superseded/`` (nothing is deleted), so the folder holds only the resumed
+  run's best checkpoint.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -131,7 +131,10 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
 # Where each module of the flat segkit/ went when it was split into sub-packages (issue 28).
 # Checkpoints and published model.pt files written before store their config with the old
 # `_target_` paths (segkit.losses.CrossEntropyLoss, ...); upgrade_targets rewrites them when
-# a stored config is read (load_checkpoint, and ResumeGuard for a resumed run).
+# a stored config is read (load_checkpoint, and ResumeGuard for a resumed run). A module that
+# was split in turn lists its classes one by one (old class path -> new class path), applied
+# after the module's move: segkit.callbacks.LastCheckpoint -> segkit.engine.callbacks.
+# LastCheckpoint -> segkit.engine.callbacks.checkpointing.LastCheckpoint.
 MOVED_MODULES = {
     "segkit.analysis": "segkit.evaluation.analysis",
     "segkit.callbacks": "segkit.engine.callbacks",
@@ -158,6 +161,24 @@ MOVED_MODULES = {
     "segkit.schedulers": "segkit.tasks.schedulers",
     "segkit.summary": "segkit.cli.model_summary",
     "segkit.sweeps": "segkit.engine.sweeps",
+    # segkit/engine/callbacks.py became the package segkit/engine/callbacks/
+    "segkit.engine.callbacks.ConfigInCheckpoint": (
+        "segkit.engine.callbacks.checkpointing.ConfigInCheckpoint"
+    ),
+    "segkit.engine.callbacks.LastCheckpoint": (
+        "segkit.engine.callbacks.checkpointing.LastCheckpoint"
+    ),
+    "segkit.engine.callbacks.ResumeGuard": "segkit.engine.callbacks.checkpointing.ResumeGuard",
+    "segkit.engine.callbacks.TrainingBatchesCheck": (
+        "segkit.engine.callbacks.guards.TrainingBatchesCheck"
+    ),
+    "segkit.engine.callbacks.NonFiniteGuard": "segkit.engine.callbacks.guards.NonFiniteGuard",
+    "segkit.engine.callbacks.EpochLines": "segkit.engine.callbacks.console.EpochLines",
+    "segkit.engine.callbacks.RunOverview": "segkit.engine.callbacks.console.RunOverview",
+    "segkit.engine.callbacks.FastPaths": "segkit.engine.callbacks.speed.FastPaths",
+    "segkit.engine.callbacks.ValidationFigures": (
+        "segkit.engine.callbacks.figures.ValidationFigures"
+    ),
 }
 
 
@@ -170,7 +191,8 @@ def upgrade_targets(config: Any) -> Any:
         if isinstance(target, str):
             module, _, name = target.rpartition(".")
             if module in MOVED_MODULES:
-                upgraded["_target_"] = f"{MOVED_MODULES[module]}.{name}"
+                target = f"{MOVED_MODULES[module]}.{name}"
+            upgraded["_target_"] = MOVED_MODULES.get(target, target)  # a split module's class
         return upgraded
     if isinstance(config, list | tuple):
         return [upgrade_targets(value) for value in config]
@@ -458,43 +480,3 @@ def _matches(key: str, prefixes: tuple[str, ...]) -> bool:
 def refused_changes(changes: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
     """The changes a resumed run cannot apply (:data:`RESTORED_STATE` keys)."""
     return [change for change in changes if _matches(change[0], RESTORED_STATE)]
-
-
-def move_superseded_checkpoints(trainer: L.Trainer) -> list[Path]:
-    """Move ``ModelCheckpoint`` files that the restored state does not track to
-    ``<dirpath>/superseded/``; returns their new paths.
-
-    Only files named like the callback's ``filename`` template (the part before the first
-    ``{``) are moved; ``last*.ckpt`` and the checkpoint being resumed from never are.
-    """
-    moved: list[Path] = []
-    resumed = Path(trainer.ckpt_path).resolve() if trainer.ckpt_path else None
-    for callback in trainer.checkpoint_callbacks:
-        if not isinstance(callback, ModelCheckpoint) or not callback.dirpath:
-            continue
-        folder = Path(callback.dirpath)
-        if not folder.is_dir():
-            continue
-        known = {
-            Path(p).resolve()
-            for p in (
-                *callback.best_k_models,
-                callback.best_model_path,
-                callback.kth_best_model_path,
-                callback.last_model_path,
-            )
-            if p
-        }
-        prefix = (callback.filename or "").split("{")[0]
-        for path in sorted(folder.glob(f"{prefix}*{callback.FILE_EXTENSION}")):
-            if path.name.startswith("last") or path.resolve() in known | {resumed}:
-                continue
-            target = folder / "superseded" / path.name
-            target.parent.mkdir(exist_ok=True)
-            number = 1
-            while target.exists():
-                target = target.with_name(f"{path.stem}.{number}{path.suffix}")
-                number += 1
-            shutil.move(path, target)
-            moved.append(target)
-    return moved

@@ -33,7 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from segkit.config import ConfigError
-from segkit.engine.callbacks import LastCheckpoint
+from segkit.engine.callbacks.checkpointing import LastCheckpoint
 from segkit.engine.runner import print_results
 from segkit.engine.sweeps import (
     best_params_dict,
@@ -209,10 +209,11 @@ class RequeueAfterSave:
 
     A context manager. On entry it takes over ``signums`` and keeps the first one's handler,
     submitit's (it requeues the job and exits at once, mid-step). A signal that arrives while
-    :class:`~segkit.engine.callbacks.LastCheckpoint` holds ``SIGTERM`` (the training loop) goes to
-    ``LastCheckpoint``: ``last.ckpt`` at the end of the step in progress, then the run stops
-    (``SystemExit``); :meth:`after_stop` then calls submitit's handler. At any other time
-    (data preparation, final scoring) submitit's handler runs at once.
+    :class:`~segkit.engine.callbacks.checkpointing.LastCheckpoint` holds ``SIGTERM`` (the
+    training loop) goes to ``LastCheckpoint``: ``last.ckpt`` at the end of the step in
+    progress, then the run stops (``SystemExit``); :meth:`after_stop` then calls submitit's
+    handler. At any other time (data preparation, final scoring) submitit's handler runs at
+    once.
 
     Args:
         signums: the signals to take over; submitit's requeue signal first.

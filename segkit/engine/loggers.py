@@ -13,7 +13,8 @@
   ``required=False`` (``logger=many``), leaves that tracker out with a warning.
   "Installed" means importable (``importlib.util.find_spec``): no registry is asked.
 * :func:`flat_config`: the composed config as the flat ``{"optimizer.lr": 0.002, ...}``
-  hyperparameters every logger receives (:class:`segkit.engine.callbacks.ConfigInCheckpoint`).
+  hyperparameters every logger receives
+  (:class:`segkit.engine.callbacks.checkpointing.ConfigInCheckpoint`).
 * :func:`log_image`: one picture to any logger that takes images (TensorBoard, Weights &
   Biases, MLflow); the others (CSV) are skipped.
 """

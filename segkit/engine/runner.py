@@ -25,14 +25,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.config import ConfigError
-from segkit.engine.callbacks import (
-    ConfigInCheckpoint,
-    EpochLines,
-    LastCheckpoint,
-    ResumeGuard,
-    RunOverview,
-    TrainingBatchesCheck,
-)
+from segkit.engine.callbacks import every_run_callbacks
+from segkit.engine.callbacks.checkpointing import LastCheckpoint
 from segkit.engine.checkpoints import AtomicCheckpointIO, checkpoint_epoch
 from segkit.evaluation.report import print_report, write_report
 
@@ -107,30 +101,28 @@ def quiet_known_noise() -> None:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """Instantiate ``cfg.trainer`` with ``cfg.callbacks`` and ``cfg.logger``.
 
-    With no logger (``logger=none``) a ``LearningRateMonitor`` is left out.
-
-    The resolved config is stored in every checkpoint (:class:`ConfigInCheckpoint`), a
-    resumed run checks its config changes against it
-    (:class:`~segkit.engine.callbacks.ResumeGuard`),
-    a training split without a single batch stops the run
-    (:class:`~segkit.engine.callbacks.TrainingBatchesCheck`), and checkpoints are written
-    atomically (:class:`AtomicCheckpointIO`). ``trainer.
+    The callbacks are those of ``cfg.callbacks`` (``conf/callbacks/``), then one of each
+    :data:`segkit.engine.callbacks.EVERY_RUN` class (the config in every checkpoint, the
+    resume check, the no-training-batches stop, the run overview and the epoch lines); the
+    run overview prints both lists. With no logger (``logger=none``) a ``LearningRateMonitor``
+    is left out. Checkpoints are written atomically (:class:`AtomicCheckpointIO`). ``trainer.
     sync_batchnorm=true`` is turned off with a warning when only one process runs (nothing
     to synchronise) or on CPU (torch's SyncBatchNorm supports only GPU-like devices).
     """
-    callbacks: list[L.Callback] = [
-        hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()
-    ]
+    configured = {
+        name: hydra.utils.instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
+    }
     config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks += [ConfigInCheckpoint(config), ResumeGuard(config), TrainingBatchesCheck()]
-    callbacks += [RunOverview(config), EpochLines(cfg.get("optimized_metric") or "val/mIoU")]
     quiet_known_noise()
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    if not loggers:  # LearningRateMonitor raises without a logger; there is nothing to log to
+        configured = {
+            name: c for name, c in configured.items() if not isinstance(c, LearningRateMonitor)
+        }
+    callbacks = [*configured.values(), *every_run_callbacks(config, list(configured))]
     # LastCheckpoint after ModelCheckpoint (Lightning keeps the order of checkpoint
     # callbacks), so the epoch-end last.ckpt records that epoch's best checkpoint
     callbacks.sort(key=lambda callback: isinstance(callback, LastCheckpoint))
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values()]
-    if not loggers:  # LearningRateMonitor raises without a logger; there is nothing to log to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
 
     # A progress bar redrawn with \r fills a log file: off when the output is not a
     # terminal (EpochLines writes one line per epoch), unless the config says otherwise.
@@ -267,8 +259,9 @@ def fit(
 ) -> None:
     """``trainer.fit`` that says where the work is when it stops early.
 
-    On an interrupt (SIGINT/SIGTERM: :class:`~segkit.engine.callbacks.LastCheckpoint` has saved
-    ``last.ckpt`` at the end of the step in progress) or an error after training began, rank
+    On an interrupt (SIGINT/SIGTERM:
+    :class:`~segkit.engine.callbacks.checkpointing.LastCheckpoint` has saved ``last.ckpt`` at
+    the end of the step in progress) or an error after training began, rank
     0 prints which ``last.ckpt`` holds the work (or that none was written, so the work is
     lost) and the exact command that continues the run (:func:`continue_command`). An
     interrupted run exits with status 128 + the signal number (130 for Ctrl-C, 143 for

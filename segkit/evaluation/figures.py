@@ -2,7 +2,7 @@
 
 The base install has no matplotlib (it comes with the ``notebook`` extra), and these
 pictures are drawn during training for the experiment trackers
-(:class:`segkit.engine.callbacks.ValidationFigures`) and for published results
+(:class:`segkit.engine.callbacks.figures.ValidationFigures`) and for published results
 (:mod:`segkit.deploy.publish`), so they need nothing beyond Pillow and numpy.
 
 * :func:`sample_indices`: the fixed validation images, evenly spaced in the split's order.

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-import segkit.engine.callbacks
+import segkit.engine.callbacks.speed
 from segkit.config import ConfigError, compose
 from segkit.deploy.export import (
     ATOL,
@@ -271,9 +271,11 @@ def test_fast_paths_equal_the_eager_task(tmp_path, monkeypatch):
     # auto: a few images run eagerly (compiling costs more than it saves), a folder compiles
     # where torch.compile works (stood in for here: really compiling takes tens of seconds)
     assert choose_backend("auto", COMPILE_MIN_IMAGES - 1) == "eager"
-    monkeypatch.setattr(segkit.engine.callbacks, "compile_supported", lambda: None)
+    monkeypatch.setattr(segkit.engine.callbacks.speed, "compile_supported", lambda: None)
     assert choose_backend("auto", COMPILE_MIN_IMAGES) == "compile"
-    monkeypatch.setattr(segkit.engine.callbacks, "compile_supported", lambda: "no C++ compiler")
+    monkeypatch.setattr(
+        segkit.engine.callbacks.speed, "compile_supported", lambda: "no C++ compiler"
+    )
     assert choose_backend("auto", COMPILE_MIN_IMAGES) == "eager"
     assert choose_backend("channels_last", 1) == "channels_last"
     with pytest.raises(ConfigError, match="backend=fast must be one of auto, eager"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from segkit.engine.callbacks import ResumeGuard
+from segkit.engine.callbacks.checkpointing import ResumeGuard
 from segkit.engine.checkpoints import (
     config_changes,
     load_checkpoint,
@@ -28,7 +28,9 @@ from ..helpers import PROJECT_ROOT, SMALL_DATA, SMALL_MODEL, compose_job
 OLD_MODULE = {
     "segkit.tasks.losses": "segkit.losses",
     "segkit.tasks.schedulers": "segkit.schedulers",
-    "segkit.engine.callbacks": "segkit.callbacks",
+    "segkit.engine.callbacks.checkpointing": "segkit.callbacks",
+    "segkit.engine.callbacks.guards": "segkit.callbacks",
+    "segkit.engine.callbacks.figures": "segkit.callbacks",
     "segkit.engine.loggers": "segkit.loggers",
     "segkit.evaluation.inference": "segkit.inference",
 }
@@ -114,6 +116,30 @@ def test_upgrade_keeps_everything_but_moved_targets():
         "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True},
     }
     assert stored["loss"]["_target_"] == "segkit.losses.DiceLoss"  # a copy: the input is kept
+
+
+# Written by hand: the module of segkit/engine/callbacks/ that holds each callback class of
+# the single callbacks module (segkit/callbacks.py, then segkit/engine/callbacks.py).
+CALLBACK_MODULE = {
+    "ConfigInCheckpoint": "checkpointing",
+    "LastCheckpoint": "checkpointing",
+    "ResumeGuard": "checkpointing",
+    "TrainingBatchesCheck": "guards",
+    "NonFiniteGuard": "guards",
+    "EpochLines": "console",
+    "RunOverview": "console",
+    "FastPaths": "speed",
+    "ValidationFigures": "figures",
+}
+
+
+@pytest.mark.parametrize("old_module", ["segkit.callbacks", "segkit.engine.callbacks"])
+def test_a_callback_of_the_single_callbacks_module_names_its_module_now(old_module):
+    for name, module in CALLBACK_MODULE.items():
+        today = f"segkit.engine.callbacks.{module}.{name}"
+        stored = {"callbacks": {"c": {"_target_": f"{old_module}.{name}", "every_n": 1}}}
+        assert upgrade_targets(stored) == {"callbacks": {"c": {"_target_": today, "every_n": 1}}}
+        assert hydra.utils.get_class(today).__name__ == name
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ from PIL import Image
 
 from segkit.config import ConfigError, check_arguments
 from segkit.data.folder import DataError
-from segkit.engine.callbacks import NoTrainingBatchesError
+from segkit.engine.callbacks.guards import NoTrainingBatchesError
 from segkit.engine.checkpoints import (
     ResumeError,
     checkpoint_overrides,

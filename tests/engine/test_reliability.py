@@ -20,7 +20,7 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segkit.engine.callbacks import NonFiniteGuard, NonFiniteLossError
+from segkit.engine.callbacks.guards import NonFiniteGuard, NonFiniteLossError
 from segkit.engine.checkpoints import AtomicCheckpointIO, CheckpointMismatchError, resume_checkpoint
 from segkit.engine.runner import build_trainer
 

@@ -11,8 +11,8 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader
 
-from segkit.engine import callbacks
-from segkit.engine.callbacks import FastPaths, compile_supported
+from segkit.engine.callbacks import speed
+from segkit.engine.callbacks.speed import FastPaths, compile_supported
 from segkit.models.smp import smp_model
 from segkit.tasks.losses import CrossEntropyLoss
 from segkit.tasks.semantic import SemanticSegmentationTask
@@ -108,7 +108,7 @@ def test_fast_paths_callback_converts_model_and_batches():
 
 
 def test_compile_fallback_warns_and_keeps_the_eager_model(monkeypatch):
-    monkeypatch.setattr(callbacks, "compile_supported", lambda: "RuntimeError: no compiler")
+    monkeypatch.setattr(speed, "compile_supported", lambda: "RuntimeError: no compiler")
     module = task()
     with pytest.warns(UserWarning, match="torch.compile is unsupported here"):
         FastPaths(compile=True).setup(L.Trainer(logger=False), module, "fit")

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers.logger import DummyLogger
 from PIL import Image
 
 from segkit.data.shapes import CLASS_NAMES, PALETTE
-from segkit.engine.callbacks import ValidationFigures
+from segkit.engine.callbacks.figures import ValidationFigures
 from segkit.engine.loggers import MissingTrackerError, flat_config, mlflow_logger, wandb_logger
 from segkit.evaluation.figures import confusion_heatmap, sample_panels
 from tests.helpers import FAST, compose_job, expected_scores, load_script
