@@ -50,15 +50,14 @@ CROP, BATCH = (160, 224), 8  # experiment=camvid_bench's training crops and batc
 
 def build(name: str) -> tuple[nn.Module, Any]:
     """The model of ``experiment=camvid_bench model=<name>`` with random weights."""
-    from hydra.utils import instantiate
-
     from segkit.config import compose
+    from segkit.models.weights import build_model
 
     overrides = ["experiment=camvid_bench", f"model={name}"]
     cfg = compose(overrides)
     if "encoder_weights" in cfg.model:
         cfg.model.encoder_weights = None
-    return instantiate(cfg.model), cfg.model
+    return build_model(cfg.model), cfg.model
 
 
 def train_step(model: nn.Module, crop: tuple[int, int], batch: int) -> Callable[[], None]:

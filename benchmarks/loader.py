@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from benchmarks.common import machine, parse_args, table
+from segkit.models.weights import build_model
 from segkit.tasks.losses import CrossEntropyLoss
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def model_images_per_second(cfg: DictConfig, steps: int) -> float:
     datamodule = hydra.utils.instantiate(cfg.data, num_workers=0)
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    model = hydra.utils.instantiate(cfg.model).train()
+    model = build_model(cfg.model).train()
     loss_fn = CrossEntropyLoss(ignore_index=cfg.data.ignore_index)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 

@@ -82,6 +82,9 @@ _SUPPLIED = {
     "loss": (),
     "model": (),
 }
+# Keys of every model node that are not its constructor's arguments: the whole-model weights,
+# loaded after the model is built (segkit.models.weights.build_model).
+WEIGHTS_KEYS = ("weights_path", "weights_strict")
 
 
 class ConfigError(ValueError):
@@ -89,7 +92,8 @@ class ConfigError(ValueError):
 
 
 def check_arguments(cfg: DictConfig, groups: tuple[str, ...] = tuple(_SUPPLIED)) -> None:
-    """Check that every key of the ``groups`` nodes is an argument of its ``_target_``.
+    """Check that every key of the ``groups`` nodes is an argument of its ``_target_``
+    (for ``model``, or one of :data:`WEIGHTS_KEYS`).
 
     ``+optimizer.learning_rate=1e-3`` would otherwise fail with a ``TypeError`` of AdamW
     once the data and the model are built. Callables that take ``**kwargs`` are not
@@ -110,6 +114,8 @@ def check_arguments(cfg: DictConfig, groups: tuple[str, ...] = tuple(_SUPPLIED))
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
             continue
         valid = [n for n in parameters if n not in _SUPPLIED[group] and n != "self"]
+        if group == "model":
+            valid += WEIGHTS_KEYS
         unknown = [k for k in node if k not in _HYDRA_KEYS and k not in valid]
         if unknown:
             keys = ", ".join(f"{group}.{k}" for k in unknown)

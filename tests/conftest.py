@@ -67,6 +67,8 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     eval, predict and publish tests; they only read it."""
     import hydra
 
+    from segkit.models.weights import build_model
+
     from .helpers import CONF, TINY, run_train
 
     def build(folder: Path) -> Path:
@@ -74,7 +76,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         start = folder / "start.pth"
         with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
             cfg = hydra.compose("train", ["data.num_classes=5"])
-        torch.save(hydra.utils.instantiate(cfg.model).state_dict(), start)
+        torch.save(build_model(cfg.model).state_dict(), start)
         run = run_train(folder, *TINY, f"model.weights_path={start}")
         start.unlink()
         return run

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -39,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segkit.config import CONF_DIR, compose
 from segkit.models.smp import SMPModel
+from segkit.models.weights import build_model
 
 TABLE_INPUT_SIZE = (512, 1024)
 TABLE_NUM_CLASSES = 19
@@ -149,13 +149,13 @@ def summarize(
     """
     shape = (1, in_channels, *input_size)
     with torch.device("meta"):
-        model = hydra.utils.instantiate(model_cfg)
+        model = build_model(model_cfg)
     try:
         flops, out_shape, stride = measure(model, torch.empty(shape, device="meta"))
     except NotImplementedError:  # an operator without a meta kernel (data-dependent shapes)
         flops, out_shape, stride = None, None, None
         if cpu_fallback:
-            model = hydra.utils.instantiate(model_cfg)
+            model = build_model(model_cfg)
             flops, out_shape, stride = measure(model, torch.zeros(shape))
     total, trainable, blocks = count_parameters(model)
     return Summary(

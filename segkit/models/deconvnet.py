@@ -23,15 +23,12 @@ norm. ``weights_path`` is a state dict of this model. Nothing is downloaded.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from segkit.models.backbones import VGG16
 from segkit.models.base import SegmentationModel
 from segkit.models.blocks import MaxUnpool, conv_norm_act, norm_layer
-from segkit.models.weights import load_weights
 
 # Deconvolution stages, deepest first: output channels of each 3x3 transposed conv.
 DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64, 64))
@@ -48,8 +45,6 @@ class DeconvNet(SegmentationModel):
         norm_groups: GroupNorm's group count for ``norm="group"``.
         encoder_weights: torchvision's VGG16-BN ImageNet state dict (file or cached name) for
             the encoder with fc6 and fc7; ``None``: random. Never downloaded.
-        weights_path: state dict of this model, loaded last.
-        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
@@ -59,8 +54,6 @@ class DeconvNet(SegmentationModel):
         norm: str | None = "batch",
         norm_groups: int = 32,
         encoder_weights: str | None = None,
-        weights_path: str | Path | None = None,
-        weights_strict: bool = True,
     ) -> None:
         super().__init__()
         layer = norm_layer(norm, norm_groups)
@@ -86,8 +79,6 @@ class DeconvNet(SegmentationModel):
         self.score = nn.Conv2d(channels, num_classes, kernel_size=1)
         if encoder_weights is not None:
             self.encoder.load_imagenet(encoder_weights)
-        if weights_path is not None:
-            load_weights(self, weights_path, strict=weights_strict)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``.

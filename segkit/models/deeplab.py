@@ -29,7 +29,6 @@ least 2 samples (batch norm after the image-level pooling); ``norm="group"`` tra
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +45,6 @@ from segkit.models.blocks import (
     replace_batch_norm,
 )
 from segkit.models.encoder import build_encoder
-from segkit.models.weights import load_weights
 
 # Paper pairing (DeepLabV3 Sec. 4.1/4.3): rates double when the output stride halves.
 ATROUS_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
@@ -100,8 +98,6 @@ class DeepLabV3(SegmentationModel):
         norm: norm of ASPP, head and auxiliary head, see
             :func:`segkit.models.blocks.norm_layer`.
         norm_groups: GroupNorm's group count for ``norm="group"``.
-        weights_path: state dict of this model, loaded last.
-        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
 
     The head is chosen by the class attribute :attr:`decoder_kind` (a constant, so the
     constructor runs no subclass code): ``"v3"`` here (ASPP, 3x3 conv, classifier at 1/OS),
@@ -121,8 +117,6 @@ class DeepLabV3(SegmentationModel):
         aux_head: bool = False,
         norm: str | None = "batch",
         norm_groups: int = 32,
-        weights_path: str | Path | None = None,
-        weights_strict: bool = True,
     ) -> None:
         super().__init__()
         layer = norm_layer(norm, norm_groups)
@@ -137,8 +131,6 @@ class DeepLabV3(SegmentationModel):
             high, low = encoder_channels[-1], encoder_channels[2]
             self.head = DecoderV3Plus(high, low, rates, num_classes, layer)
         self.aux = auxiliary_head(encoder_channels[-2], num_classes, layer) if aux_head else None
-        if weights_path is not None:
-            load_weights(self, weights_path, strict=weights_strict)
 
     def _logits(self, features: list[torch.Tensor]) -> torch.Tensor:
         if self.decoder_kind == "v3plus":

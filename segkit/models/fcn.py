@@ -21,13 +21,11 @@ Weights (:mod:`segkit.models.weights`): ``encoder_weights`` initialises the back
 features with fc6/fc7, or the smp encoder): for ``vgg16`` torchvision's ImageNet VGG16 state
 dict (a local file, or ``IMAGENET1K_V1`` from the torch hub cache; see
 :func:`segkit.models.backbones.load_vgg16_weights`), for smp encoders the choices of
-:mod:`segkit.models.encoder`. ``weights_path`` is a state dict of this model, loaded last.
-Nothing is ever downloaded.
+:mod:`segkit.models.encoder`. ``weights_path`` is a state dict of this model, loaded after the
+build (:func:`segkit.models.weights.build_model`). Nothing is ever downloaded.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,7 +33,6 @@ from torch import nn
 from segkit.models.backbones import VGG16
 from segkit.models.base import SegmentationModel
 from segkit.models.encoder import build_encoder
-from segkit.models.weights import load_weights
 
 SKIPS = ("32s", "16s", "8s")
 
@@ -82,8 +79,6 @@ class FCN(SegmentationModel):
         encoder_name: ``"vgg16"`` (the paper's, with fc6/fc7) or another smp encoder name.
         in_channels: input channels.
         encoder_weights: backbone initialisation (see the module docstring); ``None``: random.
-        weights_path: state dict of this model, loaded last.
-        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
         dropout: dropout probability after fc6 and fc7 (VGG16 only).
     """
 
@@ -94,8 +89,6 @@ class FCN(SegmentationModel):
         encoder_name: str = "vgg16",
         in_channels: int = 3,
         encoder_weights: str | None = None,
-        weights_path: str | Path | None = None,
-        weights_strict: bool = True,
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
@@ -131,8 +124,6 @@ class FCN(SegmentationModel):
             self.upscore_pool4 = upsampling(num_classes, 2)
             self.score_pool3 = zero_score(pool3, num_classes)
         self.upscore = upsampling(num_classes, int(skip[:-1]))
-        if weights_path is not None:
-            load_weights(self, weights_path, strict=weights_strict)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""

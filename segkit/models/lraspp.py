@@ -27,8 +27,6 @@ Input size: any (zero-padded to a multiple of 16, logits cropped back). Output: 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from torchvision.models import mobilenet_v3_large
@@ -38,7 +36,6 @@ from segkit.models.base import SegmentationModel
 from segkit.models.encoder import build_encoder
 from segkit.models.weights import (
     load_state,
-    load_weights,
     read_state_dict,
     torchvision_weights_file,
 )
@@ -68,8 +65,6 @@ class LRASPP(SegmentationModel):
         bn_momentum: momentum of MobileNetV3's BatchNorm layers (torchvision uses 0.01); smp
             encoders keep their own.
         encoder_weights: backbone initialisation (see the module docstring); ``None``: random.
-        weights_path: state dict of this model, loaded last.
-        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
@@ -80,8 +75,6 @@ class LRASPP(SegmentationModel):
         inter_channels: int = 128,
         bn_momentum: float = 0.1,
         encoder_weights: str | None = None,
-        weights_path: str | Path | None = None,
-        weights_strict: bool = True,
     ) -> None:
         super().__init__()
         self.output_stride = 16
@@ -93,8 +86,6 @@ class LRASPP(SegmentationModel):
             channels = self.encoder.out_channels
             low_channels, high_channels = channels[3], channels[-1]
         self.head = LRASPPHead(low_channels, high_channels, num_classes, inter_channels)
-        if weights_path is not None:
-            load_weights(self, weights_path, strict=weights_strict)
 
     def _mobilenet(
         self, in_channels: int, bn_momentum: float, encoder_weights: str | None

@@ -39,7 +39,6 @@ whose file is already in the torch hub cache); ``weights_path`` is a state dict 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from torch import nn
 from torchvision.models import get_model
@@ -58,7 +57,6 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from segkit.models.weights import (
     load_state,
-    load_weights,
     read_state_dict,
     torchvision_weights_file,
 )
@@ -73,8 +71,6 @@ def mask_rcnn(
     backbone: str = "resnet50",
     trainable_layers: int = 5,
     encoder_weights: str | None = None,
-    weights_path: str | Path | None = None,
-    weights_strict: bool = True,
     min_size: int = 800,
     max_size: int = 1333,
     fpn_channels: int = 256,
@@ -101,11 +97,6 @@ def mask_rcnn(
         encoder_weights: the ResNet's ImageNet initialisation: a local torchvision state
             dict of ``backbone``, or a torchvision weights name (``"IMAGENET1K_V1"``) read
             from the torch hub cache only; ``None``: random.
-        weights_path: state dict of this model (a segkit checkpoint, or torchvision's COCO
-            state dict for ``backbone="resnet50"``), loaded last.
-        weights_strict: load ``weights_path`` strictly; ``False`` keeps the tensors that do
-            not fit (the class-specific predictors for another ``num_classes``) as
-            initialised and reports them.
         min_size: short image side after the model's internal resize.
         max_size: cap on the long side after the internal resize.
         fpn_channels: FPN output channels (the heads' input width).
@@ -210,8 +201,6 @@ def mask_rcnn(
         mask_predictor=mask_predictor,
     )
     _freeze_backbone(model, trainable_layers)
-    if weights_path is not None:
-        load_weights(model, weights_path, strict=weights_strict)
     return model
 
 

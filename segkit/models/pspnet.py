@@ -23,7 +23,6 @@ train mode with ``aux_head=True``. With ``norm="batch"`` training needs batches 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,6 @@ from segkit.models.blocks import (
     norm_layer,
 )
 from segkit.models.encoder import build_encoder
-from segkit.models.weights import load_weights
 
 
 class PyramidPooling(nn.Module):
@@ -88,8 +86,6 @@ class PSPNet(SegmentationModel):
         aux_head: add the auxiliary head on stage 3 (returned in train mode only).
         norm: norm of the head's layers, see :func:`segkit.models.blocks.norm_layer`.
         norm_groups: GroupNorm's group count for ``norm="group"``.
-        weights_path: state dict of this model, loaded last.
-        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
@@ -104,8 +100,6 @@ class PSPNet(SegmentationModel):
         aux_head: bool = True,
         norm: str | None = "batch",
         norm_groups: int = 32,
-        weights_path: str | Path | None = None,
-        weights_strict: bool = True,
     ) -> None:
         super().__init__()
         layer = norm_layer(norm, norm_groups)
@@ -121,8 +115,6 @@ class PSPNet(SegmentationModel):
             nn.Conv2d(channels, num_classes, 1),
         )
         self.aux = auxiliary_head(encoder_channels[-2], num_classes, layer) if aux_head else None
-        if weights_path is not None:
-            load_weights(self, weights_path, strict=weights_strict)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Padded images -> logits ``[B, C, H/8, W/8]`` (+ ``"aux"`` in training)."""

@@ -24,15 +24,13 @@ torchvision's VGG16-BN ImageNet state dict (a local ``vgg16_bn-6c64b313.pth``, o
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from segkit.models.backbones import VGG16
 from segkit.models.base import SegmentationModel
 from segkit.models.blocks import MaxUnpool, conv_norm_act, norm_layer
-from segkit.models.weights import load_weights, no_pretrained_backbone
+from segkit.models.weights import no_pretrained_backbone
 
 # Decoder stages, deepest first: output channels of each 3x3 conv (mirror of VGG16's stages).
 DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,))
@@ -49,8 +47,6 @@ class SegNet(SegmentationModel):
         norm_groups: GroupNorm's group count for ``norm="group"``.
         encoder_weights: torchvision's VGG16-BN ImageNet state dict (file or cached name) for
             the encoder; ``None``: random. Never downloaded.
-        weights_path: state dict of this model, loaded last.
-        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
@@ -60,8 +56,6 @@ class SegNet(SegmentationModel):
         norm: str | None = "batch",
         norm_groups: int = 32,
         encoder_weights: str | None = None,
-        weights_path: str | Path | None = None,
-        weights_strict: bool = True,
     ) -> None:
         super().__init__()
         layer = norm_layer(norm, norm_groups)
@@ -79,8 +73,6 @@ class SegNet(SegmentationModel):
         self.decoder[-1].append(nn.Conv2d(channels, num_classes, 3, padding=1))  # conv1_1_D
         if encoder_weights is not None:
             self.encoder.load_imagenet(encoder_weights)
-        if weights_path is not None:
-            load_weights(self, weights_path, strict=weights_strict)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""
@@ -100,8 +92,6 @@ class SegNetBasic(SegmentationModel):
         norm: norm after every 7x7 conv (paper: ``"batch"``).
         norm_groups: GroupNorm's group count for ``norm="group"``.
         encoder_weights: must be ``None`` (no pretrained part).
-        weights_path: state dict of this model, loaded last.
-        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
@@ -111,8 +101,6 @@ class SegNetBasic(SegmentationModel):
         norm: str | None = "batch",
         norm_groups: int = 32,
         encoder_weights: str | None = None,
-        weights_path: str | Path | None = None,
-        weights_strict: bool = True,
     ) -> None:
         super().__init__()
         no_pretrained_backbone("SegNetBasic", encoder_weights)
@@ -126,8 +114,6 @@ class SegNetBasic(SegmentationModel):
         self.unpool = MaxUnpool()
         self.up = nn.ModuleList(conv_norm_act(64, 64, 7, layer, activation=False) for _ in range(4))
         self.classifier = nn.Conv2d(64, num_classes, kernel_size=1)
-        if weights_path is not None:
-            load_weights(self, weights_path, strict=weights_strict)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""

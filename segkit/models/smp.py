@@ -10,8 +10,6 @@ a state dict of the bare smp model (``encoder.*``) loads as well.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
@@ -19,7 +17,7 @@ from torch import nn
 from segkit.models.base import SegmentationModel
 from segkit.models.blocks import check_batch_for_pooled_batch_norm
 from segkit.models.encoder import hub_weights, init_encoder
-from segkit.models.weights import encoder_weights_errors, load_weights
+from segkit.models.weights import encoder_weights_errors
 
 
 def has_pooled_batch_norm(module: nn.Module) -> bool:
@@ -65,8 +63,6 @@ def smp_model(
     encoder_name: str = "resnet18",
     encoder_weights: str | None = None,
     in_channels: int = 3,
-    weights_path: str | Path | None = None,
-    weights_strict: bool = True,
 ) -> SMPModel:
     """Build an smp model.
 
@@ -79,9 +75,6 @@ def smp_model(
             state dict, or an smp Hub name (``"imagenet"``; network or cache), see
             :mod:`segkit.models.encoder`.
         in_channels: input channels.
-        weights_path: state dict of this model (segkit's keys, smp's own keys, or a segkit
-            checkpoint), loaded last.
-        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
 
     Returns:
         the smp model wrapped in :class:`SMPModel`.
@@ -96,7 +89,4 @@ def smp_model(
             classes=num_classes,
         )
     init_encoder(net.encoder, encoder_name, encoder_weights)
-    model = SMPModel(net)
-    if weights_path is not None:
-        load_weights(model, weights_path, strict=weights_strict)
-    return model
+    return SMPModel(net)

@@ -22,14 +22,12 @@ pytorch).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from segkit.models.base import SegmentationModel
 from segkit.models.blocks import NormLayer, conv_norm_act, norm_layer
-from segkit.models.weights import load_weights, no_pretrained_backbone
+from segkit.models.weights import no_pretrained_backbone
 
 WIDTHS = (64, 128, 256, 512, 1024)
 
@@ -73,8 +71,6 @@ class UNet(SegmentationModel):
             have a bias only then), see :func:`segkit.models.blocks.norm_layer`.
         norm_groups: GroupNorm's group count for ``norm="group"``.
         encoder_weights: must be ``None`` (no pretrained backbone).
-        weights_path: state dict of this model (e.g. from an earlier run), loaded last.
-        weights_strict: load ``weights_path`` strictly (see :func:`load_weights`).
     """
 
     def __init__(
@@ -84,8 +80,6 @@ class UNet(SegmentationModel):
         norm: str | None = None,
         norm_groups: int = 32,
         encoder_weights: str | None = None,
-        weights_path: str | Path | None = None,
-        weights_strict: bool = True,
     ) -> None:
         super().__init__()
         no_pretrained_backbone("UNet", encoder_weights)
@@ -103,8 +97,6 @@ class UNet(SegmentationModel):
             self.up_conv.append(double_conv(2 * width, width, layer))
         self.head = nn.Conv2d(WIDTHS[0], num_classes, kernel_size=1)
         paper_init(self)
-        if weights_path is not None:
-            load_weights(self, weights_path, strict=weights_strict)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Padded images ``[B, in_channels, H, W]`` -> logits ``[B, C, H, W]``."""

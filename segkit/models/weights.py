@@ -1,15 +1,17 @@
 """The weights contract of every segkit model. segkit never downloads.
 
-Every model takes the same three keys:
+Every model config has the same three keys:
 
 * ``weights_path``: a state dict of *this* model (``.pth``/``.pt``/``.safetensors``, or a
-  segkit Lightning ``.ckpt``), loaded last by :func:`load_weights`: strictly by default,
+  segkit Lightning ``.ckpt``), loaded by :func:`build_model` once the constructor has built
+  the model (constructors do not take it) with :func:`load_weights`: strictly by default,
   or with ``weights_strict=False`` every tensor whose name and shape fit (fine-tuning on a
   dataset with another class count keeps the classifier as initialised and says so).
 * ``weights_strict``: see above.
-* ``encoder_weights``: the backbone's (ImageNet) initialisation, applied before
-  ``weights_path``: ``None`` (random), an offline EfficientNet-Lite name, a local file of
-  the backbone, or a name read from a local cache (each model's docstring says which).
+* ``encoder_weights``: the backbone's (ImageNet) initialisation, a constructor argument (part
+  of building the layers), so applied before ``weights_path``: ``None`` (random), an offline
+  EfficientNet-Lite name, a local file of the backbone, or a name read from a local cache
+  (each model's docstring says which).
 
 Key prefixes are aligned before loading (:func:`align_keys`), so a state dict saved from a
 wrapper (``model.net.x``) or without one (smp's own ``encoder.x`` for a wrapper's
@@ -29,8 +31,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import hydra
 import torch
+from omegaconf import DictConfig, open_dict
 from torch import nn
+
+from segkit.config import WEIGHTS_KEYS
 
 SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 EMA_PREFIX = "ema_model.module."  # the task's torch.optim.swa_utils.AveragedModel
@@ -319,6 +325,39 @@ def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> Loa
     return load_state(
         model, state, str(Path(path).expanduser()), strict=strict, written_for=written_for
     )
+
+
+def build_model(cfg: DictConfig | Mapping[str, Any]) -> nn.Module:
+    """Build a model config (``cfg.model``, or a checkpoint's stored one), then load its
+    ``weights_path``: the one place where a model gets whole-model weights.
+
+    ``weights_path`` and ``weights_strict`` (:data:`~segkit.config.WEIGHTS_KEYS`) are removed
+    before ``_target_`` is called, so a constructor builds layers only; a config without them
+    builds a model as initialised.
+
+    Args:
+        cfg: a model node: ``_target_``, the constructor's arguments, and optionally
+            ``weights_path`` (``None``: nothing loaded) and ``weights_strict`` (default
+            ``True``; see :func:`load_weights`).
+
+    Returns:
+        the model, with ``weights_path`` loaded.
+
+    Raises:
+        WeightsError: ``weights_path`` cannot be read or does not fit (see :func:`load_weights`).
+    """
+    path, strict = cfg.get("weights_path"), cfg.get("weights_strict", True)
+    if isinstance(cfg, DictConfig):
+        arguments = cfg.copy()  # keeps the parent, so ${data.num_classes} still resolves
+        with open_dict(arguments):
+            for key in WEIGHTS_KEYS:
+                arguments.pop(key, None)
+    else:
+        arguments = {k: v for k, v in cfg.items() if k not in WEIGHTS_KEYS}
+    model = hydra.utils.instantiate(arguments)
+    if path is not None:
+        load_weights(model, path, strict=strict)
+    return model
 
 
 def no_pretrained_backbone(model: str, encoder_weights: str | None) -> None:

@@ -15,13 +15,15 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from segkit.models.weights import build_model
 from segkit.tasks.class_weights import resolve_class_weights
 
 
 def build_task(
     cfg: DictConfig, datamodule: L.LightningDataModule | None = None
 ) -> L.LightningModule:
-    """Instantiate ``cfg.task`` with the model, loss, optimizer and scheduler groups.
+    """Instantiate ``cfg.task`` with the model (:func:`segkit.models.weights.build_model`: built,
+    then ``weights_path`` loaded), loss, optimizer and scheduler groups.
 
     The loss goes to tasks that take a ``loss`` argument only: Mask R-CNN computes its own
     losses, so the instance task has none.
@@ -34,7 +36,7 @@ def build_task(
     if datamodule is not None:
         resolve_class_weights(cfg.loss, datamodule, Path(cfg.paths.data_dir) / "cache")
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    parts = {"model": hydra.utils.instantiate(cfg.model)}
+    parts = {"model": build_model(cfg.model)}
     if "loss" in inspect.signature(hydra.utils.get_class(cfg.task._target_)).parameters:
         parts["loss"] = hydra.utils.instantiate(cfg.loss)
     optimizer = hydra.utils.instantiate(cfg.optimizer)

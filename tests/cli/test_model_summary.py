@@ -17,6 +17,7 @@ from segkit.cli.model_summary import (
     summarize,
 )
 from segkit.config import compose
+from segkit.models.weights import build_model
 
 
 def tiny_model() -> nn.Sequential:
@@ -71,9 +72,7 @@ def test_config_summary_on_meta_equals_a_real_run():
 
 
 def _real(cfg):
-    import hydra
-
-    return hydra.utils.instantiate(cfg.model)
+    return build_model(cfg.model)
 
 
 def test_cli_prints_summary(capsys):

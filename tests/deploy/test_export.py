@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import hydra
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -37,6 +36,7 @@ from segkit.deploy.export import (
     fast_path,
     read_metadata,
 )
+from segkit.models.weights import build_model
 from segkit.tasks import build_task
 
 from .. import helpers
@@ -53,7 +53,7 @@ SHIPPED_SEGNET_BASIC = helpers.PROJECT_ROOT / "results/camvid/camvid_segnet_basi
 def semantic_model(name: str, overrides: list[str]) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = compose([f"model={name}", *overrides, "data.num_classes=5"])
-    return hydra.utils.instantiate(cfg.model).eval()
+    return build_model(cfg.model).eval()
 
 
 def trained_like(model: torch.nn.Module) -> torch.nn.Module:

@@ -19,6 +19,7 @@ from segkit.engine.checkpoints import (
     task_from_checkpoint,
     upgrade_targets,
 )
+from segkit.models.weights import build_model
 from segkit.tasks import build_task
 
 from ..helpers import PROJECT_ROOT, SMALL_DATA, SMALL_MODEL, compose_job
@@ -89,7 +90,7 @@ def test_an_old_checkpoint_loads_with_todays_targets_and_the_same_logits(old_che
 
 def test_an_old_checkpoint_loads_as_weights_path(old_checkpoint):
     path, config, task = old_checkpoint
-    model = hydra.utils.instantiate({**config["model"], "weights_path": str(path)})
+    model = build_model({**config["model"], "weights_path": str(path)})
     for key, value in task.model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
 
@@ -157,3 +158,20 @@ def test_every_target_of_a_shipped_result_resolves(path):
     assert any(t.startswith("segkit.") for t in found)
     for target in found:
         assert callable(hydra.utils.get_object(target)), target
+
+
+@pytest.mark.parametrize(
+    "path", sorted(RESULTS.rglob("model.pt")), ids=lambda p: str(p.relative_to(RESULTS))
+)
+def test_a_shipped_model_with_the_weights_keys_in_its_config_loads(path, tmp_path):
+    """Stored model configs carry ``weights_path``/``weights_strict``, which no constructor
+    takes: eval.py and predict.py rebuild the model (:func:`task_from_checkpoint`, the
+    training run's ``weights_path`` file long gone), and the file loads as ``weights_path``."""
+    checkpoint = load_checkpoint(path)
+    stored = checkpoint["config"]["model"]
+    assert {"weights_path", "weights_strict"} <= set(stored)
+    stored["weights_path"] = str(tmp_path / "the_run_started_from.pth")  # does not exist
+    _, task = task_from_checkpoint(checkpoint)
+    model = build_model({**stored, "encoder_weights": None, "weights_path": str(path)})
+    for key, value in task.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)

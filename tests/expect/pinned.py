@@ -18,11 +18,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 
 from segkit.config import compose
+from segkit.models.weights import build_model
 
 from ..helpers import MODELS, SMALL
 
@@ -42,7 +42,7 @@ def logits_of(name: str) -> np.ndarray:
     """``logits[..., ::STEP, ::STEP]`` (float32) of config ``name`` built from seed 0."""
     cfg = compose([f"model={name}", f"data.num_classes={NUM_CLASSES}", *SMALL.get(name, [])])
     torch.manual_seed(0)
-    model = hydra.utils.instantiate(cfg.model).eval()
+    model = build_model(cfg.model).eval()
     with torch.no_grad():
         logits = model(model_input())
     return logits[..., ::STEP, ::STEP].numpy().astype(np.float32)

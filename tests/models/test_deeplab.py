@@ -12,6 +12,7 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from segkit.models.deeplab import DeepLabV3, DeepLabV3Plus, rates_for
+from segkit.models.weights import build_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -28,7 +29,7 @@ def test_config_pairs_rates_with_output_stride(config, stride, rates):
     with hydra.initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = hydra.compose("train", [f"model={config}", f"model.output_stride={stride}"])
     with torch.device("meta"):  # structure only
-        model = hydra.utils.instantiate(cfg.model)
+        model = build_model(cfg.model)
     assert model.output_stride == stride
     assert aspp_rates(model) == rates
 

@@ -20,7 +20,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from segkit.data.instances import collate_instances, masks_to_boxes
 from segkit.evaluation.metrics import confusion_matrix, scores
 from segkit.models.maskrcnn import mask_rcnn
-from segkit.models.weights import WeightsError, cached_weights_file
+from segkit.models.weights import WeightsError, build_model, cached_weights_file
 from segkit.tasks.instance import InstanceSegmentationTask, paste_instances
 from segkit.tasks.schedulers import multistep_lr
 
@@ -38,6 +38,13 @@ LIGHT = {  # a few-MB Mask R-CNN for CPU tests
     "rpn_proposals_test": 32,
     "box_batch_size_per_image": 32,
 }
+
+
+def with_weights(**arguments: object) -> torch.nn.Module:
+    """A light Mask R-CNN built by :func:`build_model`, which loads ``weights_path``."""
+    return build_model({"_target_": "segkit.models.maskrcnn.mask_rcnn", **LIGHT, **arguments})
+
+
 LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
 
 
@@ -88,7 +95,7 @@ def test_unavailable_pretrained_weights_fail_at_once(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match=r"resnet18.pth does not exist"):
         mask_rcnn(num_classes=3, encoder_weights=str(tmp_path / "resnet18.pth"), **LIGHT)
     with pytest.raises(WeightsError, match=r"coco.pth does not exist"):
-        mask_rcnn(num_classes=3, weights_path=str(tmp_path / "coco.pth"), **LIGHT)
+        with_weights(num_classes=3, weights_path=str(tmp_path / "coco.pth"))
 
 
 @pytest.mark.parametrize("from_cache", [True, False])
@@ -112,7 +119,7 @@ def test_weights_path_round_trip(tmp_path):
     torch.manual_seed(2)
     saved = mask_rcnn(num_classes=3, **LIGHT)
     torch.save(saved.state_dict(), tmp_path / "maskrcnn.pth")
-    loaded = mask_rcnn(num_classes=3, weights_path=str(tmp_path / "maskrcnn.pth"), **LIGHT)
+    loaded = with_weights(num_classes=3, weights_path=str(tmp_path / "maskrcnn.pth"))
     for (name, a), b in zip(saved.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -130,12 +137,12 @@ def test_coco_style_weights_for_another_class_count_keep_the_predictors(tmp_path
     assert expected and all(k.startswith("roi_heads.") and "predictor" in k for k in expected)
     path = str(tmp_path / "coco_like.pth")
     with pytest.raises(WeightsError, match=r"shape mismatches.*model.weights_strict=false"):
-        mask_rcnn(num_classes=3, weights_path=path, **LIGHT)
+        with_weights(num_classes=3, weights_path=path)
     torch.manual_seed(4)
     initial = mask_rcnn(num_classes=3, **LIGHT).state_dict()
     torch.manual_seed(4)
     with pytest.warns(UserWarning, match=f"kept as initialised \\({len(expected)}\\)"):
-        model = mask_rcnn(num_classes=3, weights_path=path, weights_strict=False, **LIGHT)
+        model = with_weights(num_classes=3, weights_path=path, weights_strict=False)
     for key, value in model.state_dict().items():
         source = initial if key in expected else saved.state_dict()
         assert torch.equal(value, source[key]), key
@@ -150,7 +157,7 @@ def test_coco_weights_with_frozen_batch_norm_load_into_a_model_from_scratch(tmp_
     frozen = mask_rcnn(num_classes=3, encoder_weights=str(resnet), **LIGHT)
     assert isinstance(frozen.backbone.body.bn1, FrozenBatchNorm2d)
     torch.save(frozen.state_dict(), tmp_path / "frozen.pth")
-    plain = mask_rcnn(num_classes=3, weights_path=str(tmp_path / "frozen.pth"), **LIGHT)
+    plain = with_weights(num_classes=3, weights_path=str(tmp_path / "frozen.pth"))
     assert isinstance(plain.backbone.body.bn1, torch.nn.BatchNorm2d)
     for key, value in frozen.state_dict().items():
         assert torch.equal(plain.state_dict()[key], value), key

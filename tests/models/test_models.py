@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 from segkit.models.base import SegmentationModel
+from segkit.models.weights import build_model
 from segkit.tasks.semantic import split_outputs
 
 from ..helpers import HEAVY, MODELS, PROJECT_ROOT, SMALL
@@ -34,7 +35,7 @@ def build(name: str, *overrides: str) -> nn.Module:
         cfg = hydra.compose(
             "train", overrides=[f"model={name}", f"data.num_classes={NUM_CLASSES}", *overrides]
         )
-    return hydra.utils.instantiate(cfg.model)
+    return build_model(cfg.model)
 
 
 # Each config with its small encoder where it has one (the backbone split below checks the

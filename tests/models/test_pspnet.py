@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from segkit.models.pspnet import PSPNet
-from segkit.models.weights import WeightsError
+from segkit.models.weights import WeightsError, build_model
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,9 @@ def test_batch_of_one_in_train_mode_raises_clear_error(model):
 def test_weights_path_round_trip_and_mismatch(model, tmp_path):
     path = tmp_path / "psp.pth"
     torch.save(model.state_dict(), path)
-    loaded = PSPNet(4, encoder_name="resnet18", channels=64, weights_path=str(path))
+    psp = {"_target_": "segkit.models.pspnet.PSPNet", "encoder_name": "resnet18", "channels": 64}
+    loaded = build_model({**psp, "num_classes": 4, "weights_path": str(path)})
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     with pytest.raises(WeightsError, match="shape mismatches"):
-        PSPNet(3, encoder_name="resnet18", channels=64, weights_path=str(path))
+        build_model({**psp, "num_classes": 3, "weights_path": str(path)})

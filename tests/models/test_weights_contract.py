@@ -11,6 +11,7 @@ weight sources and norms fail at once with the fix.
 from __future__ import annotations
 
 import gc
+import inspect
 import re
 import time
 import warnings
@@ -22,12 +23,18 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from segkit.models.smp import smp_model
-from segkit.models.weights import WeightsError, align_keys, load_weights, read_state_dict
+from segkit.config import WEIGHTS_KEYS
+from segkit.models.weights import (
+    WeightsError,
+    align_keys,
+    build_model,
+    load_weights,
+    read_state_dict,
+)
 from segkit.tasks import build_task
 
 from ..helpers import HEAVY, MODELS, PROJECT_ROOT, RESNET18, SMALL
@@ -56,15 +63,19 @@ def compose(name: str, *overrides: str) -> DictConfig:
 
 
 def build(name: str, *overrides: str) -> torch.nn.Module:
-    return hydra.utils.instantiate(compose(name, *overrides).model)
+    return build_model(compose(name, *overrides).model)
 
 
 def build_error(error: type[Exception], name: str, *overrides: str) -> str:
-    """The message of the ``error`` that building the config raises (Hydra wraps it)."""
-    with pytest.raises(InstantiationException) as caught:
+    """The message of the ``error`` that building the config raises: Hydra wraps a
+    constructor's error; loading ``weights_path`` (after the constructor) raises as is."""
+    with pytest.raises((InstantiationException, error)) as caught:
         build(name, *overrides)
-    assert isinstance(caught.value.__cause__, error), caught.value
-    return str(caught.value.__cause__)
+    raised = caught.value
+    if isinstance(raised, InstantiationException):
+        raised = raised.__cause__
+    assert isinstance(raised, error), caught.value
+    return str(raised)
 
 
 def batches(batch_size: int, num_classes: int = 5) -> list[dict[str, torch.Tensor]]:
@@ -135,12 +146,35 @@ def test_pth_and_safetensors_round_trip(tmp_path):
         assert all(torch.equal(loaded[k], v) for k, v in state.items()), path
 
 
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+def test_every_config_has_the_weights_keys_and_no_constructor_takes_them(name):
+    model = compose(name).model
+    assert set(WEIGHTS_KEYS) <= set(model)
+    parameters = inspect.signature(hydra.utils.get_object(model._target_)).parameters
+    assert not set(WEIGHTS_KEYS) & set(parameters), "build_model loads them, once"
+
+
+def test_build_model_loads_weights_path_and_leaves_the_config_as_stored(tmp_path):
+    # the keys are dropped from a copy: a checkpoint stores the config after the build
+    cfg = compose("segnet_basic", "data.num_classes=3")
+    torch.manual_seed(0)
+    state = build_model(cfg.model).state_dict()
+    torch.save(state, tmp_path / "segnet_basic.pth")
+    cfg.model.weights_path = str(tmp_path / "segnet_basic.pth")
+    stored = OmegaConf.to_container(cfg.model)
+    torch.manual_seed(1)
+    loaded = build_model(cfg.model).state_dict()
+    assert OmegaConf.to_container(cfg.model) == stored
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
 def test_bare_smp_state_dict_loads_into_the_wrapper(tmp_path):
     # smp's own keys (encoder.*) for segkit's wrapper (model.encoder.*): the prefix is added
     torch.manual_seed(0)
     bare = smp.create_model("Unet", encoder_name="resnet18", encoder_weights=None, classes=3)
     torch.save(bare.state_dict(), tmp_path / "smp.pth")
-    model = smp_model("Unet", 3, weights_path=tmp_path / "smp.pth")
+    smp_unet = {"_target_": "segkit.models.smp.smp_model", "arch": "Unet", "num_classes": 3}
+    model = build_model({**smp_unet, "weights_path": tmp_path / "smp.pth"})
     for key, value in bare.state_dict().items():
         assert torch.equal(model.state_dict()[f"model.{key}"], value), key
 
