@@ -190,20 +190,23 @@ def format_summary(summary: Summary) -> str:
 
 
 ARCHITECTURE_TABLE = "../RESULTS.md#camvid-architecture-table"  # links from docs/
+# models whose real-data result is not a CamVid row: the classic U-Net's is on its paper's
+# EM data; Mask R-CNN is an instance model
+OTHER_RESULTS = {"unet": "[ISBI 2012](../RESULTS.md#isbi-2012-em-u-net)", "maskrcnn": "-"}
 
 
 def camvid_cell(name: str, results: Path) -> str:
     """docs/models.md's link to a model's row of RESULTS.md's architecture table: the val mIoU
     of ``results/<name>`` or, for a config whose protocol row uses the Lite0 encoder,
-    ``results/<name>_lite0``; otherwise a link to the table (a run to come, or the reason
-    a model has no row)."""
+    ``results/<name>_lite0``; :data:`OTHER_RESULTS` for models scored elsewhere; otherwise a
+    link to the table (a run to come, or the reason a model has no row)."""
     for candidate in (name, f"{name}_lite0"):
         metrics = results / candidate / "metrics.json"
         if metrics.is_file():
             miou = 100 * json.loads(metrics.read_text())["mIoU"]
             via = "" if candidate == name else f" (`{candidate}`)"
             return f"[{miou:.1f}]({ARCHITECTURE_TABLE}){via}"
-    return f"[see table]({ARCHITECTURE_TABLE})"
+    return OTHER_RESULTS.get(name, f"[see table]({ARCHITECTURE_TABLE})")
 
 
 def model_table(overrides: Sequence[str] = (), names: Sequence[str] | None = None) -> str:

@@ -132,3 +132,4 @@ def test_camvid_column_reads_the_published_row(tmp_path):
     assert camvid_cell("pspnet_lite0", tmp_path) == f"[43.2]{link}"
     assert camvid_cell("pspnet", tmp_path) == f"[43.2]{link} (`pspnet_lite0`)"  # its Lite0 row
     assert camvid_cell("segnet", tmp_path) == f"[see table]{link}"
+    assert camvid_cell("unet", tmp_path).startswith("[ISBI 2012](../RESULTS.md#isbi-2012-em-u-net")
