@@ -43,7 +43,7 @@ class ConfigInCheckpoint(L.Callback):
     """Store the composed (resolved) Hydra config in every checkpoint under ``"config"``,
     and log it as the run's hyperparameters.
 
-    ``hydra.utils.instantiate(checkpoint["config"]["model"])`` then rebuilds the model, so
+    ``segkit.models.weights.build_model(checkpoint["config"]["model"])`` then rebuilds the model, so
     eval.py and predict.py need nothing but the checkpoint. When fitting starts, every
     logger gets the config as flat hyperparameters (:func:`segkit.engine.loggers.flat_config`:
     ``optimizer.lr``, ``model.encoder_name``, ...; TensorBoard's HPARAMS tab, W&B's config,
