@@ -24,7 +24,14 @@ from omegaconf import DictConfig
 
 from segkit.config import check_arguments
 from segkit.engine.checkpoints import best_checkpoint, resume_checkpoint
-from segkit.engine.runner import build_trainer, check_task_kinds, evaluate, fit, print_results
+from segkit.engine.runner import (
+    build_trainer,
+    check_task_kinds,
+    evaluate,
+    fit,
+    print_results,
+    resolve_loss_weights,
+)
 from segkit.tasks import build_task
 
 
@@ -45,7 +52,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
-    task = build_task(cfg, datamodule)  # also computes named loss.class_weights
+    resolve_loss_weights(cfg, datamodule)  # named loss.class_weights -> numbers, printed
+    task = build_task(cfg)  # builds only: reads no data, changes no config
     check_task_kinds(task, datamodule)
     trainer = build_trainer(cfg)
     output_dir = Path(cfg.paths.output_dir)

@@ -30,7 +30,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
-from segkit.data.folder import image_tensor, scaled_statistics
+from segkit.data.io import image_tensor, scaled_statistics
 from segkit.deploy.export import BACKENDS, fast_path
 from segkit.engine.callbacks.speed import compile_supported
 from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint

@@ -53,7 +53,7 @@ from rich.table import Table
 
 from segkit.config import compose
 from segkit.data import checks
-from segkit.data.folder import DataError
+from segkit.data.io import DataError
 from segkit.data.stats import Report, SplitStats, build_split, scan_split
 from segkit.tasks.class_weights import CHOICES, weights_from_stats
 

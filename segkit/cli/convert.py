@@ -8,11 +8,11 @@ Contract: ``labelme`` reads ``<dir>/*.json`` and writes ``<out_root>/images/``,
 ``<out_root>/masks/<stem>.png`` (8-bit class indices; the first class is the background, the
 value of every pixel no shape covers) and ``<out_root>/classes.txt``. ``split`` writes
 ``<root>/splits/*.txt``, one stem per line, sorted, the format
-:class:`~segkit.data.folder.FolderDataset` reads (fractions through
-:func:`segkit.data.folder.write_splits`, or K folds). Invariants: every JSON file is checked
-before anything is written; the input folder, existing images, masks and split lists are
-never written over. The conventions (class order, drawing order and shape types, unknown
-labels, sizes, folds) are in docs/data.md, "Your own data".
+:class:`~segkit.data.folder.FolderDataset` reads (:mod:`segkit.data.splits`: fractions, or K
+folds). Invariants: every JSON file is checked before anything is written; the input
+folder, existing images, masks and split lists are never written over. The conventions
+(class order, drawing order and shape types, unknown labels, sizes, folds) are in
+docs/data.md, "Your own data".
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import binascii
 import io
 import json
 import math
-import random
 import shutil
 import sys
 from collections import defaultdict
@@ -35,15 +34,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from segkit.data.folder import (
-    READ_ERRORS,
-    DataError,
-    image_files,
-    image_size,
-    oriented,
-    write_split_lists,
-    write_splits,
-)
+from segkit.data.io import READ_ERRORS, DataError, image_size, oriented
+from segkit.data.splits import write_folds, write_splits
 
 SUPPORTED_SHAPES = ("polygon", "rectangle", "circle")
 IGNORE_LABEL = "__ignore__"  # labelme's label for regions left out of training
@@ -309,46 +301,6 @@ def convert_labelme(
         Image.fromarray(mask, mode="L").save(out_root / "masks" / f"{item.stem}.png")
     (out_root / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
     return classes
-
-
-def write_folds(
-    root: Path | str, folds: int, test: float = 0.0, seed: int = 0
-) -> dict[str, list[str]]:
-    """Write K-fold lists ``root/splits/fold<k>_{train,val}.txt`` (and ``test.txt``).
-
-    The stems of ``root/images`` are shuffled with ``seed``; with ``test`` > 0 the first
-    ``max(1, round(test * N))`` form ``test.txt`` (in no fold), the rest is cut into
-    ``folds`` parts of sizes differing by at most one: part ``k`` is ``fold<k>_val``, the
-    other parts ``fold<k>_train``. Lists are sorted; existing lists are never overwritten.
-
-    Returns:
-        ``{split name: stems}`` as written.
-
-    Raises:
-        DataError: ``images/`` missing, ``folds`` < 2, fewer images than folds after the
-            test split, or a list existing already.
-    """
-    root = Path(root).expanduser()
-    if not (root / "images").is_dir():
-        raise DataError(f"{root / 'images'} does not exist; give the dataset root.")
-    if folds < 2:
-        raise DataError(f"--folds {folds}: cross-validation needs at least 2 folds.")
-    stems = sorted(image_files(root / "images")[0])
-    random.Random(seed).shuffle(stems)
-    held = max(1, round(test * len(stems))) if test > 0 else 0
-    rest = stems[held:]
-    if len(rest) < folds:
-        raise DataError(
-            f"{root / 'images'} holds {len(stems)} images: {len(rest)} after the test split, "
-            f"too few for {folds} folds."
-        )
-    parts = [list(part) for part in np.array_split(np.array(rest, dtype=object), folds)]
-    splits = {"test": sorted(stems[:held])} if held else {}
-    for k, part in enumerate(parts):
-        splits[f"fold{k}_train"] = sorted(s for other in parts if other is not part for s in other)
-        splits[f"fold{k}_val"] = sorted(part)
-    write_split_lists(root, splits)
-    return splits
 
 
 def _files(names: list[str]) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import albumentations as A
 
-from segkit.data.folder import DataError
+from segkit.data.io import DataError
 
 
 def check_crop_size(crop_size: Sequence[int] | None, key: str = "data.crop_size") -> None:

@@ -15,11 +15,11 @@ a 2-core CPU that the model needs; the cache (~330 MB for train and val) is read
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from segkit.data.folder import IMAGENET_MEAN, IMAGENET_STD, DataError, FolderDataset
+from segkit.data.folder import FolderDataset
+from segkit.data.io import DataError
 
 CLASS_NAMES = (
     "Sky",
@@ -59,8 +59,8 @@ class CamVidDataset(FolderDataset):
         num_classes: 11.
         split: ``train``, ``val`` or ``test`` (any ``<split>.txt`` in ``root``).
         ignore_index: value that void (11) becomes.
-        transform, mean, std, startup_check, decoded_cache, cache_dir: as in
-            :class:`FolderDataset`.
+        **options: ``transform``, ``mean``, ``std``, ``startup_check``, ``decoded_cache``,
+            ``cache_dir``, as in :class:`FolderDataset`.
     """
 
     def __init__(
@@ -69,26 +69,12 @@ class CamVidDataset(FolderDataset):
         num_classes: int = 11,
         split: str = "train",
         ignore_index: int = 255,
-        transform: Callable[..., dict[str, Any]] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        startup_check: int = 8,
-        decoded_cache: bool = False,
-        cache_dir: str | Path | None = None,
+        **options: Any,
     ) -> None:
+        samples = camvid_samples(Path(root).expanduser(), split)
+        label_map = {VOID: ignore_index}
         super().__init__(
-            root,
-            num_classes=num_classes,
-            split=split,
-            ignore_index=ignore_index,
-            transform=transform,
-            mean=mean,
-            std=std,
-            label_map={VOID: ignore_index},
-            startup_check=startup_check,
-            decoded_cache=decoded_cache,
-            cache_dir=cache_dir,
-            samples=camvid_samples(Path(root).expanduser(), split),
+            root, num_classes, split, ignore_index, label_map=label_map, samples=samples, **options
         )
 
 

@@ -2,7 +2,7 @@
 
 Each check says the same thing in both places: a *problem* is a setting or data that cannot
 give a right result (the run stops with one message naming the key or file and the fix), a
-*warning* is data that works but looks wrong (a :class:`~segkit.data.folder.DataWarning` at
+*warning* is data that works but looks wrong (a :class:`~segkit.data.io.DataWarning` at
 start-up, a line in check_data). :class:`~segkit.data.datamodule.SegmentationDataModule`
 calls them while it is built and in ``setup``; they read only the split lists, image
 headers and the cached label counts, so a start-up stays short.
@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from segkit.data.folder import DataError, image_size, split_command
-from segkit.data.stats import count_training_split
+from segkit.data.io import DataError, image_size
+from segkit.data.splits import split_command
+from segkit.data.stats import label_counts
 
 MAX_LISTED = 3
 CROP_AREA_RATIO = 4  # a crop with this many times an image's pixels is mostly padding
@@ -340,7 +341,8 @@ def label_findings(
 
 
 def training_label_findings(datamodule: Any) -> tuple[list[str], list[str]]:
-    """:func:`label_findings` of the training split, counted once and cached.
+    """:func:`label_findings` of the training split's
+    :func:`~segkit.data.stats.label_counts` (counted once, cached).
 
     Datasets without per-sample label files (COCO) are skipped. A label file with a problem
     (a value outside the class set, ...) anywhere in the split is a problem.
@@ -349,7 +351,7 @@ def training_label_findings(datamodule: Any) -> tuple[list[str], list[str]]:
     if dataset is None or not (hasattr(dataset, "samples") and hasattr(dataset, "inspect")):
         return [], []
     try:
-        stats = count_training_split(datamodule, datamodule.cache_dir)
+        stats = label_counts(datamodule)
     except DataError as error:
         return [f"data.train_split={datamodule.splits['train']!r}: {error}"], []
     return label_findings(stats, datamodule.class_names, datamodule.ignore_index, dataset)

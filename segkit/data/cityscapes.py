@@ -23,7 +23,7 @@ has no transform (the eval splits, scored at full resolution), each sample also 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segkit.data.folder import IMAGENET_MEAN, IMAGENET_STD, DataError, FolderDataset
+from segkit.data.folder import FolderDataset
+from segkit.data.io import DataError
 
 CLASS_NAMES = (
     "road",
@@ -98,8 +99,8 @@ class CityscapesDataset(FolderDataset):
         num_classes: 19.
         split: ``train``, ``val`` or ``test``.
         ignore_index: what non-evaluated labelIds become.
-        transform, mean, std, startup_check, decoded_cache, cache_dir: as in
-            :class:`FolderDataset`.
+        **options: ``transform``, ``mean``, ``std``, ``startup_check``, ``decoded_cache``,
+            ``cache_dir``, as in :class:`FolderDataset`.
 
     Samples also carry ``"instance"`` (int64 ``[H, W]``, :func:`read_instance_ids`) when
     every image has ``*_gtFine_instanceIds.png`` and ``transform`` is ``None``
@@ -112,30 +113,17 @@ class CityscapesDataset(FolderDataset):
         num_classes: int = 19,
         split: str = "train",
         ignore_index: int = 255,
-        transform: Callable[..., dict[str, Any]] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        startup_check: int = 8,
-        decoded_cache: bool = False,
-        cache_dir: str | Path | None = None,
+        **options: Any,
     ) -> None:
         if num_classes != len(CLASS_NAMES):
             raise ValueError(f"Cityscapes has {len(CLASS_NAMES)} classes, got {num_classes}")
+        samples = cityscapes_samples(Path(root).expanduser(), split)
+        to_train_ids = partial(train_ids, lut=label_id_lut(ignore_index))
         super().__init__(
-            root,
-            num_classes=num_classes,
-            split=split,
-            ignore_index=ignore_index,
-            transform=transform,
-            mean=mean,
-            std=std,
-            startup_check=startup_check,
-            decoded_cache=decoded_cache,
-            cache_dir=cache_dir,
-            samples=cityscapes_samples(Path(root).expanduser(), split),
-            map_raw_mask=partial(train_ids, lut=label_id_lut(ignore_index)),
-        )
-        self.instance_files = instance_files(self.samples, transform)
+            root, num_classes, split, ignore_index, samples=samples, map_raw_mask=to_train_ids,
+            **options,
+        )  # fmt: skip
+        self.instance_files = instance_files(self.samples, self.transform)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = super().__getitem__(index)

@@ -9,7 +9,7 @@ them (``${data.num_classes}``). Instance data differs only in how a batch is put
 :class:`~segkit.data.instances.InstanceDataModule`); every loader is built by one method.
 
 Settings and data that cannot be right stop before anything is trained, with the key or file
-and the fix; data that works but looks wrong gives a :class:`~segkit.data.folder.DataWarning`
+and the fix; data that works but looks wrong gives a :class:`~segkit.data.io.DataWarning`
 (:mod:`segkit.data.checks`, shared with ``python -m segkit.cli.check_data``):
 
 * construction: ``ignore_index`` equal to a class, ``mean``/``std`` on the 0-255 scale or
@@ -54,7 +54,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segkit.data import checks
 from segkit.data.augment import check_crop_size
-from segkit.data.folder import DataError, DataWarning, FolderDataset
+from segkit.data.folder import FolderDataset
+from segkit.data.io import DataError, DataWarning
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -117,7 +118,7 @@ class SegmentationDataModule(L.LightningDataModule):
         in_channels: channels of the images the model gets: 3 (RGB) or 1 (greyscale, the
             RGB image converted after the transform); the model configs read it
             (``in_channels: ${data.in_channels}``). ``mean`` and ``std`` give one value per
-            channel, which is what the datasets go by (:func:`~segkit.data.folder.image_tensor`).
+            channel, which is what the datasets go by (:func:`~segkit.data.io.image_tensor`).
         mean: normalisation mean on the 0-1 scale; only checked here, the dataset config
             passes it on to the dataset (``dataset.mean: ${data.mean}``).
         std: normalisation std on the 0-1 scale, likewise.
@@ -131,7 +132,12 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers, pin_memory, persistent_workers: as in ``DataLoader``.
         check_labels: count every label of the training split in ``setup("fit")`` and stop
             on labels a model cannot learn from (see the module docstring).
-        cache_dir: folder for the cached label counts (``None``: counted on every start).
+        cache_dir: folder for the cached label counts (:func:`segkit.data.stats.label_counts`;
+            ``None``: counted on every start).
+
+    Attributes:
+        counted_labels: ``{subset: (cache key, SplitStats)}`` of the splits
+            :func:`~segkit.data.stats.label_counts` has counted, so a run counts each once.
     """
 
     collate: ClassVar[Callable[[list[Any]], Any] | None] = None  # DataLoader default
@@ -184,6 +190,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.check_labels = check_labels
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.datasets: dict[str, Dataset] = {}
+        self.counted_labels: dict[str, tuple[dict[str, Any], Any]] = {}
         self._prepared = False
 
     def prepare_data(self) -> None:

@@ -42,11 +42,11 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from segkit.data.datamodule import SegmentationDataModule
-from segkit.data.folder import (
+from segkit.data.folder import FolderDataset
+from segkit.data.io import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataError,
-    FolderDataset,
     Inspection,
     image_tensor,
     read_image,
@@ -128,37 +128,22 @@ class InstanceFolderDataset(FolderDataset):
     Args:
         root: folder with ``images/``, ``masks/``, ``instances/`` (and ``splits/``).
         num_classes: classes ``C`` including background 0.
-        split: name of ``root/splits/<split>.txt``; ``None`` uses every image.
-        ignore_index: class-mask value excluded from the semantic scores.
-        transform: albumentations transform (``image``, ``mask``, ``masks``).
-        mean, std: per-channel normalisation on the 0-1 scale.
         startup_check: as in :class:`FolderDataset` (the instance maps are checked too).
-        decoded_cache, cache_dir: as in :class:`FolderDataset` (image and class mask only;
-            the instance maps are read from their files).
+        **options: ``split``, ``ignore_index`` (class-mask value excluded from the semantic
+            scores), ``transform`` (called with ``image``, ``mask``, ``masks``), ``mean``,
+            ``std``, ``decoded_cache``, ``cache_dir`` (image and class mask only; the
+            instance maps are read from their files), as in :class:`FolderDataset`.
     """
 
     def __init__(
-        self,
-        root: str | Path,
-        num_classes: int,
-        split: str | None = None,
-        ignore_index: int = 255,
-        transform: Callable[..., dict[str, Any]] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        startup_check: int = 8,
-        decoded_cache: bool = False,
-        cache_dir: str | Path | None = None,
+        self, root: str | Path, num_classes: int, startup_check: int = 8, **options: Any
     ) -> None:
         if not (Path(root).expanduser() / "instances").is_dir():
             raise DataError(
                 f"{Path(root).expanduser() / 'instances'} does not exist: an instance dataset "
                 "needs instances/<stem>.png (instance id per pixel) next to images/ and masks/."
             )
-        super().__init__(
-            root, num_classes, split, ignore_index, transform, mean, std,
-            startup_check=0, decoded_cache=decoded_cache, cache_dir=cache_dir,
-        )  # fmt: skip
+        super().__init__(root, num_classes, startup_check=0, **options)
         if startup_check > 0:  # here, so the check includes the instance maps (inspect)
             self.check_sample(startup_check)
 

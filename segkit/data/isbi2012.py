@@ -11,18 +11,19 @@ no split lists; the validation split is the config's ``val_stems`` (default slic
 contiguous block: neighbouring slices are 50 nm apart and look alike, so random held-out
 slices would be near-copies of training ones), training is every other slice, ``split=None``
 every slice. Images are read as RGB like every dataset; ``data.in_channels: 1`` (one mean/std
-value) turns them back into the stored grey values (:func:`~segkit.data.folder.image_tensor`).
+value) turns them back into the stored grey values (:func:`~segkit.data.io.image_tensor`).
 
 The challenge's pixel and Rand errors: :mod:`segkit.evaluation.membrane_metrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from segkit.data.folder import DataError, FolderDataset, image_files
+from segkit.data.folder import FolderDataset
+from segkit.data.io import DataError, image_files
 
 CLASS_NAMES = ("membrane", "cell")
 PALETTE = ((0, 0, 0), (255, 255, 255))  # as the label files show them
@@ -41,7 +42,9 @@ class ISBI2012Dataset(FolderDataset):
         val_stems: file stems of the validation slices.
         ignore_index: label value excluded from losses and metrics (the files have none;
             the transforms' padding gets it).
-        transform, mean, std, startup_check: as in :class:`FolderDataset`.
+        mean, std: one value each (greyscale), on the 0-1 scale.
+        **options: ``transform``, ``startup_check``, ``decoded_cache``, ``cache_dir``, as in
+            :class:`FolderDataset`.
 
     Raises:
         DataError: a folder is missing (naming ``data.dataset.root``), an unknown split, or
@@ -55,24 +58,16 @@ class ISBI2012Dataset(FolderDataset):
         split: str | None = "train",
         val_stems: Sequence[str] = VAL_STEMS,
         ignore_index: int = 255,
-        transform: Callable[..., dict[str, Any]] | None = None,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.25,),
-        startup_check: int = 8,
+        **options: Any,
     ) -> None:
         self.val_stems = [str(stem) for stem in val_stems]
+        samples = isbi2012_samples(Path(root).expanduser(), split, self.val_stems)
         super().__init__(
-            root,
-            num_classes=num_classes,
-            split=split,
-            ignore_index=ignore_index,
-            transform=transform,
-            mean=mean,
-            std=std,
-            label_map={CELL_VALUE: 1},
-            startup_check=startup_check,
-            samples=isbi2012_samples(Path(root).expanduser(), split, self.val_stems),
-        )
+            root, num_classes, split, ignore_index, mean=mean, std=std,
+            label_map={CELL_VALUE: 1}, samples=samples, **options,
+        )  # fmt: skip
 
 
 def isbi2012_samples(

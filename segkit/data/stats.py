@@ -3,14 +3,17 @@
 * :class:`SplitStats` holds one split's counts; :func:`scan_split` reads every sample of a
   dataset into it (the masks as the dataset maps them, no transform) and lists the files
   with problems in a :class:`Report`.
-* :func:`count_training_split` counts a data module's training split and caches the counts
-  as a small JSON file, recomputed when the split's label files, their sizes or mtimes, the
-  dataset class, its label mapping, ``num_classes`` or ``ignore_index`` change.
+* :func:`label_counts` is the one way a run gets a split's counts: the start-up label checks
+  (:func:`segkit.data.checks.training_label_findings`) and the computed class weights
+  (:func:`segkit.tasks.class_weights.resolve_class_weights`, a step of ``train()``) both
+  call it. One cache rule: ``<data.cache_dir>/class_counts_<Dataset>_<digest>.json``
+  (the data module's ``cache_dir``; none when it is null), recomputed when the split's
+  label files, their sizes or mtimes, the dataset class, its label mapping,
+  ``num_classes`` or ``ignore_index`` change; a data module also remembers the counts of
+  each split it counted, so a run counts a split once even without a cache folder.
 
-Three readers share these counts: the start-up checks (:mod:`segkit.data.checks`), the
-computed class weights (:mod:`segkit.tasks.class_weights`) and ``python -m
-segkit.cli.check_data``, which also decodes every image and reads every validation and test
-mask.
+``python -m segkit.cli.check_data`` scans every split itself (:func:`scan_split`, decoding
+every image and reading every validation and test mask) and prints the same counts.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from segkit.data.folder import DataError, InspectableDataset
+from segkit.data.io import DataError, InspectableDataset
 
 CACHE_VERSION = 1  # bump when the counting changes, so old cache files are not read
 
@@ -80,12 +83,17 @@ class Report:
 
 
 def build_split(factory: Any, split: str) -> Any:
-    """``factory(split=split, transform=None)`` without the dataset's start-up sample check."""
+    """``factory(split=split, transform=None)`` without the dataset's start-up sample check.
+
+    ``startup_check=0`` goes to a factory that names it or passes ``**options`` on (the
+    layouts built on :class:`~segkit.data.folder.FolderDataset`).
+    """
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         parameters = {}
-    if "startup_check" in parameters:
+    forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if "startup_check" in parameters or forwards:
         return factory(split=split, transform=None, startup_check=0)
     return factory(split=split, transform=None)
 
@@ -116,7 +124,8 @@ def scan_split(
 ) -> None:
     """Read every sample of ``dataset`` into ``stats``; problems go to ``report``.
 
-    ``dataset`` is a :class:`~segkit.data.folder.FolderDataset` (or subclass): its masks are
+    ``dataset`` is an :class:`~segkit.data.io.InspectableDataset` (a
+    :class:`~segkit.data.folder.FolderDataset` or a layout built on it): its masks are
     counted as the dataset maps them (label map, labelIds -> trainIds), with no transform.
     ``decode_images=False`` reads only the images' headers (for their size), which is enough
     to count labels and skips finding truncated image files. Any other dataset (COCO) is
@@ -186,24 +195,19 @@ def _cache_key(dataset: Any, num_classes: int, ignore_index: int) -> dict[str, A
     }
 
 
-def _stats_from_json(data: dict[str, Any], name: str, num_classes: int) -> SplitStats:
-    stats = SplitStats(name, num_classes)
-    stats.images = int(data["images"])
-    stats.ignored = int(data["ignored"])
-    for key in ("pixels", "images_with", "image_pixels"):
-        setattr(stats, key, np.asarray(data[key], np.int64))
-    return stats
+def label_counts(datamodule: Any, subset: str = "train") -> SplitStats:
+    """Pixel and image counts per class of ``datamodule``'s ``subset`` split, counted once.
 
-
-def count_training_split(datamodule: Any, cache_dir: Path | str | None = None) -> SplitStats:
-    """Pixel and image counts per class of ``datamodule``'s training split.
+    Cached under the data module's ``cache_dir`` (the rule in the module docstring) and
+    remembered by the data module (``counted_labels``) while its files are unchanged.
 
     Args:
         datamodule: a :class:`~segkit.data.datamodule.SegmentationDataModule` (``dataset``,
-            ``splits``, ``num_classes``, ``ignore_index``) whose dataset is a
-            :class:`~segkit.data.folder.FolderDataset` (folder, shapes, CamVid, Cityscapes,
-            VOC, instance folders). ``prepare_data()`` is called first.
-        cache_dir: folder for the cached counts (``None``: no cache).
+            ``splits``, ``num_classes``, ``ignore_index``, ``cache_dir``) whose dataset is
+            a :class:`~segkit.data.folder.FolderDataset` or a layout built on it (folder,
+            shapes, CamVid, Cityscapes, VOC, ISBI 2012, instance folders).
+            ``prepare_data()`` is called first.
+        subset: ``train``, ``val`` or ``test``.
 
     Returns:
         The split's :class:`~segkit.data.stats.SplitStats` (counts only).
@@ -220,7 +224,7 @@ def count_training_split(datamodule: Any, cache_dir: Path | str | None = None) -
                 "as a list of floats instead."
             )
     datamodule.prepare_data()
-    split = datamodule.splits["train"]
+    split = datamodule.splits[subset]
     num_classes, ignore_index = int(datamodule.num_classes), int(datamodule.ignore_index)
     dataset = build_split(datamodule.dataset, split)
     if not isinstance(dataset, InspectableDataset):
@@ -231,18 +235,51 @@ def count_training_split(datamodule: Any, cache_dir: Path | str | None = None) -
             "camvid, cityscapes, voc). Give loss.class_weights as a list of floats instead."
         )
     key = _cache_key(dataset, num_classes, ignore_index)
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"class_counts_{type(dataset).__name__}_{digest}.json"
-        if cache_file.is_file():
-            try:
-                data = json.loads(cache_file.read_text())
-            except (OSError, json.JSONDecodeError):
-                data = {}  # a damaged cache file is recomputed
-            if data.get("key") == key:
-                return _stats_from_json(data, split, num_classes)
+    remembered = getattr(datamodule, "counted_labels", None)
+    if remembered is not None and subset in remembered and remembered[subset][0] == key:
+        return remembered[subset][1]
+    cache_file = _cache_file(datamodule, dataset, key)
+    stats = _read_cache(cache_file, key, split, num_classes)
+    if stats is None:
+        stats = _count_split(dataset, split, num_classes, ignore_index, subset)
+        _write_cache(cache_file, key, stats)
+    if remembered is not None:
+        remembered[subset] = (key, stats)
+    return stats
 
+
+def _cache_file(datamodule: Any, dataset: Any, key: dict[str, Any]) -> Path | None:
+    """``<cache_dir>/class_counts_<Dataset>_<digest>.json``; ``None`` without a cache_dir."""
+    cache_dir = getattr(datamodule, "cache_dir", None)
+    if cache_dir is None:
+        return None
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"class_counts_{type(dataset).__name__}_{digest}.json"
+
+
+def _read_cache(
+    cache_file: Path | None, key: dict[str, Any], split: str, num_classes: int
+) -> SplitStats | None:
+    if cache_file is None or not cache_file.is_file():
+        return None
+    try:
+        data = json.loads(cache_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged cache file is recomputed
+    if data.get("key") != key:
+        return None
+    stats = SplitStats(split, num_classes)
+    stats.images = int(data["images"])
+    stats.ignored = int(data["ignored"])
+    for name in ("pixels", "images_with", "image_pixels"):
+        setattr(stats, name, np.asarray(data[name], np.int64))
+    return stats
+
+
+def _count_split(
+    dataset: Any, split: str, num_classes: int, ignore_index: int, subset: str
+) -> SplitStats:
+    """Every label file of ``dataset`` counted; a file with a problem stops (all listed)."""
     stats, report = SplitStats(split, num_classes), Report()
     scan_split(dataset, stats, ignore_index, report, decode_images=False)
     problems = report.problems + [
@@ -252,23 +289,28 @@ def count_training_split(datamodule: Any, cache_dir: Path | str | None = None) -
     ]
     if problems:
         listed = "\n  ".join(problems[:10])
+        what = "training split" if subset == "train" else f"{subset} split"
         raise DataError(
-            f"cannot count the labels of training split {split!r}: {len(problems)} "
+            f"cannot count the labels of {what} {split!r}: {len(problems)} "
             f"problem(s):\n  {listed}\nFix the files; python -m segkit.cli.check_data "
             "data=<name> lists them all."
         )
-    if cache_file is not None:
-        data = {
-            "key": key,
-            "images": stats.images,
-            "ignored": stats.ignored,
-            "pixels": stats.pixels.tolist(),
-            "images_with": stats.images_with.tolist(),
-            "image_pixels": stats.image_pixels.tolist(),
-        }
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # atomic: DDP processes may write the same file at once
-        temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(data))
-        os.replace(temporary, cache_file)
     return stats
+
+
+def _write_cache(cache_file: Path | None, key: dict[str, Any], stats: SplitStats) -> None:
+    if cache_file is None:
+        return
+    data = {
+        "key": key,
+        "images": stats.images,
+        "ignored": stats.ignored,
+        "pixels": stats.pixels.tolist(),
+        "images_with": stats.images_with.tolist(),
+        "image_pixels": stats.image_pixels.tolist(),
+    }
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    # atomic: DDP processes may write the same file at once
+    temporary = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data))
+    os.replace(temporary, cache_file)

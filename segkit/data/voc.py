@@ -22,21 +22,14 @@ the VOC palette; a colour outside it is an error naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from segkit.data.folder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DataError,
-    FolderDataset,
-    oriented,
-    read_mask,
-)
+from segkit.data.folder import FolderDataset
+from segkit.data.io import DataError, oriented, read_mask
 
 CLASS_NAMES = (
     "background",
@@ -116,9 +109,9 @@ class VOCDataset(FolderDataset):
         split: a list in ``ImageSets/Segmentation`` (``train``, ``val``, ``trainval``) or
             ``train_aug`` (needs ``sbd_root``).
         ignore_index: 255, VOC's void value.
-        transform, mean, std, startup_check, decoded_cache, cache_dir: as in
-            :class:`FolderDataset`.
         sbd_root: SBD ``benchmark_RELEASE/dataset`` folder, or ``None``.
+        **options: ``transform``, ``mean``, ``std``, ``startup_check``, ``decoded_cache``,
+            ``cache_dir``, as in :class:`FolderDataset`.
     """
 
     def __init__(
@@ -127,30 +120,15 @@ class VOCDataset(FolderDataset):
         num_classes: int = 21,
         split: str = "train",
         ignore_index: int = 255,
-        transform: Callable[..., dict[str, Any]] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        startup_check: int = 8,
-        decoded_cache: bool = False,
-        cache_dir: str | Path | None = None,
         sbd_root: str | Path | None = None,
+        **options: Any,
     ) -> None:
         self.sbd_root = None if sbd_root is None else Path(sbd_root).expanduser()
+        samples = voc_samples(Path(root).expanduser(), split, self.sbd_root)
         super().__init__(
-            root,
-            num_classes=num_classes,
-            split=split,
-            ignore_index=ignore_index,
-            transform=transform,
-            mean=mean,
-            std=std,
-            label_map={VOID: ignore_index},
-            startup_check=startup_check,
-            decoded_cache=decoded_cache,
-            cache_dir=cache_dir,
-            samples=voc_samples(Path(root).expanduser(), split, self.sbd_root),
-            read_raw_mask=read_voc_mask,
-        )
+            root, num_classes, split, ignore_index, label_map={VOID: ignore_index},
+            samples=samples, read_raw_mask=read_voc_mask, **options,
+        )  # fmt: skip
 
 
 def _read_list(path: Path) -> list[str]:

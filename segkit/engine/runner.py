@@ -74,6 +74,27 @@ def check_task_kinds(task: L.LightningModule, datamodule: L.LightningDataModule)
         )
 
 
+def resolve_loss_weights(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """The start-up step of ``train()`` that turns named ``loss.class_weights`` into numbers.
+
+    ``median_frequency`` / ``inverse_frequency`` anywhere under ``cfg.loss`` are computed from
+    the training split's label counts (:func:`segkit.data.stats.label_counts`: counted once,
+    cached under ``data.cache_dir``, the counts the start-up label checks read) and written
+    into ``cfg.loss`` (:func:`segkit.tasks.class_weights.resolve_class_weights`), so the
+    config stored in the checkpoints holds them and building the task reads no data. Rank 0
+    prints one line per name; nothing is printed when no weight is named.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from segkit.tasks.class_weights import resolve_class_weights
+
+    for key, name, weights in resolve_class_weights(cfg.loss, datamodule):
+        if rank_zero_only.rank == 0:
+            listed = ", ".join(f"{w:.4f}" for w in weights)
+            split = datamodule.splits["train"]
+            print(f"Class weights {key}={name} (training split {split!r}): [{listed}]", flush=True)
+
+
 # Messages of the libraries that say nothing about the run, dropped by exact text (never a
 # whole category): Lightning's advert for its cloud logger, printed at every trainer start,
 # and a deprecation inside Lightning's own pytree helper that torch >= 2.10 reports.

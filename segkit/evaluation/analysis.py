@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from segkit.data.folder import read_image, read_mask
+from segkit.data.io import read_image, read_mask
 from segkit.evaluation.metrics import scores
 
 SUMMARY_KEYS = ("mIoU", "MPA", "PA", "FWIoU", "mDice")

@@ -13,28 +13,28 @@ takes
   ``weight(c) = total / (K * pixels of c)``, ``total`` the labelled pixels of the split and
   ``K`` the number of classes present, so the weight averaged over the labelled pixels is 1.
 
-The names are resolved by :func:`resolve_class_weights` before the loss is built, from the
-training split's masks as the dataset maps them (label map, labelIds -> trainIds), without
+The names are resolved by :func:`resolve_class_weights`, a step of ``train()`` that prints
+the vectors before the task is built (building a task never reads data), from the training
+split's masks as the dataset maps them (label map, labelIds -> trainIds), without
 augmentation; ignored pixels count nowhere (neither as a class nor in any total). A class
 with no pixel in the training split gets weight 0 (it never occurs in a training target, so
 the weight has no effect) with a warning, and the median and ``K`` are taken over the
-present classes only. The counts come from
-:func:`segkit.data.stats.count_training_split` (cached; the same counting that ``python -m
-segkit.cli.check_data`` runs, and it prints both vectors).
+present classes only. The counts come from :func:`segkit.data.stats.label_counts` (the
+start-up label checks read the same counts, counted once and cached under
+``data.cache_dir``; ``python -m segkit.cli.check_data`` prints both vectors).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from segkit.data.folder import DataError
-from segkit.data.stats import SplitStats, count_training_split
+from segkit.data.io import DataError
+from segkit.data.stats import SplitStats, label_counts
 
 CHOICES = ("median_frequency", "inverse_frequency")
 
@@ -112,23 +112,24 @@ def _weight_nodes(node: Any, path: str) -> list[tuple[DictConfig, str]]:
 
 
 def resolve_class_weights(
-    loss_cfg: DictConfig, datamodule: Any, cache_dir: Path | str | None, key: str = "loss"
-) -> DictConfig:
+    loss_cfg: DictConfig, datamodule: Any, key: str = "loss"
+) -> list[tuple[str, str, list[float]]]:
     """Replace every named ``class_weights`` in ``loss_cfg`` by its list of ``C`` floats.
 
-    Works **in place** (and returns ``loss_cfg``), so a config stored afterwards (e.g. in a
-    checkpoint) holds the numbers and rebuilding the loss needs no data. Lists are checked
-    for length ``C``; ``null`` is left alone. The training split is counted only when a name
-    is found, once for all of them.
+    Works **in place**, so a config stored afterwards (e.g. in a checkpoint) holds the
+    numbers and rebuilding the loss needs no data. Lists are checked for length ``C``;
+    ``null`` is left alone. The training split's counts are read only when a name is found,
+    once for all of them (:func:`~segkit.data.stats.label_counts`: cached under the data
+    module's ``cache_dir``).
 
     Args:
         loss_cfg: the ``loss`` config node (any depth: ``losses.ce.class_weights`` too).
-        datamodule: the instantiated data module (see :func:`count_training_split`).
-        cache_dir: folder for the cached counts, e.g. ``<paths.data_dir>/cache``.
+        datamodule: the instantiated data module (see :func:`~segkit.data.stats.label_counts`).
         key: the node's name in messages (``loss.losses.ce.class_weights``).
 
     Returns:
-        ``loss_cfg``, with lists of Python floats in place of the names.
+        ``(dotted key, name, weights)`` of every name replaced, in config order (``[]``
+        when none was named).
 
     Raises:
         ValueError: an unknown name, a list whose length is not ``num_classes``, or a
@@ -136,6 +137,7 @@ def resolve_class_weights(
     """
     num_classes = int(datamodule.num_classes)
     stats = None
+    resolved = []
     for parent, path in _weight_nodes(loss_cfg, key):
         value = parent.class_weights
         if value is None:
@@ -147,7 +149,7 @@ def resolve_class_weights(
                     f"floats, or one of {list(CHOICES)}."
                 )
             if stats is None:
-                stats = count_training_split(datamodule, cache_dir)
+                stats = label_counts(datamodule)
                 absent = np.flatnonzero(stats.pixels == 0)
                 if absent.size:
                     names = getattr(datamodule, "class_names", None)
@@ -158,6 +160,7 @@ def resolve_class_weights(
                         stacklevel=2,
                     )
             parent.class_weights = weights_from_stats(value, stats).tolist()
+            resolved.append((path, value, list(parent.class_weights)))
         elif isinstance(value, (ListConfig, list, tuple)):
             if len(value) != num_classes:
                 raise ValueError(
@@ -171,4 +174,4 @@ def resolve_class_weights(
                 f"{path}={value!r} is neither null, a list of {num_classes} floats, nor one "
                 f"of {list(CHOICES)}."
             )
-    return loss_cfg
+    return resolved

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.cli.convert import convert_labelme, main, write_folds
-from segkit.data.folder import DataError, FolderDataset
+from segkit.cli.convert import convert_labelme, main
+from segkit.data.folder import FolderDataset
+from segkit.data.io import DataError
+from segkit.data.splits import write_folds
 
 H, W = 40, 48
 RECTANGLE = [[30, 20], [6, 4]]  # corners in labelme's drawing order (bottom-right first)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from segkit.data.augment import SemanticCompose, random_crop
 from segkit.data.datamodule import SegmentationDataModule
-from segkit.data.folder import DataError
+from segkit.data.io import DataError
 
 from ..helpers import compose
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from segkit.data.camvid import CLASS_NAMES, PALETTE, CamVidDataset
-from segkit.data.folder import DataError
+from segkit.data.io import DataError
 
 from ..helpers import PROJECT_ROOT, SHARED_DATA, run_train
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from segkit.data.cityscapes import CLASS_NAMES, PALETTE, CityscapesDataset
-from segkit.data.folder import DataError
+from segkit.data.io import DataError
 
 from ..helpers import PROJECT_ROOT
 

@@ -21,7 +21,8 @@ import segkit.data.folder as folder_module
 from segkit.data.camvid import CamVidDataset
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.decoded_cache import DecodedCache
-from segkit.data.folder import ORIENTATION, DataError, FolderDataset
+from segkit.data.folder import FolderDataset
+from segkit.data.io import ORIENTATION, DataError
 
 from ..helpers import PROJECT_ROOT, SHARED_DATA
 

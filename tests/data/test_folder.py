@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segkit.data.folder import DataError, FolderDataset
+from segkit.data.folder import FolderDataset
+from segkit.data.io import DataError
 
 
 def test_sample_format_and_normalisation(folder_dataset):

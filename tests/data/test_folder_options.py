@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segkit.data.folder import DataError, FolderDataset
+from segkit.data.folder import FolderDataset
+from segkit.data.io import DataError
 
 
 def save_mask(root, stem, mask):

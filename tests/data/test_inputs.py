@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 from segkit.cli.check_data import main as check_data_main
-from segkit.data.folder import DataError, FolderDataset, read_image, read_mask, write_splits
+from segkit.data.folder import FolderDataset
+from segkit.data.io import DataError, read_image, read_mask
+from segkit.data.splits import write_splits
 
 ORIENTATION = 274  # EXIF tag
 RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # sample images: pixels / 255
@@ -285,7 +287,7 @@ def test_missing_split_list_gives_the_command_that_writes_it(folder_dataset):
     with pytest.raises(DataError) as info:
         FolderDataset(folder_dataset, num_classes=3, split="train")
     message = str(info.value)
-    assert "data.train_split" in message and "python -m segkit.data.folder" in message
+    assert "data.train_split" in message and "python -m segkit.cli.convert split" in message
     # the command's function writes disjoint lists covering every image
     (folder_dataset / "splits" / "val.txt").unlink()
     written = write_splits(folder_dataset, val=0.25)

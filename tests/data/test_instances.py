@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from segkit.data.folder import DataError
 from segkit.data.instances import (
     CocoInstances,
     InstanceDataModule,
@@ -20,6 +19,7 @@ from segkit.data.instances import (
     collate_instances,
     masks_to_boxes,
 )
+from segkit.data.io import DataError
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # images come back as raw 0-255 values
 

@@ -16,8 +16,9 @@ import torch
 from omegaconf import open_dict
 from PIL import Image
 
-from segkit.data.folder import DataError
+from segkit.data.io import DataError
 from segkit.data.isbi2012 import CLASS_NAMES, ISBI2012Dataset
+from segkit.engine.runner import resolve_loss_weights
 from segkit.tasks import build_task
 
 from ..helpers import SHARED_DATA, compose, load_script
@@ -107,7 +108,8 @@ def test_experiment_builds_20_train_and_4_val_greyscale_slices(tmp_path):
     assert crop["image"].shape == (1, 256, 256) and crop["mask"].shape == (256, 256)
     assert set(crop["mask"].unique().tolist()) == {0, 1}  # rotation borders are mirrored
     assert val[0]["image"].shape == (1, 512, 512)  # validated on whole slices
-    task = build_task(cfg, datamodule)  # median-frequency weights from the 20 labels
+    resolve_loss_weights(cfg, datamodule)  # median-frequency weights from the 20 labels
+    task = build_task(cfg)
     weights = list(cfg.loss.class_weights)
     assert weights[0] == pytest.approx(2.2, abs=0.1) and weights[1] == pytest.approx(0.65, abs=0.03)
     assert task.membrane_errors is not None

@@ -17,8 +17,9 @@ from PIL import Image
 from segkit.cli.check_data import main as check_data_main
 from segkit.config import compose
 from segkit.data.datamodule import SegmentationDataModule, UnpaddedDistributedSampler
-from segkit.data.folder import DataError, DataWarning, FolderDataset
+from segkit.data.folder import FolderDataset
 from segkit.data.instances import InstanceDataModule, InstanceFolderDataset
+from segkit.data.io import DataError, DataWarning
 
 
 def write(root: Path, masks: dict[str, np.ndarray], splits: dict[str, list[str]] | None = None):
@@ -97,7 +98,7 @@ def test_missing_split_list_names_the_split_key(tmp_path):
         module(root).setup("fit")
     message = str(info.value)
     assert message.startswith("data.train_split='train': split list")
-    assert "python -m segkit.data.folder" in message
+    assert "python -m segkit.cli.convert split" in message
 
 
 def test_validation_on_the_training_split_stops_unless_named_on_purpose(tmp_path):

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from scipy.io import savemat
 
-from segkit.data.folder import DataError
+from segkit.data.io import DataError
 from segkit.data.voc import CLASS_NAMES, PALETTE, VOCDataset
 
 from ..helpers import PROJECT_ROOT

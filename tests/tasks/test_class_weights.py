@@ -15,10 +15,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from segkit.cli.check_data import main as check_data_main
+from segkit.data import stats
 from segkit.data.camvid import CLASS_NAMES, CamVidDataset
 from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.folder import FolderDataset
-from segkit.data.stats import count_training_split
+from segkit.data.stats import label_counts
+from segkit.data.stats import scan_split as scan
 from segkit.tasks.class_weights import resolve_class_weights
 from segkit.tasks.losses import CrossEntropyLoss
 
@@ -58,10 +60,12 @@ def write_dataset(root: Path) -> Path:
     return root
 
 
-def datamodule(root: Path, num_classes: int = 3) -> SegmentationDataModule:
+def datamodule(root: Path, num_classes: int = 3, cache_dir: Path | None = None):
     dataset = partial(FolderDataset, root=root, num_classes=num_classes, ignore_index=IGNORE)
     names = [f"c{i}" for i in range(num_classes)]
-    return SegmentationDataModule(dataset, num_classes, names, ignore_index=IGNORE)
+    return SegmentationDataModule(
+        dataset, num_classes, names, ignore_index=IGNORE, cache_dir=cache_dir
+    )
 
 
 def ce(class_weights):
@@ -76,13 +80,14 @@ def root(tmp_path: Path) -> Path:
 
 
 def test_hand_made_case(root, tmp_path):
-    dm = datamodule(root)
+    dm = datamodule(root, cache_dir=tmp_path / "cache")
     for name, expected in (
         ("median_frequency", MEDIAN_FREQUENCY),
         ("inverse_frequency", INVERSE_FREQUENCY),
     ):
         cfg = ce(name)
-        assert resolve_class_weights(cfg, dm, tmp_path / "cache") is cfg  # in place
+        resolved = resolve_class_weights(cfg, dm)  # in place, and said what it replaced
+        assert resolved == [("loss.class_weights", name, list(cfg.class_weights))]
         assert isinstance(cfg.class_weights[0], float)
         np.testing.assert_allclose(list(cfg.class_weights), expected, rtol=1e-12)
         loss = hydra.utils.instantiate(cfg)
@@ -105,7 +110,7 @@ def test_nested_names_are_resolved_and_lists_and_null_kept(root, tmp_path):
             },
         }
     )
-    resolve_class_weights(cfg, datamodule(root), tmp_path / "cache")
+    resolve_class_weights(cfg, datamodule(root, cache_dir=tmp_path / "cache"))
     np.testing.assert_allclose(list(cfg.losses.ce.class_weights), MEDIAN_FREQUENCY, rtol=1e-12)
     np.testing.assert_allclose(list(cfg.losses.focal.class_weights), INVERSE_FREQUENCY, rtol=1e-12)
     assert cfg.losses.plain.class_weights is None
@@ -125,7 +130,7 @@ def test_class_absent_from_training_split_gets_weight_zero(root, tmp_path):
     ):
         cfg = ce(name)
         with pytest.warns(UserWarning, match=r"classes \['c3'\] have no pixel"):
-            resolve_class_weights(cfg, dm, None)
+            resolve_class_weights(cfg, dm)  # no cache_dir: counted, nothing written
         np.testing.assert_allclose(list(cfg.class_weights), [*expected, 0.0], rtol=1e-12)
 
 
@@ -150,14 +155,18 @@ def test_camvid_train_split_matches_numpy_definition(tmp_path):
     inverse_frequency = pixels.sum() / (11 * pixels)
 
     dm = SegmentationDataModule(
-        partial(CamVidDataset, root=CAMVID, ignore_index=IGNORE), 11, CLASS_NAMES, IGNORE
+        partial(CamVidDataset, root=CAMVID, ignore_index=IGNORE),
+        11,
+        CLASS_NAMES,
+        IGNORE,
+        cache_dir=tmp_path / "cache",
     )
     for name, expected in (
         ("median_frequency", median_frequency),
         ("inverse_frequency", inverse_frequency),
     ):
         cfg = ce(name)
-        resolve_class_weights(cfg, dm, tmp_path / "cache")
+        resolve_class_weights(cfg, dm)
         np.testing.assert_allclose(list(cfg.class_weights), expected, rtol=1e-6)
     # the SegNet authors' published list is a different computation (SignSymbol 9.64)
     assert abs(median_frequency[6] - 3.85) < 0.01
@@ -165,8 +174,8 @@ def test_camvid_train_split_matches_numpy_definition(tmp_path):
 
 def test_cache_is_read_and_recomputed_when_the_split_changes(root, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    dm = datamodule(root)
-    first = count_training_split(dm, cache)
+    dm = datamodule(root, cache_dir=cache)
+    first = label_counts(dm)
     assert len(list(cache.glob("*.json"))) == 1
     assert first.pixels.tolist() == [6, 5, 7]
 
@@ -175,11 +184,11 @@ def test_cache_is_read_and_recomputed_when_the_split_changes(root, tmp_path, mon
 
     original = FolderDataset.read_raw_mask
     monkeypatch.setattr(FolderDataset, "read_raw_mask", fail)
-    cached = count_training_split(dm, cache)
+    cached = label_counts(datamodule(root, cache_dir=cache))
     assert cached.pixels.tolist() == [6, 5, 7]
     assert cached.image_pixels.tolist() == [14, 10, 12] and cached.images == 3
     cfg = ce("median_frequency")
-    resolve_class_weights(cfg, dm, cache)  # from the cache, no mask read
+    resolve_class_weights(cfg, datamodule(root, cache_dir=cache))  # from the cache, no read
     np.testing.assert_allclose(list(cfg.class_weights), MEDIAN_FREQUENCY, rtol=1e-12)
 
     # same content, new mtime: recounted
@@ -187,31 +196,42 @@ def test_cache_is_read_and_recomputed_when_the_split_changes(root, tmp_path, mon
     status = mask.stat()
     os.utime(mask, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
     with pytest.raises(AssertionError, match="read although"):
-        count_training_split(dm, cache)
+        label_counts(datamodule(root, cache_dir=cache))
 
     # new content (new size): recounted with the new labels
     monkeypatch.setattr(FolderDataset, "read_raw_mask", original)
     Image.fromarray(np.full((2, 4), 1, np.uint8)).save(mask)  # img2: class 1 x8
-    assert count_training_split(dm, cache).pixels.tolist() == [6, 10, 6]
+    assert label_counts(datamodule(root, cache_dir=cache)).pixels.tolist() == [6, 10, 6]
 
     # another split list: recounted
     monkeypatch.setattr(FolderDataset, "read_raw_mask", fail)
     (root / "splits" / "train.txt").write_text("img0\nimg1\n")
     with pytest.raises(AssertionError, match="read although"):
-        count_training_split(dm, cache)
+        label_counts(datamodule(root, cache_dir=cache))
     monkeypatch.setattr(FolderDataset, "read_raw_mask", original)
-    assert count_training_split(dm, cache).pixels.tolist() == [6, 2, 6]
+    assert label_counts(datamodule(root, cache_dir=cache)).pixels.tolist() == [6, 2, 6]
+
+
+def test_a_run_counts_the_training_split_once(root, monkeypatch):
+    # train(): the class-weight step, then the start-up label checks in setup("fit"); with no
+    # cache_dir the data module remembers the counts
+    scans = []
+    monkeypatch.setattr(stats, "scan_split", lambda *args, **kw: scans.append(scan(*args, **kw)))
+    dm = datamodule(root)
+    resolve_class_weights(ce("median_frequency"), dm)
+    dm.setup("fit")
+    assert len(scans) == 1 and label_counts(dm).pixels.tolist() == [6, 5, 7]
 
 
 def test_bad_input(root, tmp_path):
     dm = datamodule(root)
     with pytest.raises(ValueError, match=r"loss.class_weights='median_freq'.*median_frequency"):
-        resolve_class_weights(ce("median_freq"), dm, tmp_path)
+        resolve_class_weights(ce("median_freq"), dm)
     with pytest.raises(ValueError, match=r"loss.class_weights has 2 values.*num_classes is 3"):
-        resolve_class_weights(ce([1.0, 2.0]), dm, tmp_path)
+        resolve_class_weights(ce([1.0, 2.0]), dm)
     nested = OmegaConf.create({"losses": {"ce": {"class_weights": [1.0] * 4}}})
     with pytest.raises(ValueError, match=r"loss.losses.ce.class_weights has 4 values"):
-        resolve_class_weights(nested, dm, tmp_path)
+        resolve_class_weights(nested, dm)
     with pytest.raises(ValueError, match="resolve_class_weights"):  # an unresolved name
         CrossEntropyLoss(class_weights="median_frequency")
 
@@ -219,7 +239,7 @@ def test_bad_input(root, tmp_path):
 def test_dataset_without_label_files_is_refused(tmp_path):
     dm = SegmentationDataModule(lambda split, transform: [], 3, ["a", "b", "c"])
     with pytest.raises(ValueError, match="cannot count the labels of list"):
-        resolve_class_weights(ce("median_frequency"), dm, tmp_path)
+        resolve_class_weights(ce("median_frequency"), dm)
 
 
 def test_check_data_prints_both_vectors(root, capsys):
