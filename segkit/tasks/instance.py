@@ -26,17 +26,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
-from segkit.evaluation.metrics import ConfusionMatrix, scores
-from segkit.tasks.optim import build_optimizer, parameter_groups
-from segkit.tasks.schedulers import lightning_schedule
-from segkit.tasks.semantic import HEADLINE_KEYS
+from segkit.evaluation.metrics import ConfusionMatrix
+from segkit.tasks.base import SegmentationTask, per_split
 
 AP_KEYS = {  # torchmetrics name -> segkit name
     "map": "AP",
@@ -162,8 +159,9 @@ def _number(value: torch.Tensor) -> float | None:
     return None if value < 0 else value
 
 
-class InstanceSegmentationTask(L.LightningModule):
-    """Train and score an instance segmentation model (torchvision detection contract).
+class InstanceSegmentationTask(SegmentationTask):
+    """Train and score an instance segmentation model (torchvision detection contract;
+    :class:`segkit.tasks.base.SegmentationTask`).
 
     Args:
         model: e.g. :func:`segkit.models.maskrcnn.mask_rcnn`; ``model(images, targets)``
@@ -180,6 +178,9 @@ class InstanceSegmentationTask(L.LightningModule):
         head_lr_mult: learning rate of the RPN and RoI heads = lr * this.
         no_decay_norm_bias: weight decay 0 on norm-layer weights and biases
             (:func:`segkit.tasks.optim.parameter_groups`).
+
+    Raises:
+        ValueError: ``class_names`` does not hold ``num_classes`` names.
     """
 
     def __init__(
@@ -196,36 +197,19 @@ class InstanceSegmentationTask(L.LightningModule):
         head_lr_mult: float = 1.0,
         no_decay_norm_bias: bool = True,
     ) -> None:
-        super().__init__()
-        self.backbone_lr_mult = backbone_lr_mult
-        self.head_lr_mult = head_lr_mult
-        self.no_decay_norm_bias = no_decay_norm_bias
-        if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class_names for num_classes={num_classes}")
-        self.model = model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.num_classes = num_classes
-        self.class_names = list(class_names)
-        self.ignore_index = ignore_index
+        super().__init__(model, num_classes, class_names, ignore_index, optimizer, scheduler)
+        self.set_parameter_groups(backbone_lr_mult, head_lr_mult, no_decay_norm_bias)
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
-        self.confusion = nn.ModuleDict(
-            {split: ConfusionMatrix(num_classes, ignore_index) for split in ("val", "test")}
+        self.confusion = per_split(lambda: ConfusionMatrix(num_classes, ignore_index))
+        # synchronised by gather_ap_states: torchmetrics' own sync issues one collective per
+        # list entry, which mismatches (and crashes gloo) when ranks scored different numbers
+        # of images, as the unpadded sampler makes them
+        self.average_precision = per_split(
+            lambda: MeanAveragePrecision(
+                iou_type=tuple(IOU_TYPES), class_metrics=True, sync_on_compute=False
+            )
         )
-        self.average_precision = nn.ModuleDict(
-            {
-                # synchronised by gather_ap_states: torchmetrics' own sync issues one
-                # collective per list entry, which mismatches (and crashes gloo) when ranks
-                # scored different numbers of images, as the unpadded sampler makes them
-                split: MeanAveragePrecision(
-                    iou_type=tuple(IOU_TYPES), class_metrics=True, sync_on_compute=False
-                )
-                for split in ("val", "test")
-            }
-        )
-        self.confusion_matrices: dict[str, torch.Tensor] = {}
-        self.extra_scores: dict[str, dict[str, Any]] = {}
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Detections per image: ``boxes [K, 4]``, ``labels [K]``, ``scores [K]``, ``masks``
@@ -271,10 +255,7 @@ class InstanceSegmentationTask(L.LightningModule):
         average_precision.reset()
         if self.trainer.sanity_checking:
             return
-        self.confusion_matrices[split] = confmat.cpu()
-        semantic = scores(confmat)
-        for key in HEADLINE_KEYS:
-            self.log(f"{split}/{key}", semantic[key].float())
+        self._log_semantic_scores(split, confmat)
         extra: dict[str, Any] = {}
         classes = result["classes"].reshape(-1).tolist()
         for iou_type, prefix in IOU_TYPES.items():
@@ -293,27 +274,10 @@ class InstanceSegmentationTask(L.LightningModule):
             if value is not None:
                 self.log(key, value, prog_bar=key == f"{split}/mask_AP")
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def configure_optimizers(self) -> Any:
-        groups = parameter_groups(
-            self.model, self.backbone_lr_mult, self.head_lr_mult, self.no_decay_norm_bias
-        )
-        for group in groups:  # layers frozen by trainable_layers stay out of the optimiser
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The base's groups without the layers frozen by ``trainable_layers`` (they stay out
+        of the optimiser), and without groups left empty."""
+        groups = super().optimizer_groups()
+        for group in groups:
             group["params"] = [p for p in group["params"] if p.requires_grad]
-        return lightning_schedule(
-            build_optimizer(self.optimizer_factory, [g for g in groups if g["params"]]),
-            self.scheduler_factory,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-            val_every_n_epochs=self.trainer.check_val_every_n_epoch or 1,
-        )
+        return [g for g in groups if g["params"]]

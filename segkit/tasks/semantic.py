@@ -37,19 +37,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.evaluation.membrane_metrics import MembraneErrors
-from segkit.evaluation.metrics import ConfusionMatrix, InstanceIoU, labels_from_logits, scores
+from segkit.evaluation.metrics import ConfusionMatrix, InstanceIoU, labels_from_logits
+from segkit.tasks.base import HEADLINE_KEYS, SegmentationTask, per_split
 from segkit.tasks.optim import (
     WeightEMA,
     apply_eval_modes,
     backbone_of,
-    build_optimizer,
     freeze_batch_norm,
-    parameter_groups,
     set_backbone_frozen,
 )
-from segkit.tasks.schedulers import lightning_schedule
 
-HEADLINE_KEYS = ("PA", "MPA", "mIoU", "FWIoU", "mDice")
+__all__ = [  # HEADLINE_KEYS: re-exported, its home is segkit.tasks.base
+    "HEADLINE_KEYS",
+    "SemanticSegmentationTask",
+    "check_finetune_options",
+    "check_strategy_allows_freezing",
+    "split_outputs",
+]
 
 
 def split_outputs(output: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
@@ -64,8 +68,8 @@ def split_outputs(output: torch.Tensor | dict[str, torch.Tensor]) -> tuple[torch
     )
 
 
-class SemanticSegmentationTask(L.LightningModule):
-    """Train and score a semantic segmentation model.
+class SemanticSegmentationTask(SegmentationTask):
+    """Train and score a semantic segmentation model (:class:`segkit.tasks.base.SegmentationTask`).
 
     Args:
         model: ``nn.Module`` mapping images ``[B, 3, H, W]`` to logits (see module docstring).
@@ -98,8 +102,8 @@ class SemanticSegmentationTask(L.LightningModule):
 
     Raises:
         ValueError: at construction, for a backbone control on a model without a backbone,
-            a negative ``freeze_backbone_epochs``, an ``ema_decay`` outside (0, 1) or a
-            ``membrane_class`` that is no class.
+            a negative ``freeze_backbone_epochs``, an ``ema_decay`` outside (0, 1), a
+            ``membrane_class`` that is no class or ``class_names`` not ``num_classes`` long.
     """
 
     def __init__(
@@ -121,12 +125,9 @@ class SemanticSegmentationTask(L.LightningModule):
         ema_decay: float | None = None,
         membrane_class: int | None = None,
     ) -> None:
-        super().__init__()
         check_finetune_options(model, backbone_lr_mult, freeze_backbone_epochs, freeze_bn)
-        self.model = model
-        self.backbone_lr_mult = backbone_lr_mult
-        self.head_lr_mult = head_lr_mult
-        self.no_decay_norm_bias = no_decay_norm_bias
+        super().__init__(model, num_classes, class_names, ignore_index, optimizer, scheduler)
+        self.set_parameter_groups(backbone_lr_mult, head_lr_mult, no_decay_norm_bias)
         self.freeze_backbone_epochs = freeze_backbone_epochs
         if freeze_bn:
             freeze_batch_norm(model)
@@ -134,20 +135,11 @@ class SemanticSegmentationTask(L.LightningModule):
         # After freeze_batch_norm, so the copy's flags match; never trained by the optimiser.
         self.ema_model = None if ema_decay is None else WeightEMA(model, ema_decay)
         self.loss = loss
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.num_classes = num_classes
-        self.class_names = list(class_names)
-        self.ignore_index = ignore_index
         self.aux_weight = aux_weight
         self.inference = inference
-        self.metrics = nn.ModuleDict(
-            {split: ConfusionMatrix(num_classes, ignore_index) for split in ("val", "test")}
-        )
+        self.metrics = per_split(lambda: ConfusionMatrix(num_classes, ignore_index))
         # Cityscapes' iIoU, scored when the batches carry instance ids ("instance")
-        self.instance_metrics = nn.ModuleDict(
-            {split: InstanceIoU(class_names) for split in ("val", "test")}
-        )
+        self.instance_metrics = per_split(lambda: InstanceIoU(class_names))
         self.membrane_errors = None  # the ISBI 2012 challenge's scores, where asked for
         if membrane_class is not None:
             if not 0 <= membrane_class < num_classes:
@@ -155,12 +147,7 @@ class SemanticSegmentationTask(L.LightningModule):
                     f"task.membrane_class={membrane_class} is no class of 0..{num_classes - 1}: "
                     "give the membrane's class index (data=isbi2012: 0)."
                 )
-            self.membrane_errors = nn.ModuleDict(
-                {split: MembraneErrors(membrane_class, ignore_index) for split in ("val", "test")}
-            )
-        self.confusion_matrices: dict[str, torch.Tensor] = {}
-        # iIoU, pixel/Rand error where scored (ScoredTask)
-        self.extra_scores: dict[str, dict[str, Any]] = {}
+            self.membrane_errors = per_split(lambda: MembraneErrors(membrane_class, ignore_index))
         self._epoch_loss_sum = torch.zeros(())  # running train loss of the epoch
         self._epoch_steps = 0
 
@@ -291,36 +278,9 @@ class SemanticSegmentationTask(L.LightningModule):
             for key in ("iIoU_class", "iIoU_category"):
                 value = instance_scores[key]
                 self.log(f"{split}/{key}", float("nan") if value is None else value)
-        self.confusion_matrices[split] = confmat.cpu()
-        result = scores(confmat)
-        for key in HEADLINE_KEYS:
-            self.log(f"{split}/{key}", result[key].float(), prog_bar=key == "mIoU")
+        result = self._log_semantic_scores(split, confmat, prog_bar="mIoU")
         for name, value in zip(self.class_names, result["IoU"].tolist(), strict=False):
             self.log(f"{split}/IoU/{name}", value)
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
-
-    def configure_optimizers(self) -> Any:
-        groups = parameter_groups(
-            self.model, self.backbone_lr_mult, self.head_lr_mult, self.no_decay_norm_bias
-        )
-        optimizer = build_optimizer(self.optimizer_factory, groups)
-        return lightning_schedule(
-            optimizer,
-            self.scheduler_factory,
-            total_steps=int(self.trainer.estimated_stepping_batches),
-            val_every_n_epochs=self.trainer.check_val_every_n_epoch or 1,
-        )
 
 
 def check_finetune_options(
