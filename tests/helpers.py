@@ -12,7 +12,6 @@ finds itself), never from a conftest or from each other. The test folders mirror
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -285,11 +284,3 @@ def tiny_optuna_sweep(root: Path) -> Path:
     resumed = run_multirun(root, sweep_dir, *common, "hydra.sweeper.n_trials=1", *FAILING_TRIAL)
     (sweep_dir / "log.txt").write_text(first + "\n=== resumed ===\n" + resumed)
     return sweep_dir
-
-
-def load_script(name: str):
-    """train.py / eval.py / predict.py as a module (hydra.main passes a given config through)."""
-    spec = importlib.util.spec_from_file_location(f"segkit_{name}", PROJECT_ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

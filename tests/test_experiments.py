@@ -12,7 +12,9 @@ import math
 import pytest
 from omegaconf import open_dict
 
-from .helpers import compose, load_script
+from segkit.engine.train import train
+
+from .helpers import compose
 
 SHAPES = [
     "data=shapes",
@@ -43,6 +45,6 @@ def test_recipe_runs_with_fast_dev_run(name, tmp_path):
     assert cfg.hydra.runtime.choices.experiment == name
     with open_dict(cfg):  # a job's config has no hydra node (HydraConfig holds it)
         del cfg["hydra"]
-    value = load_script("train").train(cfg)["optimized"]
+    value = train(cfg)["optimized"]
     assert value is not None and math.isfinite(value)
     assert (tmp_path / "run" / "metrics.json").is_file()

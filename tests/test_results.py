@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
+from segkit.engine.evaluate import keep_trained_input, say_kept_input
 
 from .helpers import PROJECT_ROOT, SHARED_DATA
 
@@ -152,14 +153,44 @@ def test_documented_eval_command_scores_the_published_weights(recipe, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["split"] == "test"
 
 
-def test_eval_keeps_the_trained_normalisation_over_a_data_group():
-    sys.path.insert(0, str(PROJECT_ROOT))
-    from eval import keep_trained_input
-
+def test_eval_keeps_the_trained_normalisation_over_a_data_group(capsys):
     imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     given = {"data": {**imagenet, "batch_size": 1, "dataset": {**imagenet, "root": "/new"}}}
     lite = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
     stored = {"data": {**lite, "dataset": {**lite, "root": "/old"}}}
-    kept = keep_trained_input(given, stored)
+    kept, brought = keep_trained_input(given)
     # merged over the stored config, so the trained 0.5 stays
     assert kept == {"data": {"batch_size": 1, "dataset": {"root": "/new"}}}
+    assert brought == {"mean": imagenet["mean"], "std": imagenet["std"]} | {
+        f"dataset.{key}": value for key, value in imagenet.items()
+    }
+    say_kept_input(brought, stored)
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == (
+        "data.mean: kept the checkpoint's [0.5, 0.5, 0.5], not [0.485, 0.456, 0.406] from the "
+        "data group (the model was trained on it); set data.mean= to override."
+    )
+    assert [line.split(":")[0] for line in said] == [f"data.{key}" for key in brought]
+    say_kept_input({"mean": lite["mean"]}, stored)  # the data group agrees: nothing to say
+    assert capsys.readouterr().out == ""
+
+
+ISBI = PROJECT_ROOT / "results" / "isbi2012" / "isbi2012_unet"
+
+
+@pytest.mark.skipif(not (ISBI / "metrics.json").is_file(), reason=f"no result at {ISBI} yet")
+def test_isbi2012_scores_follow_from_the_confusion_matrix():
+    """RESULTS.md's ISBI 2012 row: every pixel of the 4 val slices is counted (rows = ground
+    truth: membrane, cell), and PA, the IoUs and the challenge's pixel error (the fraction of
+    pixels labelled wrongly) follow from the matrix by hand."""
+    metrics = json.loads((ISBI / "metrics.json").read_text())
+    matrix = np.load(ISBI / "confusion_matrix.npy").astype(np.float64)
+    assert matrix.shape == (2, 2) and matrix.sum() == 4 * 512 * 512
+    wrong = matrix[0, 1] + matrix[1, 0]
+    assert metrics["pixel_error"] == pytest.approx(wrong / matrix.sum(), abs=1e-6)
+    assert metrics["PA"] == pytest.approx(1 - wrong / matrix.sum(), abs=1e-6)
+    membrane_iou = matrix[0, 0] / (matrix[0].sum() + matrix[:, 0].sum() - matrix[0, 0])
+    assert metrics["IoU"]["membrane"] == pytest.approx(membrane_iou, abs=1e-6)
+    assert 0 <= metrics["rand_error"] <= 1
+    run = json.loads((ISBI / "run.json").read_text())
+    assert run["val_mIoU"] == metrics["mIoU"]

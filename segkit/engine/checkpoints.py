@@ -108,8 +108,10 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
-def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+def load_checkpoint(ckpt_path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load a Lightning checkpoint written by train.py onto the CPU.
+
+    ``mmap=True`` maps the file instead of reading it: cheap when only the config is read.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -118,7 +120,7 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt file.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     if "config" not in checkpoint:
         raise KeyError(
             f"checkpoint {path} has no 'config' entry, so the model cannot be rebuilt; it "

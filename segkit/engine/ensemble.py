@@ -3,9 +3,10 @@
     python eval.py ckpt_path=[a.ckpt,b.ckpt] [ckpt_weights=[2,1]]
     python predict.py ckpt_path=[a.ckpt,b.ckpt] input=... output=...
 
-Each member is rebuilt from its own checkpoint (:func:`load_members`) and scores an image
-with its own inference (``class_scores``: whole, sliding window or multi-scale, as its
-config says, or as ``inference=`` sets for all), so members may differ in architecture.
+Each member is rebuilt from its own checkpoint (:func:`load_ensemble`, with
+:func:`segkit.engine.loading.load_task`) and scores an image with its own inference
+(``class_scores``: whole, sliding window or multi-scale, as its config says, or as
+``inference=`` sets for all), so members may differ in architecture.
 The ensemble's score of a pixel is ``log(sum_i w_i softmax(s_i))`` with the weights
 normalised to sum 1 (equal weights by default): the log of the averaged probabilities, the
 convention of :class:`segkit.evaluation.inference.Inference`, so ``argmax`` and the losses
@@ -14,38 +15,29 @@ work on it unchanged. An ensemble of one is its member's ``log_softmax``: the sa
 Members must share the class set (``data.num_classes`` and ``data.class_names``) and the
 input normalisation (``data.mean``, ``data.std``): the images are read and normalised once,
 with the first checkpoint's data config, which also gives the data, palette and split.
+
+:func:`load_trained` loads what ``ckpt_path`` names: one checkpoint, or the ensemble of a
+list (``ckpt_path=[a.ckpt]`` too) or of a checkpoint given ``ckpt_weights``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from segkit.config import ConfigError
-from segkit.engine.checkpoints import checkpoint_overrides, load_checkpoint, task_from_checkpoint
+from segkit.engine.loading import Trained, load_task
 from segkit.tasks.semantic import SemanticSegmentationTask
 
 # Keys every member must share: the classes (fixed by the weights) and the normalisation
 # of the one input all members see.
 SHARED_KEYS = ("num_classes", "class_names", "mean", "std")
-
-
-@dataclass
-class Member:
-    """One rebuilt checkpoint: its path, merged config, task (eval mode, CPU) and epoch."""
-
-    path: str
-    config: DictConfig
-    task: L.LightningModule
-    epoch: int | None
 
 
 def checkpoint_paths(ckpt_path: str | Sequence[str]) -> list[str]:
@@ -62,32 +54,44 @@ def checkpoint_paths(ckpt_path: str | Sequence[str]) -> list[str]:
     return paths
 
 
-def load_members(
-    paths: Sequence[str], given: Callable[[Mapping[str, Any]], Mapping[str, Any]]
-) -> list[Member]:
-    """Rebuild every checkpoint of ``paths`` with the command-line overrides.
+def load_ensemble(
+    paths: Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+    weights: Sequence[float] | None = None,
+) -> Trained:
+    """Load every checkpoint of ``paths`` (:func:`~segkit.engine.loading.load_task`, each with
+    the same ``overrides``) and average them (:func:`ensemble_task`).
 
-    Args:
-        paths: checkpoint files (:func:`checkpoint_paths`).
-        given: ``stored config -> {"data": ..., "task": ...}`` overrides for that checkpoint
-            (eval.py keeps each checkpoint's trained normalisation, see ``keep_trained_input``);
-            they are checked against it (:func:`segkit.engine.checkpoints.checkpoint_overrides`).
+    Returns:
+        the ensemble: ``path`` lists the members' files, ``config`` is the first member's,
+        ``epoch`` is ``None``, ``members`` holds each member.
 
     Raises:
-        ConfigError: the members do not share :data:`SHARED_KEYS` (:func:`check_members`).
+        ConfigError: the members do not share :data:`SHARED_KEYS` (:func:`check_members`), or
+            ``weights`` are not one positive number per member.
+        TypeError: a member is not a semantic segmentation task.
     """
-    members = []
-    for path in paths:
-        checkpoint = load_checkpoint(path)  # the one read of each file
-        stored = checkpoint["config"]
-        config, task = task_from_checkpoint(checkpoint, checkpoint_overrides(given(stored), stored))
-        members.append(Member(path, config, task, checkpoint.get("epoch")))
-        del checkpoint  # the task holds the weights
+    members = [load_task(path, overrides) for path in paths]
     check_members(members)
-    return members
+    task = ensemble_task(members, weights)
+    return Trained([m.path for m in members], members[0].config, task, None, members)
 
 
-def check_members(members: Sequence[Member]) -> None:
+def load_trained(
+    ckpt_path: str | Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+    weights: Sequence[float] | None = None,
+) -> Trained:
+    """What ``ckpt_path`` names: one checkpoint (:func:`~segkit.engine.loading.load_task`),
+    or the ensemble (:func:`load_ensemble`) of a list, or of one checkpoint given ``weights``
+    (``ckpt_weights``)."""
+    paths = checkpoint_paths(ckpt_path)
+    if is_ensemble(ckpt_path) or weights is not None:
+        return load_ensemble(paths, overrides, weights)
+    return load_task(paths[0], overrides)
+
+
+def check_members(members: Sequence[Trained]) -> None:
     """Refuse an ensemble whose members differ in a :data:`SHARED_KEYS` data key.
 
     Raises:
@@ -167,7 +171,7 @@ class Ensemble(nn.Module):
 
 
 def ensemble_task(
-    members: Sequence[Member], weights: Sequence[float] | None = None
+    members: Sequence[Trained], weights: Sequence[float] | None = None
 ) -> SemanticSegmentationTask:
     """A semantic task whose model is the :class:`Ensemble` of ``members`` (eval mode).
 

@@ -330,6 +330,3 @@ def _say_where_the_work_is(
 def print_results(folder: str | Path, what: str) -> None:
     """The last line of every run: where its results are."""
     print(f"Results: {Path(folder).resolve()} ({what})", flush=True)
-
-
-# --- eval.py / predict.py: config merged over a checkpoint's ---------------------------

@@ -19,9 +19,10 @@ from PIL import Image
 from segkit.data.io import DataError
 from segkit.data.isbi2012 import CLASS_NAMES, ISBI2012Dataset
 from segkit.engine.runner import resolve_loss_weights
+from segkit.engine.train import train
 from segkit.tasks import build_task
 
-from ..helpers import SHARED_DATA, compose, load_script
+from ..helpers import SHARED_DATA, compose
 
 ISBI = SHARED_DATA / "isbi2012"
 needs_isbi = pytest.mark.skipif(
@@ -138,7 +139,7 @@ def test_fast_dev_run_writes_pixel_and_rand_error(tmp_path):
     )
     with open_dict(cfg):  # a job's config has no hydra node (HydraConfig holds it)
         del cfg["hydra"]
-    load_script("train").train(cfg)
+    train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for key in ("pixel_error", "rand_error"):
         assert 0 <= metrics[key] <= 1 and math.isfinite(metrics[key])

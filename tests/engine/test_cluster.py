@@ -16,10 +16,10 @@ import lightning as L
 import pytest
 from submitit.core.utils import DelayedSubmission
 
-import train as train_script
 from segkit.cli.leaderboard import main as leaderboard
 from segkit.config import ConfigError
 from segkit.engine.hydra_callbacks import RequeueAfterSave, SubmititJob
+from segkit.engine.train import train
 
 from ..helpers import ENV, FAST, PROJECT_ROOT, check_report, compose, compose_job, load
 
@@ -174,7 +174,7 @@ def test_requeue_signal_saves_last_ckpt_then_hands_over_to_submitit(tmp_path):
         )
         with RequeueAfterSave((signal.SIGUSR2, signal.SIGUSR1)) as requeue:
             with pytest.raises(SystemExit) as stopped:
-                train_script.train(cfg)
+                train(cfg)
             assert calls == []  # not during the step: submitit would requeue mid-step
             requeue.after_stop()
         assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # restored

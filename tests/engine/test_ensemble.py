@@ -14,11 +14,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from segkit.config import ConfigError
+from segkit.deploy.predictor import predict
 from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
 from segkit.engine.ensemble import Ensemble
+from segkit.engine.evaluate import evaluate_checkpoint
 from segkit.tasks import build_task
 
-from ..helpers import SMALL_DATA, SMALL_MODEL, compose_job, load_script
+from ..helpers import SMALL_DATA, SMALL_MODEL, compose_job
 
 SIZE = (32, 48)
 
@@ -52,9 +54,8 @@ def model_logits(path: Path, x: torch.Tensor) -> np.ndarray:
 
 def test_an_ensemble_of_one_scores_like_the_single_model(tmp_path):
     ckpt = untrained_checkpoint(tmp_path, 0)
-    evaluate = load_script("eval").main
     for name, value in (("single", str(ckpt)), ("ensemble", f"[{ckpt}]")):
-        evaluate(compose_job("eval", tmp_path, tmp_path / name, [f"ckpt_path={value}"]))
+        evaluate_checkpoint(compose_job("eval", tmp_path, tmp_path / name, [f"ckpt_path={value}"]))
     single, ensemble = (
         np.load(tmp_path / n / "confusion_matrix.npy") for n in ("single", "ensemble")
     )
@@ -77,7 +78,6 @@ def test_the_ensemble_is_the_weighted_mean_of_the_members_softmax(tmp_path):
     source.mkdir()
     pixels = rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(source / "photo.png")
-    predict = load_script("predict").main
     overrides = [f"ckpt_path=[{paths[0]},{paths[1]}]", "ckpt_weights=[1,3]"]
     predict(
         compose_job(
@@ -105,7 +105,6 @@ def test_members_with_other_classes_or_wrong_weights_are_refused(tmp_path):
     three = untrained_checkpoint(
         tmp_path, 1, "data.num_classes=3", "data.class_names=[background,circle,square]"
     )
-    predict = load_script("predict").main
     common = [f"input={tmp_path}", f"output={tmp_path / 'out'}"]
     cfg = compose_job(
         "predict", tmp_path, tmp_path / "run", [f"ckpt_path=[{five},{three}]", *common]

@@ -26,6 +26,7 @@ from PIL import Image
 
 from segkit.config import ConfigError, check_arguments
 from segkit.data.folder import DataError
+from segkit.deploy.predictor import predict
 from segkit.engine.callbacks.guards import NoTrainingBatchesError
 from segkit.engine.checkpoints import (
     ResumeError,
@@ -33,9 +34,12 @@ from segkit.engine.checkpoints import (
     config_changes,
     refused_changes,
 )
+from segkit.engine.evaluate import evaluate_checkpoint
 from segkit.engine.hydra_callbacks import SweepSummary
 from segkit.engine.loggers import CSVLogger
+from segkit.engine.predict import check_output, input_files
 from segkit.engine.runner import continue_command
+from segkit.engine.train import optimized_value, train
 from segkit.evaluation.report import write_report
 from segkit.tasks import build_task
 from segkit.tasks.schedulers import poly_lr, set_total_steps
@@ -47,7 +51,6 @@ from ..helpers import (
     SMALL_MODEL,
     compose_job,
     load,
-    load_script,
     run,
     train_command,
 )
@@ -84,7 +87,7 @@ def csv_rows(run_dir: Path) -> list[dict]:
 def test_batch_size_larger_than_the_training_split_stops_at_start_up(tmp_path):
     cfg = compose_job("train", tmp_path, tmp_path / "run", [*STEP_LOGGED, "data.batch_size=32"])
     with pytest.raises(NoTrainingBatchesError, match=r"data.batch_size=32 .* its 16 images"):
-        load_script("train").train(cfg)
+        train(cfg)
     assert not (tmp_path / "run" / "metrics.json").exists()  # no untrained "result"
 
 
@@ -98,7 +101,7 @@ def test_unknown_optimizer_key_stops_before_data_and_model_are_built(tmp_path):
     overrides += ["data.class_names=[a,b,c]"]
     cfg = compose_job("train", tmp_path, tmp_path / "run", overrides)
     with pytest.raises(ConfigError) as error:
-        load_script("train").train(cfg)
+        train(cfg)
     message = str(error.value)
     assert "optimizer.learning_rate is not an argument of torch.optim.AdamW" in message
     assert "optimizer.lr" in message and "optimizer.weight_decay" in message
@@ -121,7 +124,7 @@ def test_model_maskrcnn_selects_the_instance_task_or_stops_naming_it(tmp_path):
     # task=semantic forced on the command line: stop before training, naming the fix
     cfg = compose_job("train", tmp_path, tmp_path / "run", [*overrides, "task=semantic"])
     with pytest.raises(ConfigError, match="use task=instance"):
-        load_script("train").train(cfg)
+        train(cfg)
     assert not (tmp_path / "run").exists()
 
 
@@ -133,7 +136,7 @@ def test_main_refuses_an_optimized_metric_that_was_never_logged(tmp_path):
     overrides += ["callbacks.model_checkpoint.monitor=val/mIoU"]  # else Lightning stops first
     cfg = compose_job("train", tmp_path, tmp_path / "run", overrides)
     with pytest.raises(KeyError, match=r"val/mIoU_typo was never logged.*val/mIoU"):
-        load_script("train").main(cfg)
+        optimized_value(train(cfg), cfg.optimized_metric)
     assert (tmp_path / "run" / "metrics.json").is_file()  # the run itself trained and scored
 
 
@@ -238,7 +241,7 @@ def test_resume_refuses_changes_the_restored_state_cannot_follow(
     data = [f"paths.data_dir={resumed['tmp'] / 'data'}"]
     cfg = compose_job("train", tmp_path, run_dir, [*data, *STEP_LOGGED, "ckpt_path=last", *change])
     with pytest.raises(ResumeError, match=expected):
-        load_script("train").train(cfg)
+        train(cfg)
     assert load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 8  # untouched
 
 
@@ -365,11 +368,12 @@ def test_continue_command_pins_the_run_folder(tmp_path):
 
 def test_eval_and_predict_refuse_class_overrides_that_contradict_the_checkpoint(tmp_path):
     ckpt = save_checkpoint(tmp_path, ["data.num_classes=5"])
+    commands = {"eval": evaluate_checkpoint, "predict": predict}
     for script, extra in (("eval", []), ("predict", [f"input={tmp_path}", "output=out"])):
         overrides = [f"ckpt_path={ckpt}", "+data.num_classes=3", *extra]
         cfg = compose_job(script, tmp_path, tmp_path / script, overrides)
         with pytest.raises(ConfigError, match=r"data.num_classes=3 \(the checkpoint has 5\)"):
-            load_script(script).main(cfg)
+            commands[script](cfg)
     stored = torch.load(ckpt, weights_only=True)["config"]
     renamed = {"data": {"class_names": ["a", "b", "c", "d", "e"]}}
     with pytest.raises(ConfigError, match=r"data.class_names=\['a', .*the checkpoint has"):
@@ -407,7 +411,6 @@ def test_eval_split_test_scores_the_roots_test_split_or_says_it_has_none(tmp_pat
     data = ["data=camvid", f"data.dataset.root={shared}", "data.num_workers=0"]
     ckpt = save_checkpoint(tmp_path, data)
     assert torch.load(ckpt, weights_only=True)["config"]["data"]["test_split"] == "val"
-    evaluate = load_script("eval").main
 
     cases = {  # the command, the same without '+', and data=camvid
         "plus": [f"+data.dataset.root={full}"],
@@ -417,7 +420,7 @@ def test_eval_split_test_scores_the_roots_test_split_or_says_it_has_none(tmp_pat
     for name, overrides in cases.items():
         out = tmp_path / name
         cfg = compose_job("eval", tmp_path, out, [f"ckpt_path={ckpt}", "split=test", *overrides])
-        evaluate(cfg)
+        evaluate_checkpoint(cfg)
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["split"] == "test", name
         assert np.load(out / "confusion_matrix.npy").sum() == 3 * 32 * 64, name  # 3 test frames
@@ -425,7 +428,7 @@ def test_eval_split_test_scores_the_roots_test_split_or_says_it_has_none(tmp_pat
 
     cfg = compose_job("eval", tmp_path, tmp_path / "none", [f"ckpt_path={ckpt}", "split=test"])
     with pytest.raises(DataError, match=rf"data.dataset.root={shared} has no test split"):
-        evaluate(cfg)
+        evaluate_checkpoint(cfg)
     assert not (tmp_path / "none" / "metrics.json").exists()
 
 
@@ -438,12 +441,12 @@ def test_readme_predict_command_on_a_photo_in_the_current_folder(tmp_path, monke
     image = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "photo.png")
 
-    def predict(*args: str) -> subprocess.CompletedProcess:
+    def predict_command(*args: str) -> subprocess.CompletedProcess:
         command = [sys.executable, str(PROJECT_ROOT / "predict.py"), f"ckpt_path={ckpt}", *args]
         env = {**ENV, "SEGKIT_ROOT": str(tmp_path)}  # its run folder under tmp_path/logs
         return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
 
-    result = predict("input=photo.png", "output=preds/")  # as in docs/evaluation.md
+    result = predict_command("input=photo.png", "output=preds/")  # as in docs/evaluation.md
     assert result.returncode == 0, result.stderr[-3000:]
     written = Image.open(tmp_path / "preds" / "photo.png")
     assert written.mode == "P" and written.size == (64, 32)
@@ -451,14 +454,13 @@ def test_readme_predict_command_on_a_photo_in_the_current_folder(tmp_path, monke
 
     # the refusals, in-process (predict.py's own checks, on the documented relative paths,
     # from the same folder): a missing input; output=. would write ./photo.png over it
-    script = load_script("predict")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="input=missing.png does not exist"):
-        script.input_files(Path("missing.png"))
-    files = script.input_files(Path("photo.png"))
-    script.check_output(Path("preds"), Path("photo.png"), files)  # the documented case is fine
+        input_files(Path("missing.png"))
+    files = input_files(Path("photo.png"))
+    check_output(Path("preds"), Path("photo.png"), files)  # the documented case is fine
     with pytest.raises(ValueError, match="over the input image"):
-        script.check_output(Path("."), Path("photo.png"), files)
+        check_output(Path("."), Path("photo.png"), files)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "photo.png")), image)
 
 

@@ -23,8 +23,9 @@ from PIL import Image
 from segkit.data.shapes import CLASS_NAMES, PALETTE
 from segkit.engine.callbacks.figures import ValidationFigures
 from segkit.engine.loggers import MissingTrackerError, flat_config, mlflow_logger, wandb_logger
+from segkit.engine.train import train
 from segkit.evaluation.figures import confusion_heatmap, sample_panels
-from tests.helpers import FAST, compose_job, expected_scores, load_script
+from tests.helpers import FAST, compose_job, expected_scores
 
 # 16 training images in batches of 4: 4 optimiser steps per epoch. Lightning logs an
 # epoch-end validation at the index of the epoch's last step (3, 7); every_n_epochs=2 logs
@@ -103,7 +104,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict:
         env.setenv("WANDB_SILENT", "true")
         for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
             env.setenv(name, str(root / name.lower()))
-        load_script("train").train(cfg)
+        train(cfg)
         import wandb
 
         wandb.finish()  # flushes the offline run, as the end of a train.py process does

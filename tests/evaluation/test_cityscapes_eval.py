@@ -16,10 +16,12 @@ from PIL import Image
 from torch import nn
 
 from segkit.data.cityscapes import CLASS_NAMES, TRAIN_LABEL_IDS
+from segkit.deploy.predictor import predict
+from segkit.engine.evaluate import evaluate_checkpoint
 from segkit.evaluation.metrics import CITYSCAPES_AVERAGE_INSTANCE_SIZE
 from segkit.tasks import build_task
 
-from ..helpers import compose_job, load_script
+from ..helpers import compose_job
 
 CITY, SIZE = "aachen", (48, 64)
 STEP = 12  # red value per trainId in the painted images
@@ -127,15 +129,13 @@ def test_iou_and_iiou_equal_the_official_cityscapes_evaluation(tmp_path, monkeyp
     write_tree(root)
     ckpt = painted_checkpoint(tmp_path, root)
     results = tmp_path / "results"
-    predict = ["format=cityscapes", f"input={root / 'leftImg8bit' / 'val'}", f"output={results}"]
-    load_script("predict").main(
-        compose_job("predict", tmp_path, tmp_path / "predict", [f"ckpt_path={ckpt}", *predict])
-    )
+    options = ["format=cityscapes", f"input={root / 'leftImg8bit' / 'val'}", f"output={results}"]
+    predict(compose_job("predict", tmp_path, tmp_path / "predict", [f"ckpt_path={ckpt}", *options]))
     written = np.asarray(Image.open(results / f"{CITY}_000000_000000_leftImg8bit.png"))
     assert written.dtype == np.uint8 and set(np.unique(written)) <= set(TRAIN_LABEL_IDS)
 
     out = tmp_path / "eval"
-    load_script("eval").main(compose_job("eval", tmp_path, out, [f"ckpt_path={ckpt}"]))
+    evaluate_checkpoint(compose_job("eval", tmp_path, out, [f"ckpt_path={ckpt}"]))
     metrics = json.loads((out / "metrics.json").read_text())
     official = official_scores(root, results, monkeypatch)
 

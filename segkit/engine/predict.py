@@ -1,0 +1,197 @@
+"""predict.py's output for a model that is ready to run: the images of ``input`` read,
+segmented and written to ``output`` (:func:`predict_semantic`, :func:`predict_instances`).
+Which model runs, and on which backend, is chosen above this layer
+(:func:`segkit.deploy.predictor.predict`). The files written: docs/evaluation.md.
+
+* ``<output>/<stem>.png``: class index per pixel, a palette-mode PNG coloured with the
+  dataset's palette (``np.asarray(Image.open(...))`` gives the indices);
+  ``<output>/overlays/<stem>.jpg``: the class colours blended over the image;
+* with ``format=cityscapes``: ``<output>/<stem>.png`` holds Cityscapes labelIds, the official
+  result format, and nothing else is written (a folder input is searched recursively for
+  ``*_leftImg8bit.png``);
+* an instance model: the semantic view of the detections, a drawing of them and
+  ``<output>/<stem>.json`` listing every detection.
+
+Nothing is written inside an input folder or over an input image (:func:`check_output`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from rich.progress import track
+
+from segkit.data.cityscapes import check_cityscapes_classes, label_ids
+from segkit.data.folder import IMAGE_SUFFIXES, image_tensor, read_image, scaled_statistics
+from segkit.data.palettes import colourise, palette_of
+from segkit.engine.runner import print_results
+from segkit.tasks.instance import InstanceSegmentationTask, draw_instances
+
+
+class Segmenter(Protocol):
+    """What :func:`predict_semantic` runs: a semantic task, a task prepared for a backend
+    (:func:`segkit.deploy.export.fast_path`) or an exported ONNX file
+    (:class:`segkit.deploy.export.OnnxSegmenter`)."""
+
+    num_classes: int
+    class_names: list[str]
+
+    def to(self, device: Any) -> Any: ...
+
+    def class_scores(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def input_files(path: Path) -> list[Path]:
+    """``path`` itself, or the images directly inside the folder ``path`` (sorted)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input={path} does not exist; give an image or a folder.")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"input={path} holds no *.png, *.jpg or *.jpeg images.")
+    return files
+
+
+def check_output(output: Path, source: Path, files: list[Path]) -> None:
+    """Refuse to write where the input is: into (or below) a folder given as ``input``, or
+    over an input image itself (``input=photo.png output=.`` would write ``./photo.png``), or
+    two inputs with one stem into one file (``a.png`` and ``a.jpg``).
+
+    A single image may sit anywhere, e.g. in the current folder with ``output=preds/``.
+    """
+    if source.is_dir() and output.resolve().is_relative_to(source.resolve()):
+        raise ValueError(
+            f"output={output} lies inside the input folder {source}; predictions are never "
+            "written into a data folder. Choose an output folder outside it."
+        )
+    stems: dict[str, Path] = {}
+    for path in files:
+        if path.stem in stems:
+            raise ValueError(
+                f"input={source} holds {stems[path.stem].name} and {path.name}: both would be "
+                f"written to {output / (path.stem + '.png')}; rename one of them."
+            )
+        stems[path.stem] = path
+    inputs = {path.resolve() for path in files}
+    for path in files:
+        for target in (output / f"{path.stem}.png", output / "overlays" / f"{path.stem}.jpg"):
+            if target.resolve() in inputs:
+                raise ValueError(
+                    f"output={output} would write {target} over the input image {path}; "
+                    "choose another output folder."
+                )
+
+
+@torch.no_grad()
+def predict_semantic(cfg: DictConfig, stored: DictConfig, task: Segmenter) -> None:
+    """Write class-index PNGs and overlays for every input image; with ``format=cityscapes``
+    Cityscapes labelId PNGs (``<stem>.png``, mode L) and nothing else, the result format of
+    cityscapesScripts' ``evalPixelLevelSemanticLabeling`` (its search pattern
+    ``<city>_<seq>_<frame>*.png`` matches ``<stem>`` of a ``*_leftImg8bit.png`` input)."""
+    source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
+    files = semantic_inputs(cfg, source)  # a missing input is reported as missing
+    check_output(output, source, files)
+    if task.num_classes > 256:
+        raise ValueError(f"{task.num_classes} classes do not fit a palette PNG (256 at most).")
+    cityscapes = output_format(cfg) == "cityscapes"
+    if cityscapes:  # the official result format: labelId PNGs only
+        check_cityscapes_classes(task.class_names, "predict.py format=cityscapes")
+    else:
+        (output / "overlays").mkdir(parents=True, exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    palette = palette_of(stored, task.num_classes)
+    flat_palette = [v for colour in palette for v in colour]
+    mean, std = scaled_statistics(stored.data.mean, stored.data.std)
+    task = task.to(cfg.device)
+    for path in track(files, description="predicting"):
+        image = read_image(path)  # uint8 [H, W, 3]
+        x = image_tensor(image, mean, std)[None].to(cfg.device)  # as the datasets normalise
+        labels = task.class_scores(x).argmax(1)[0].to(torch.uint8).cpu().numpy()  # [H, W]
+        if cityscapes:
+            Image.fromarray(label_ids(labels)).save(output / f"{path.stem}.png")
+            continue
+        mask = Image.fromarray(labels, mode="P")
+        mask.putpalette(flat_palette)
+        mask.save(output / f"{path.stem}.png")
+        alpha = float(cfg.overlay_alpha)
+        blend = (1 - alpha) * image.astype(np.float32) + alpha * colourise(labels, palette)
+        Image.fromarray(blend.round().astype(np.uint8)).save(
+            output / "overlays" / f"{path.stem}.jpg"
+        )
+    what = "Cityscapes labelIds" if cityscapes else "class indices, overlays/"
+    print_results(output, f"{len(files)} predictions: <stem>.png {what}")
+
+
+def output_format(cfg: DictConfig) -> str:
+    """``cfg.format``: ``palette`` (default) or ``cityscapes``; anything else stops."""
+    value = cfg.get("format", "palette")
+    if value not in ("palette", "cityscapes"):
+        raise ValueError(
+            f"format={value} is not known: palette (class-index palette PNGs and overlays) "
+            "or cityscapes (labelId PNGs, the official result format)."
+        )
+    return value
+
+
+def semantic_inputs(cfg: DictConfig, source: Path) -> list[Path]:
+    """:func:`input_files`; with ``format=cityscapes`` a folder is searched recursively for
+    ``*_leftImg8bit.png`` (``input=<root>/leftImg8bit/val`` holds one folder per city)."""
+    if output_format(cfg) == "cityscapes" and source.is_dir():
+        found = sorted(source.rglob("*_leftImg8bit.png"))
+        if found:
+            return found
+    return input_files(source)
+
+
+@torch.no_grad()
+def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegmentationTask) -> None:
+    """Write the semantic view (palette PNG), a drawing and the detections of every image.
+
+    ``<output>/<stem>.png``: class map of the detections scoring at least the task's
+    ``score_threshold`` (higher scores on top); ``<output>/overlays/<stem>.jpg``: masks,
+    boxes, class names and scores drawn over the image; ``<output>/<stem>.json``: every
+    detection (box xyxy, class, score).
+    """
+    source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
+    files = input_files(source)
+    check_output(output, source, files)
+    (output / "overlays").mkdir(parents=True, exist_ok=True)
+    palette = palette_of(stored, task.num_classes)
+    flat_palette = [v for colour in palette for v in colour]
+    mean, std = scaled_statistics(stored.data.mean, stored.data.std)
+    task = task.to(cfg.device)
+    for path in track(files, description="predicting"):
+        image = read_image(path)  # uint8 [H, W, 3]
+        x = image_tensor(image, mean, std).to(cfg.device)
+        detections = {k: v.cpu() for k, v in task([x])[0].items()}
+        labels = task.semantic_map(detections, image.shape[:2]).to(torch.uint8).numpy()
+        mask = Image.fromarray(labels, mode="P")
+        mask.putpalette(flat_palette)
+        mask.save(output / f"{path.stem}.png")
+        drawing = draw_instances(
+            image,
+            detections,
+            task.class_names,
+            palette,
+            task.score_threshold,
+            float(cfg.overlay_alpha),
+        )
+        drawing.save(output / "overlays" / f"{path.stem}.jpg")
+        listing = [
+            {"box": box, "class": task.class_names[label], "score": score}
+            for box, label, score in zip(
+                detections["boxes"].tolist(),
+                detections["labels"].tolist(),
+                detections["scores"].tolist(),
+                strict=True,
+            )
+        ]
+        (output / f"{path.stem}.json").write_text(json.dumps(listing, indent=1) + "\n")
+    print_results(output, f"{len(files)} predictions: <stem>.png, <stem>.json, overlays/")
