@@ -85,7 +85,8 @@ def train_step(model: nn.Module, crop: tuple[int, int], batch: int) -> Callable[
 
 def onnx_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], Any] | str:
     """A zero-argument ONNX Runtime call on ``x``, or why the model did not export."""
-    from segkit.deploy.export import ExportedModel, export_onnx, onnx_session
+    from segkit.deploy.export import export_onnx
+    from segkit.deploy.graph import ExportedModel, onnx_session
 
     try:
         data = export_onnx(ExportedModel(model), tuple(x.shape[-2:]), dynamic=True)

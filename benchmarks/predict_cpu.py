@@ -3,7 +3,7 @@
 python -m benchmarks.predict_cpu [--quick] [--threads N]
 
 What is timed is what predict.py runs per image once the image is read and normalised:
-``task.class_scores(x).argmax(1)`` of a task prepared by :func:`segkit.deploy.export.fast_path`
+``task.class_scores(x).argmax(1)`` of a task prepared by :func:`segkit.deploy.backends.fast_path`
 for each ``backend=`` of predict.py: ``eager``, ``channels_last``, ``compile``
 (``torch.compile``, Inductor, frozen weights) and ``onnxruntime`` (the task exported to a
 dynamic ONNX graph in memory, run by onnxruntime's CPU provider with as many threads as
@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 from benchmarks.common import compare, machine, ms, parse_args, ratio, table
 from segkit.data.io import image_tensor, scaled_statistics
-from segkit.deploy.export import BACKENDS, fast_path
+from segkit.deploy.backends import BACKENDS, fast_path
 from segkit.engine.callbacks.speed import compile_supported
 from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
 
@@ -114,7 +114,7 @@ def run(quick: bool = False) -> str:
             f"## {TITLE}",
             f"What is timed: predict.py's per-image inference, `class_scores(x).argmax(1)` of "
             f"one normalised image under each `backend=` of predict.py "
-            f"(`segkit.deploy.export.fast_path`), {description}, `torch.no_grad`, "
+            f"(`segkit.deploy.backends.fast_path`), {description}, `torch.no_grad`, "
             f"{torch.get_num_threads()} threads (ONNX Runtime: as many intra-op threads). "
             f"Median of {repeats} interleaved repetitions after a warm-up round; 'setup s' is "
             "the rebuild from the checkpoint, the backend's preparation and its first call "

@@ -4,13 +4,13 @@ docs/evaluation.md; the backends: docs/export.md.
 
 * ``ckpt_path=<model.onnx>`` (written by export.py) runs the ONNX file on onnxruntime's CPU
   provider; its metadata gives the normalisation, classes, palette and inference
-  (:func:`segkit.deploy.export.onnx_predictor`).
+  (:func:`segkit.deploy.backends.onnx_predictor`).
 * A checkpoint (or a published ``model.pt``) is rebuilt with the command line's
   ``data``/``task`` keys merged over its stored config
   (:func:`segkit.engine.ensemble.load_trained`) and runs on ``backend=``: ``auto`` compiles
-  the model from :data:`~segkit.deploy.export.COMPILE_MIN_IMAGES` images on and runs it
-  eagerly for fewer (:func:`segkit.deploy.export.choose_backend`), or the one named
-  (:func:`segkit.deploy.export.fast_path`).
+  the model from :data:`~segkit.deploy.backends.COMPILE_MIN_IMAGES` images on and runs it
+  eagerly for fewer (:func:`segkit.deploy.backends.choose_backend`), or the one named
+  (:func:`segkit.deploy.backends.fast_path`).
 * ``ckpt_path=[a.ckpt,b.ckpt]`` (``ckpt_weights=[2,1]``): the ensemble runs eagerly, each
   member with its own inference (:mod:`segkit.engine.ensemble`).
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from segkit.config import ConfigError
-from segkit.deploy.export import choose_backend, fast_path, onnx_predictor
+from segkit.deploy.backends import choose_backend, fast_path, onnx_predictor
 from segkit.engine.ensemble import load_trained
 from segkit.engine.loading import given_groups
 from segkit.engine.predict import (

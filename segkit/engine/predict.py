@@ -36,8 +36,8 @@ from segkit.tasks.instance import InstanceSegmentationTask, draw_instances
 
 class Segmenter(Protocol):
     """What :func:`predict_semantic` runs: a semantic task, a task prepared for a backend
-    (:func:`segkit.deploy.export.fast_path`) or an exported ONNX file
-    (:class:`segkit.deploy.export.OnnxSegmenter`)."""
+    (:func:`segkit.deploy.backends.fast_path`) or an exported ONNX file
+    (:class:`segkit.deploy.backends.OnnxSegmenter`)."""
 
     num_classes: int
     class_names: list[str]

@@ -19,23 +19,16 @@ from PIL import Image
 
 import segkit.engine.callbacks.speed
 from segkit.config import ConfigError, compose
+from segkit.deploy.backends import COMPILE_MIN_IMAGES, OnnxSegmenter, choose_backend, fast_path
 from segkit.deploy.export import (
-    ATOL,
-    COMPILE_MIN_IMAGES,
-    RTOL,
-    ExportedModel,
     ExportError,
-    OnnxSegmenter,
-    check_export,
-    check_pool_indices,
-    choose_backend,
     export_checkpoint,
     export_onnx,
     export_torchscript,
-    expose_unpool_indices,
-    fast_path,
     read_metadata,
 )
+from segkit.deploy.graph import ExportedModel
+from segkit.deploy.parity import ATOL, RTOL, check_export, check_pool_indices, expose_unpool_indices
 from segkit.models.weights import build_model
 from segkit.tasks import build_task
 

@@ -8,7 +8,7 @@
   and oneDNN prefer; ``compile`` compiles the task's ``model``. Both give the same logits up
   to float rounding (``tests/engine/test_speed.py``).
 * :func:`compile_supported`: whether ``torch.compile`` works here (also predict.py's
-  backend choice, :mod:`segkit.deploy.export`).
+  backend choice, :mod:`segkit.deploy.backends`).
 """
 
 from __future__ import annotations
