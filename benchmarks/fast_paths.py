@@ -138,7 +138,10 @@ def measure(
     with_compile: bool,
 ) -> list[list[str]]:
     """Rows ``[model, switch, ms/step, img/s, speed-up, peak MiB]`` of one model."""
-    cfg = compose([f"data.num_classes={NUM_CLASSES}", *MODELS[label]])
+    names = ",".join(f"c{i}" for i in range(NUM_CLASSES))  # the task checks one name a class
+    cfg = compose(
+        [f"data.num_classes={NUM_CLASSES}", f"data.class_names=[{names}]", *MODELS[label]]
+    )
     torch.manual_seed(0)
     base = build_task(cfg).to(device).train()
     generator = torch.Generator().manual_seed(0)
