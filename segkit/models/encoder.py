@@ -127,8 +127,8 @@ def build_encoder(
     if output_stride not in (8, 16, 32):
         raise ValueError(f"model.output_stride must be 8, 16 or 32, got {output_stride}")
     hub = hub_weights(encoder_name, encoder_weights)
-    with encoder_weights_errors(encoder_name, None if hub is None else encoder_weights):
-        try:
+    try:
+        with encoder_weights_errors(encoder_name, None if hub is None else encoder_weights):
             encoder = smp.encoders.get_encoder(
                 encoder_name,
                 in_channels=in_channels,
@@ -136,7 +136,9 @@ def build_encoder(
                 weights=hub,
                 output_stride=output_stride,
             )
-        except (KeyError, ValueError, RuntimeError) as error:
-            raise ValueError(unusable_encoder(encoder_name, output_stride, error)) from error
+    except WeightsError:  # fetching Hub weights failed: that message names the offline choices
+        raise
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise ValueError(unusable_encoder(encoder_name, output_stride, error)) from error
     init_encoder(encoder, encoder_name, encoder_weights)
     return encoder
