@@ -105,10 +105,10 @@ def run(quick: bool = False) -> str:
     frame, crop, batch = ((64, 96), (64, 64), 2) if quick else (FRAME, CROP, BATCH)
     repeats = 1 if quick else 3
     x = torch.randn(1, 3, *frame)
-    models, summaries, eager, onnx, steps, notes = {}, {}, {}, {}, {}, {}
+    summaries, eager, onnx, steps, notes = {}, {}, {}, {}, {}
     for name in names:
         model, model_cfg = build(name)
-        models[name] = model.eval()
+        model.eval()
         summaries[name] = summarize(model_cfg, frame)
         runner = onnx_runner(model, x)
         if isinstance(runner, str):
