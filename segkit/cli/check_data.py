@@ -54,7 +54,7 @@ from rich.table import Table
 from segkit.config import compose
 from segkit.data import checks
 from segkit.data.io import DataError
-from segkit.data.stats import Report, SplitStats, build_split, scan_split
+from segkit.data.stats import Report, SplitStats, build_split, scan_split, value_problems
 from segkit.tasks.class_weights import CHOICES, weights_from_stats
 
 CITYSCAPES_LABEL_IDS = 34  # labelIds 0..33; the 19 trainIds are a subset of them
@@ -155,21 +155,6 @@ def label_hints(stats: SplitStats, ignore_index: int) -> list[str]:
     return hints
 
 
-NOTE_KINDS = ("EXIF Orientation", "16-bit", "transparency", "palette masks")
-
-
-def _listed(lines: Sequence[str], title: str) -> list[str]:
-    """``lines`` as warnings, the first few of each kind, plus a count of the rest."""
-    shown = []
-    for kind in (*NOTE_KINDS, ""):
-        same = [line for line in lines if kind in line]
-        lines = [line for line in lines if kind not in line]
-        shown += [f"{title}: {line}" for line in same[:MAX_FILES_LISTED]]
-        if len(same) > MAX_FILES_LISTED:
-            shown.append(f"{title}: ... and {len(same) - MAX_FILES_LISTED} more like these")
-    return shown
-
-
 def check_splits(
     datamodule: Any, splits: Sequence[str] | None = None, progress: ScanProgress | None = None
 ) -> Report:
@@ -177,13 +162,18 @@ def check_splits(
     reporting how far each split is to ``progress`` (none by default)."""
     report = Report()
     names = list(dict.fromkeys(splits or datamodule.splits.values()))
+    # each split is named by the first key that chose it (data.train_split='train'), as the
+    # start-up check names it
+    subsets = {name: subset for subset, name in reversed(datamodule.splits.items())}
     datasets: dict[str, Any] = {}
     for name in names:
+        subset = subsets.get(name, "val")
+        key = checks.split_key(subset, name) if name in subsets else f"split {name!r}"
         stats = SplitStats(name, datamodule.num_classes)
         try:
             dataset = build_split(datamodule.dataset, name)
         except DataError as error:
-            report.problems.append(f"split {name!r}: {error}")
+            report.problems.append(f"{key}: {error}")
             continue
         datasets[name] = dataset
         report.splits[name] = stats
@@ -194,25 +184,19 @@ def check_splits(
         finally:
             if progress is not None:
                 progress.finish()
-        for value, files in sorted(stats.bad_values.items()):
-            report.problems.append(
-                f"split {name!r}: value {value} is no class (0..{stats.num_classes - 1}) and "
-                f"not ignore_index={datamodule.ignore_index}, in {len(files)} files: "
-                f"{files[:MAX_FILES_LISTED]}"
-            )
+        report.problems += [
+            f"{key}: {line}" for line in value_problems(stats, datamodule.ignore_index)
+        ]
         report.hints += label_hints(stats, datamodule.ignore_index)
-        missing = [c for c, n in zip(datamodule.class_names, stats.pixels, strict=True) if n == 0]
-        if missing and stats.pixels.any():
-            report.warnings.append(f"split {name!r}: no pixel of classes {missing}")
-        elif stats.images and not stats.pixels.any() and name != datamodule.splits["train"]:
-            report.warnings.append(
-                f"split {name!r}: no labelled pixel (every pixel ignored): its scores are undefined"
-            )
-        report.warnings += _listed(stats.notes, f"split {name!r}")
+        problems, warned = checks.split_label_findings(
+            stats, subset, key, datamodule.class_names, datamodule.ignore_index, dataset
+        )
+        report.problems += problems
+        report.warnings += warned
         skipped = [str(p) for p in getattr(dataset, "skipped_files", [])]
         if skipped:
             report.warnings.append(
-                f"split {name!r}: {len(skipped)} files skipped for their extension (not an "
+                f"{key}: {len(skipped)} files skipped for their extension (not an "
                 f"image or lossless mask format), e.g. {skipped[:MAX_FILES_LISTED]}"
             )
     report.problems += _split_findings(datamodule, datasets, report)
@@ -220,43 +204,18 @@ def check_splits(
 
 
 def _split_findings(datamodule: Any, datasets: dict[str, Any], report: Report) -> list[str]:
-    """The start-up checks of :mod:`segkit.data.checks` on the scanned splits."""
-    splits = datamodule.splits
-    problems, split_warnings = checks.split_name_problems(splits)
-    report.warnings += split_warnings
-    train = datasets.get(splits["train"])
-    if splits["train"] in report.splits:
-        found, warned = checks.label_findings(
-            report.splits[splits["train"]],
-            datamodule.class_names,
-            datamodule.ignore_index,
-            train,
-        )
-        problems += found
-        report.warnings += [w for w in warned if "have no pixel" not in w]  # listed above
-    if type(datamodule).collate is None:
-        for stage, name in splits.items():
-            if name in datasets:
-                problems += checks.batch_size_problem(
-                    datasets[name],
-                    datamodule.batch_size if stage == "train" else datamodule.eval_batch_size,
-                    datamodule.train_transform if stage == "train" else datamodule.eval_transform,
-                    "data.batch_size" if stage == "train" else "data.eval_batch_size",
-                    f"data.{stage}_split={name!r}",
-                )
-    pairs = (("train", "val"), ("train", "test"), ("val", "test"))
-    for first, second in pairs:
-        a, b = splits[first], splits[second]
-        if a != b and a in datasets and b in datasets:
-            report.warnings += checks.overlap_warning(
-                datasets[a], datasets[b], f"data.{first}_split={a!r}", f"data.{second}_split={b!r}"
-            )
+    """The split-wide start-up checks of :mod:`segkit.data.checks` (those
+    ``SegmentationDataModule.check_splits`` runs) on the scanned splits."""
+    problems, found = checks.split_name_problems(datamodule.splits)
+    datamodule.datasets = {
+        subset: datasets[name] for subset, name in datamodule.splits.items() if name in datasets
+    }
+    loader_problems, loader_warnings = checks.loader_findings(datamodule, list(datamodule.datasets))
+    report.warnings += found + loader_warnings
+    if "train" in datamodule.datasets:
+        report.warnings += checks.crop_findings(datamodule)
     report.warnings += checks.test_split_findings(datamodule)
-    if train is not None and datamodule.train_transform is not None:
-        report.warnings += checks.crop_warning(
-            datamodule.train_transform, checks.sizes(train), "data.train_transform"
-        )
-    return problems
+    return problems + loader_problems
 
 
 def print_class_weights(stats: SplitStats, class_names: Sequence[str], console: Console) -> None:

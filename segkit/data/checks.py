@@ -3,9 +3,12 @@
 Each check says the same thing in both places: a *problem* is a setting or data that cannot
 give a right result (the run stops with one message naming the key or file and the fix), a
 *warning* is data that works but looks wrong (a :class:`~segkit.data.io.DataWarning` at
-start-up, a line in check_data). :class:`~segkit.data.datamodule.SegmentationDataModule`
-calls them while it is built and in ``setup``; they read only the split lists, image
-headers and the cached label counts, so a start-up stays short.
+start-up, a line in check_data). Splits are named by the key that chose them
+(``data.val_split='val'``). :class:`~segkit.data.datamodule.SegmentationDataModule` calls
+them while it is built and in :meth:`~segkit.data.datamodule.SegmentationDataModule.
+check_splits`, which ``train()`` and ``evaluate()`` run at start-up on every split the run
+will use, before a model or trainer is built; every sample is read once per change of the
+files (the cached :func:`~segkit.data.stats.label_counts`), so later starts stay short.
 
 Datasets other than :class:`~segkit.data.folder.FolderDataset` and its subclasses (COCO)
 get the checks that need no file list: settings and split names.
@@ -39,6 +42,9 @@ FIXED_SIZE_TRANSFORMS = {
     "RandomSizedBBoxSafeCrop",
 }
 PADDED_CROPS = {"RandomCrop", "CenterCrop", "CropNonEmptyMaskIfExists", "PadIfNeeded"}
+# Kinds of per-file notes, each listed up to MAX_NOTES times.
+NOTE_KINDS = ("EXIF Orientation", "16-bit", "transparency", "palette masks")
+MAX_NOTES = 5
 
 
 def raise_problems(problems: Sequence[str]) -> None:
@@ -284,7 +290,11 @@ def _first_mask_with(dataset: Any, value: int) -> str | None:
 
 
 def label_findings(
-    stats: Any, class_names: Sequence[str], ignore_index: int, dataset: Any = None
+    stats: Any,
+    class_names: Sequence[str],
+    ignore_index: int,
+    dataset: Any = None,
+    key: str | None = None,
 ) -> tuple[list[str], list[str]]:
     """Problems and warnings of a training split's label counts.
 
@@ -295,6 +305,7 @@ def label_findings(
         ignore_index: the ignored value.
         dataset: the split's dataset, to name a file in a problem (and its ``label_map``: a
             map that names 255 says that 255 was meant).
+        key: how the messages name the split (default ``data.train_split=<name>``).
 
     Returns:
         ``(problems, warnings)``: no labelled pixel, or a single class (with the binary
@@ -304,7 +315,7 @@ def label_findings(
         return [], []
     pixels = np.asarray(stats.pixels)
     present = np.flatnonzero(pixels)
-    split = f"training split {stats.name!r}"
+    split = key or split_key("train", stats.name)
     example = _first_mask_with(dataset, ignore_index) if present.size <= 1 else None
     named = f" (e.g. {example})" if example else ""
     if present.size == 0:
@@ -340,21 +351,77 @@ def label_findings(
     return [], []
 
 
-def training_label_findings(datamodule: Any) -> tuple[list[str], list[str]]:
-    """:func:`label_findings` of the training split's
-    :func:`~segkit.data.stats.label_counts` (counted once, cached).
+def split_key(subset: str, split: str | None) -> str:
+    """How every message names a split: the config key that chose it."""
+    return f"data.{subset}_split={split!r}"
 
-    Datasets without per-sample label files (COCO) are skipped. A label file with a problem
-    (a value outside the class set, ...) anywhere in the split is a problem.
+
+def note_warnings(notes: Sequence[str], key: str) -> list[str]:
+    """Per-file notes of a scan (EXIF orientation, 16-bit, ...) as warnings: the first
+    :data:`MAX_NOTES` of each kind, then a count of the rest."""
+    shown = []
+    lines = list(notes)
+    for kind in (*NOTE_KINDS, ""):
+        same = [line for line in lines if kind in line]
+        lines = [line for line in lines if kind not in line]
+        shown += [f"{key}: {line}" for line in same[:MAX_NOTES]]
+        if len(same) > MAX_NOTES:
+            shown.append(f"{key}: ... and {len(same) - MAX_NOTES} more like these")
+    return shown
+
+
+def split_label_findings(
+    stats: Any,
+    subset: str,
+    key: str,
+    class_names: Sequence[str],
+    ignore_index: int,
+    dataset: Any = None,
+) -> tuple[list[str], list[str]]:
+    """``(problems, warnings)`` of one split's label counts, the same at start-up and in
+    check_data.
+
+    The training split: :func:`label_findings`. A validation or test split: a warning when
+    no pixel is labelled (its scores are undefined) or when classes have no pixel (their
+    IoU is NaN and left out of the mean). Every split: its per-file notes.
     """
-    dataset = datamodule.datasets.get("train")
+    if subset == "train":
+        problems, found = label_findings(stats, class_names, ignore_index, dataset, key)
+    else:
+        problems, found = [], []
+        pixels = np.asarray(stats.pixels)
+        missing = [class_names[c] for c in range(len(class_names)) if pixels[c] == 0]
+        if stats.images and not pixels.any():
+            found.append(
+                f"{key}: none of its {stats.images} masks holds a labelled pixel (every pixel "
+                f"is ignore_index={ignore_index}): its scores are undefined."
+            )
+        elif stats.images and missing:
+            found.append(
+                f"{key}: classes {missing} have no pixel: their IoU is undefined (NaN) and "
+                "left out of mIoU."
+            )
+    return problems, found + note_warnings(stats.notes, key)
+
+
+def counted_split_findings(datamodule: Any, subset: str) -> tuple[list[str], list[str]]:
+    """:func:`split_label_findings` of ``subset``'s :func:`~segkit.data.stats.label_counts`
+    (every sample read once, cached).
+
+    Datasets without per-sample label files (COCO) are skipped. A file with a problem (a
+    value outside the class set, a truncated image, a size mismatch, ...) is a problem.
+    """
+    dataset = datamodule.datasets.get(subset)
     if dataset is None or not (hasattr(dataset, "samples") and hasattr(dataset, "inspect")):
         return [], []
     try:
-        stats = label_counts(datamodule)
+        stats = label_counts(datamodule, subset)
     except DataError as error:
-        return [f"data.train_split={datamodule.splits['train']!r}: {error}"], []
-    return label_findings(stats, datamodule.class_names, datamodule.ignore_index, dataset)
+        return [str(error)], []
+    key = split_key(subset, datamodule.splits[subset])
+    return split_label_findings(
+        stats, subset, key, datamodule.class_names, datamodule.ignore_index, dataset
+    )
 
 
 def loader_findings(datamodule: Any, subsets: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -369,15 +436,17 @@ def loader_findings(datamodule: Any, subsets: Sequence[str]) -> tuple[list[str],
                 datamodule.batch_size if train else datamodule.eval_batch_size,
                 datamodule.train_transform if train else datamodule.eval_transform,
                 "data.batch_size" if train else "data.eval_batch_size",
-                f"data.{subset}_split={datamodule.splits[subset]!r}",
+                split_key(subset, datamodule.splits[subset]),
             )
-    if "train" in subsets and "val" in subsets:
-        found += overlap_warning(
-            datamodule.datasets["train"],
-            datamodule.datasets["val"],
-            f"data.train_split={datamodule.splits['train']!r}",
-            f"data.val_split={datamodule.splits['val']!r}",
-        )
+    splits = datamodule.splits
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        if first in subsets and second in subsets and splits[first] != splits[second]:
+            found += overlap_warning(
+                datamodule.datasets[first],
+                datamodule.datasets[second],
+                split_key(first, splits[first]),
+                split_key(second, splits[second]),
+            )
     return problems, found
 
 

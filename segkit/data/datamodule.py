@@ -15,12 +15,16 @@ and the fix; data that works but looks wrong gives a :class:`~segkit.data.io.Dat
 * construction: ``ignore_index`` equal to a class, ``mean``/``std`` on the 0-255 scale or
   not one value per input channel (``in_channels``), a required dataset argument left unset
   (``data.dataset.root``);
-* ``setup("fit")``: the validation split equal to the training split, the training split's
-  labels (every mask counted once, cached under ``cache_dir``: no labelled pixel, a single
+* :meth:`SegmentationDataModule.check_splits`, at start-up (``train()`` with every split the
+  run uses, the test split too with ``test=true``; ``evaluate()`` with the one it scores)
+  and again in ``setup`` for any split not yet checked: every sample of each split read
+  once (images decoded, masks counted, cached under ``cache_dir``: unreadable or truncated
+  files, size mismatches, values outside the class set stop the run), the validation split
+  equal to the training split, the training split's labels (no labelled pixel, a single
   class, binary 0/255 masks whose foreground would be ignored; classes that never appear
-  warn), images of different sizes batched without a crop, a crop many times larger than the
-  images (warning), images shared by the training and validation splits (warning);
-* ``setup("test")``: a test split equal to the validation (or training) split (warning).
+  warn, in any split), images of different sizes batched without a crop, a crop many times
+  larger than the images (warning), images shared by two splits (warning), a test split
+  equal to the validation (or training) split (warning).
 
 After the checks, ``setup`` builds or opens each split's decoded cache where the dataset has
 one switched on (``data.dataset.decoded_cache``, :meth:`FolderDataset.open_decoded_cache
@@ -50,12 +54,14 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from segkit.data import checks
 from segkit.data.augment import check_crop_size
 from segkit.data.folder import FolderDataset
 from segkit.data.io import DataError, DataWarning
+from segkit.data.stats import build_split
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -130,8 +136,9 @@ class SegmentationDataModule(L.LightningDataModule):
         batch_size: training batch size per process.
         eval_batch_size: val/test batch size (defaults to ``batch_size``).
         num_workers, pin_memory, persistent_workers: as in ``DataLoader``.
-        check_labels: count every label of the training split in ``setup("fit")`` and stop
-            on labels a model cannot learn from (see the module docstring).
+        check_labels: read every sample of each split the run uses once (cached) in
+            :meth:`check_splits` and stop on files and labels that cannot give a right
+            result (see the module docstring); ``False`` leaves that to check_data.
         cache_dir: folder for the cached label counts (:func:`segkit.data.stats.label_counts`;
             ``None``: counted on every start).
 
@@ -191,6 +198,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.datasets: dict[str, Dataset] = {}
         self.counted_labels: dict[str, tuple[dict[str, Any], Any]] = {}
+        self._checked: set[str] = set()  # subsets check_splits has passed
         self._prepared = False
 
     def prepare_data(self) -> None:
@@ -209,34 +217,64 @@ class SegmentationDataModule(L.LightningDataModule):
             transform = self.train_transform if subset == "train" else self.eval_transform
             split = self.splits[subset]
             try:
-                self.datasets[subset] = self.dataset(split=split, transform=transform)
+                if self.check_labels:  # check_splits reads every sample, not a few
+                    self.datasets[subset] = build_split(self.dataset, split, transform)
+                else:
+                    self.datasets[subset] = self.dataset(split=split, transform=transform)
             except DataError as error:
                 raise DataError(f"data.{subset}_split={split!r}: {error}") from error
         return self.datasets[subset]
 
+    def check_splits(self, subsets: Sequence[str]) -> None:
+        """The start-up check of the data a run will use: build each of ``subsets``
+        (``train``, ``val``, ``test``) and run :mod:`segkit.data.checks` on it.
+
+        ``train()`` calls it with every split the run touches (the test split too with
+        ``test=true``) and ``evaluate()`` with the one it scores, before a model or trainer
+        is built; ``setup`` calls it again, which checks only what was not checked yet.
+        With ``check_labels`` every sample of each split is read once (images decoded,
+        masks counted: :func:`~segkit.data.stats.label_counts`, cached), so a file that
+        ``python -m segkit.cli.check_data`` would report stops the run here, in its words.
+
+        Raises:
+            DataError: every problem found, in one message.
+        """
+        todo = [subset for subset in subsets if subset not in self._checked]
+        if not todo:
+            return
+        self.prepare_data()
+        if "train" in todo:
+            split_problems, split_warnings = checks.split_name_problems(self.splits)
+            checks.raise_problems(split_problems)
+            self._warn(split_warnings)
+        for subset in todo:
+            self.build_dataset(subset)
+        problems, found = checks.loader_findings(self, todo)
+        counted = {self.splits[subset] for subset in self._checked}
+        for subset in todo:
+            if self.check_labels and self.splits[subset] not in counted:  # test = val: once
+                counted.add(self.splits[subset])
+                label_problems, label_warnings = checks.counted_split_findings(self, subset)
+                problems += label_problems
+                found += label_warnings
+        if "train" in todo:
+            found += checks.crop_findings(self)
+        if "test" in todo:
+            found += checks.test_split_findings(self)
+        checks.raise_problems(problems)
+        self._warn(found)
+        self._checked.update(todo)
+
+    def _warn(self, messages: Sequence[str]) -> None:
+        """Each message as a :class:`DataWarning`, on rank 0 only."""
+        if rank_zero_only.rank == 0:
+            for message in messages:
+                warnings.warn(message, DataWarning, stacklevel=3)
+
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
         splits = wanted.get(stage or "", ("train", "val", "test"))
-        if "train" in splits:
-            split_problems, split_warnings = checks.split_name_problems(self.splits)
-            checks.raise_problems(split_problems)
-            for message in split_warnings:
-                warnings.warn(message, DataWarning, stacklevel=2)
-        for split in splits:
-            self.build_dataset(split)
-        problems, found = checks.loader_findings(self, splits)
-        if "train" in splits:
-            if self.check_labels:
-                label_problems, label_warnings = checks.training_label_findings(self)
-                problems += label_problems
-                found += label_warnings
-            found += checks.crop_findings(self)
-        if "test" in splits:
-            found += checks.test_split_findings(self)
-        checks.raise_problems(problems)
-        if self.trainer is None or self.trainer.global_rank == 0:
-            for message in found:
-                warnings.warn(message, DataWarning, stacklevel=2)
+        self.check_splits(splits)
         for split in splits:
             self._open_decoded_cache(split)
 

@@ -3,17 +3,20 @@
 * :class:`SplitStats` holds one split's counts; :func:`scan_split` reads every sample of a
   dataset into it (the masks as the dataset maps them, no transform) and lists the files
   with problems in a :class:`Report`.
-* :func:`label_counts` is the one way a run gets a split's counts: the start-up label checks
-  (:func:`segkit.data.checks.training_label_findings`) and the computed class weights
-  (:func:`segkit.tasks.class_weights.resolve_class_weights`, a step of ``train()``) both
-  call it. One cache rule: ``<data.cache_dir>/class_counts_<Dataset>_<digest>.json``
-  (the data module's ``cache_dir``; none when it is null), recomputed when the split's
-  label files, their sizes or mtimes, the dataset class, its label mapping,
-  ``num_classes`` or ``ignore_index`` change; a data module also remembers the counts of
-  each split it counted, so a run counts a split once even without a cache folder.
+* :func:`label_counts` is the one way a run gets a split's counts: the start-up checks of
+  every split a run uses (:meth:`segkit.data.datamodule.SegmentationDataModule.check_splits`)
+  and the computed class weights (:func:`segkit.tasks.class_weights.resolve_class_weights`)
+  both call it. It reads every sample as check_data does (images decoded, masks mapped)
+  and stops on a file with a problem. One cache rule:
+  ``<data.cache_dir>/class_counts_<Dataset>_<digest>.json`` (the data module's
+  ``cache_dir``; none when it is null), recomputed when the split's image or label files,
+  their sizes or mtimes, the dataset class, its label mapping, ``num_classes`` or
+  ``ignore_index`` change; the per-file notes (EXIF orientation, 16-bit images, ...) are
+  cached with the counts, so every start warns about them. A data module also remembers
+  the counts of each split it counted, so a run counts a split once even without a cache.
 
-``python -m segkit.cli.check_data`` scans every split itself (:func:`scan_split`, decoding
-every image and reading every validation and test mask) and prints the same counts.
+``python -m segkit.cli.check_data`` scans every split itself (:func:`scan_split`, with a
+progress bar and the label-convention hints) and prints the same counts and messages.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import numpy as np
 
 from segkit.data.io import DataError, InspectableDataset
 
-CACHE_VERSION = 1  # bump when the counting changes, so old cache files are not read
+MAX_FILES_NAMED = 5  # files named per bad label value
+CACHE_VERSION = 2  # bump when the counting changes, so old cache files are not read
 
 
 class Progress(Protocol):
@@ -82,8 +86,9 @@ class Report:
     warnings: list[str] = field(default_factory=list)
 
 
-def build_split(factory: Any, split: str) -> Any:
-    """``factory(split=split, transform=None)`` without the dataset's start-up sample check.
+def build_split(factory: Any, split: str, transform: Any = None) -> Any:
+    """``factory(split=split, transform=transform)`` without the dataset's start-up sample
+    check, for callers that read every sample themselves (:func:`label_counts`, check_data).
 
     ``startup_check=0`` goes to a factory that names it or passes ``**options`` on (the
     layouts built on :class:`~segkit.data.folder.FolderDataset`).
@@ -94,8 +99,8 @@ def build_split(factory: Any, split: str) -> Any:
         parameters = {}
     forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     if "startup_check" in parameters or forwards:
-        return factory(split=split, transform=None, startup_check=0)
-    return factory(split=split, transform=None)
+        return factory(split=split, transform=transform, startup_check=0)
+    return factory(split=split, transform=transform)
 
 
 def _count(stats: SplitStats, mask: np.ndarray, ignore_index: int, name: str) -> None:
@@ -179,6 +184,10 @@ def _cache_key(dataset: Any, num_classes: int, ignore_index: int) -> dict[str, A
         path = Path(sample[2])
         status = path.stat()
         label_files.append([str(path.resolve()), status.st_size, status.st_mtime_ns])
+    image_files = []
+    for sample in dataset.samples:
+        status = Path(sample[1]).stat()
+        image_files.append([status.st_size, status.st_mtime_ns])
     dataset_class = type(dataset)
     return {
         "version": CACHE_VERSION,
@@ -192,6 +201,8 @@ def _cache_key(dataset: Any, num_classes: int, ignore_index: int) -> dict[str, A
         # a digest keeps the file small for large splits (Cityscapes, VOC train_aug)
         "label_files": len(label_files),
         "label_files_sha1": hashlib.sha1(json.dumps(label_files).encode()).hexdigest(),
+        # the images are decoded by the same scan (truncated files), so they are part of it
+        "image_files_sha1": hashlib.sha1(json.dumps(image_files).encode()).hexdigest(),
     }
 
 
@@ -271,6 +282,7 @@ def _read_cache(
     stats = SplitStats(split, num_classes)
     stats.images = int(data["images"])
     stats.ignored = int(data["ignored"])
+    stats.notes = [str(note) for note in data.get("notes", [])]
     for name in ("pixels", "images_with", "image_pixels"):
         setattr(stats, name, np.asarray(data[name], np.int64))
     return stats
@@ -279,23 +291,29 @@ def _read_cache(
 def _count_split(
     dataset: Any, split: str, num_classes: int, ignore_index: int, subset: str
 ) -> SplitStats:
-    """Every label file of ``dataset`` counted; a file with a problem stops (all listed)."""
+    """Every sample of ``dataset`` read (images decoded, so truncated files are found) and
+    its labels counted; a file with a problem stops (all listed, in check_data's words)."""
     stats, report = SplitStats(split, num_classes), Report()
-    scan_split(dataset, stats, ignore_index, report, decode_images=False)
-    problems = report.problems + [
-        f"value {value} is no class (0..{num_classes - 1}) and not ignore_index="
-        f"{ignore_index}, in {len(files)} files, e.g. {files[0]}"
-        for value, files in sorted(stats.bad_values.items())
-    ]
+    scan_split(dataset, stats, ignore_index, report, decode_images=True)
+    problems = report.problems + value_problems(stats, ignore_index)
     if problems:
         listed = "\n  ".join(problems[:10])
-        what = "training split" if subset == "train" else f"{subset} split"
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise DataError(
-            f"cannot count the labels of {what} {split!r}: {len(problems)} "
-            f"problem(s):\n  {listed}\nFix the files; python -m segkit.cli.check_data "
-            "data=<name> lists them all."
+            f"data.{subset}_split={split!r}: {len(problems)} file problem(s):\n  {listed}{more}"
+            "\nFix the files; python -m segkit.cli.check_data data=<name> lists them all."
         )
     return stats
+
+
+def value_problems(stats: SplitStats, ignore_index: int) -> list[str]:
+    """One line per label value of ``stats`` that is neither a class nor ``ignore_index``,
+    naming the files that hold it (start-up and check_data say the same)."""
+    return [
+        f"value {value} is no class (0..{stats.num_classes - 1}) and not ignore_index="
+        f"{ignore_index}, in {len(files)} files: {files[:MAX_FILES_NAMED]}"
+        for value, files in sorted(stats.bad_values.items())
+    ]
 
 
 def _write_cache(cache_file: Path | None, key: dict[str, Any], stats: SplitStats) -> None:
@@ -308,6 +326,7 @@ def _write_cache(cache_file: Path | None, key: dict[str, Any], stats: SplitStats
         "pixels": stats.pixels.tolist(),
         "images_with": stats.images_with.tolist(),
         "image_pixels": stats.image_pixels.tolist(),
+        "notes": stats.notes,
     }
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     # atomic: DDP processes may write the same file at once

@@ -29,7 +29,7 @@ from segkit.data.folder import DataError
 from segkit.engine.checkpoints import load_checkpoint
 from segkit.engine.ensemble import checkpoint_paths, load_trained
 from segkit.engine.loading import Trained, given_groups
-from segkit.engine.runner import build_trainer, evaluate, print_results
+from segkit.engine.runner import build_trainer, check_splits, evaluate, print_results
 from segkit.tasks.instance import InstanceSegmentationTask
 from segkit.tasks.semantic import SemanticSegmentationTask
 
@@ -158,6 +158,7 @@ def score_split(cfg: DictConfig, trained: Trained) -> dict:
         f"evaluating {cfg.ckpt_path} on split {cfg.split} (data.{cfg.split}_split="
         f"{datamodule.splits[cfg.split]!r}), inference: {inference or 'whole'}"
     )
+    check_splits(datamodule, [cfg.split])  # before the trainer: check_data's checks
     trainer = build_trainer(cfg)  # conf/eval.yaml's trainer: one device, no logger
     loaded = (cfg.ckpt_path, trained.epoch)
     output_dir = cfg.paths.output_dir

@@ -13,6 +13,7 @@ import logging
 import shlex
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,6 +73,20 @@ def check_task_kinds(task: L.LightningModule, datamodule: L.LightningDataModule)
             f"{type(datamodule).__name__} is instance data: train it with model=maskrcnn "
             "(task=instance), or use its semantic counterpart (e.g. data=shapes)."
         )
+
+
+def check_splits(datamodule: L.LightningDataModule, subsets: Sequence[str]) -> None:
+    """The start-up check of every split a run will use (``train``, ``val``, ``test``):
+    :meth:`segkit.data.datamodule.SegmentationDataModule.check_splits`, the checks that
+    ``python -m segkit.cli.check_data`` reports in the same words. A data module of another
+    kind is checked by its own ``setup``.
+
+    Raises:
+        DataError: every problem found, naming the split key and the files.
+    """
+    check = getattr(datamodule, "check_splits", None)
+    if check is not None:
+        check(subsets)
 
 
 def resolve_loss_weights(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:

@@ -73,7 +73,7 @@ def test_label_ids_where_train_ids_are_expected_and_missing_classes(tmp_path, ca
     assert "look like labelIds where trainIds are expected" in out
     assert "value 26 is no class" in out
     # 2-class random masks: classes 2..18 never occur in either split
-    assert "split 'val': no pixel of classes ['c2', 'c3'" in out
+    assert "data.val_split='val': classes ['c2', 'c3', " in out
 
 
 def test_one_based_masks_suggest_reduce_zero_label(tmp_path, capsys):
@@ -146,7 +146,7 @@ def test_coco_dataset_is_scanned(tmp_path, capsys):
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in train.splitlines()]
     rows = {row[0]: row[1] for row in cells if len(row) == 4}  # class, pixels, share, images
     assert rows["background"] == "8" and rows["cat"] == "24" and rows["dog"] == "0"
-    assert "split 'a': no pixel of classes ['dog']" in out
+    assert "data.train_split='a': classes ['dog'] have no pixel" in out
     assert "data.test_split equals data.val_split ('b')" in out
 
 

@@ -213,14 +213,20 @@ def test_cache_is_read_and_recomputed_when_the_split_changes(root, tmp_path, mon
 
 
 def test_a_run_counts_the_training_split_once(root, monkeypatch):
-    # train(): the class-weight step, then the start-up label checks in setup("fit"); with no
-    # cache_dir the data module remembers the counts
-    scans = []
-    monkeypatch.setattr(stats, "scan_split", lambda *args, **kw: scans.append(scan(*args, **kw)))
+    # train(): the class-weight step, then the start-up checks of every split in setup("fit");
+    # with no cache_dir the data module remembers the counts: each split is read once
+    scanned = []
+
+    def counting_scan(dataset, split_stats, *args, **kw):
+        scanned.append(split_stats.name)
+        return scan(dataset, split_stats, *args, **kw)
+
+    monkeypatch.setattr(stats, "scan_split", counting_scan)
     dm = datamodule(root)
     resolve_class_weights(ce("median_frequency"), dm)
     dm.setup("fit")
-    assert len(scans) == 1 and label_counts(dm).pixels.tolist() == [6, 5, 7]
+    assert label_counts(dm).pixels.tolist() == [6, 5, 7]
+    assert sorted(scanned) == sorted([dm.splits["train"], dm.splits["val"]])
 
 
 def test_bad_input(root, tmp_path):
