@@ -10,6 +10,7 @@ Sub-packages by role, one level deep; each imports only the packages below it
     evaluation/   metrics, test-time inference, reports, figures, run analysis (no Trainer)
     data/ models/ datasets, label statistics, palettes; one file per architecture
     config.py     compose, check_arguments, the resolvers ``conf/`` uses (importable by all)
+    config_values.py  the valid value of every config key and check_values (importable by all)
 """
 
 import segkit.config  # noqa: F401  (registers the resolvers conf/ uses: segkit_root, segkit_list)

@@ -10,9 +10,11 @@ Importing :mod:`segkit` registers the resolvers the configs use: ``${segkit_root
 
 from __future__ import annotations
 
+import ast
 import difflib
 import inspect
 import os
+import textwrap
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,13 +76,24 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictCo
 
 # Keys of a Hydra node that are Hydra's, not the callable's.
 _HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
-# Arguments the code passes itself, per group (the task builds the optimiser and schedule).
+# The nodes a _target_ builds, each with the arguments the code passes itself: the task builds
+# the optimiser and schedule, build_trainer passes the callbacks, loggers and plugins, the data
+# module each dataset's split and transform. ".*" is every child node (each callback, logger).
 _SUPPLIED = {
     "optimizer": ("params",),
     "scheduler": ("optimizer", "total_steps"),
     "task": ("model", "loss", "optimizer", "scheduler"),
+    "task.inference": (),
     "loss": (),
+    "loss.losses.*": (),
     "model": (),
+    "data": (),
+    "data.dataset": ("split", "transform"),
+    "data.prepare": (),
+    "trainer": ("callbacks", "logger", "plugins"),
+    "trainer.profiler": (),
+    "callbacks.*": (),
+    "logger.*": (),
 }
 # Keys of every model node that are not its constructor's arguments: the whole-model weights,
 # loaded after the model is built (segkit.models.weights.build_model).
@@ -93,37 +106,102 @@ class ConfigError(ValueError):
 
 def check_arguments(cfg: DictConfig, groups: tuple[str, ...] = tuple(_SUPPLIED)) -> None:
     """Check that every key of the ``groups`` nodes is an argument of its ``_target_``
-    (for ``model``, or one of :data:`WEIGHTS_KEYS`).
+    (for ``model``, or one of :data:`WEIGHTS_KEYS`): the optimiser, schedule, task, inference,
+    loss (and its nested losses), model, data module, dataset, data preparation, trainer
+    (and its profiler), every callback and every logger.
 
     ``+optimizer.learning_rate=1e-3`` would otherwise fail with a ``TypeError`` of AdamW
-    once the data and the model are built. Callables that take ``**kwargs`` are not
-    checked; nested nodes (``loss.losses``) are checked when they are instantiated.
+    once the data and the model are built. A callable that takes ``**kwargs`` is not checked,
+    unless it is a segkit class that passes them on to its base class (the datasets'
+    ``**options``): then the base's arguments count too. Reads the config and the callables'
+    signatures only.
 
     Raises:
-        ConfigError: naming the key, the callable and its valid keys.
+        ConfigError: naming each unknown key, its callable and that callable's valid keys,
+            one paragraph per node.
     """
+    problems = []
     for group in groups:
-        node = cfg.get(group)
-        if not isinstance(node, DictConfig) or "_target_" not in node:
-            continue
-        target = node._target_
-        try:
-            parameters = inspect.signature(hydra.utils.get_object(target)).parameters
-        except (ImportError, ValueError, TypeError, AttributeError):
-            continue  # an unknown target fails with Hydra's own message when built
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            continue
-        valid = [n for n in parameters if n not in _SUPPLIED[group] and n != "self"]
-        if group == "model":
-            valid += WEIGHTS_KEYS
-        unknown = [k for k in node if k not in _HYDRA_KEYS and k not in valid]
-        if unknown:
-            keys = ", ".join(f"{group}.{k}" for k in unknown)
-            raise ConfigError(
-                f"{keys} {'is not an argument' if len(unknown) == 1 else 'are not arguments'} "
-                f"of {target}; its arguments are {', '.join(f'{group}.{n}' for n in valid)}. "
-                f"Fix the name (e.g. {group}.{_closest(unknown[0], valid)}=...) and drop the '+'."
-            )
+        for path, node in _nodes(cfg, group):
+            target = node._target_
+            try:
+                arguments = _arguments(hydra.utils.get_object(target))
+            except (ImportError, ValueError, TypeError, AttributeError):
+                continue  # an unknown target fails with Hydra's own message when built
+            if arguments is None:  # **kwargs taken by the callable itself
+                continue
+            valid = [n for n in arguments if n not in _SUPPLIED[group]]
+            if group == "model":
+                valid += WEIGHTS_KEYS
+            unknown = [k for k in node if k not in _HYDRA_KEYS and k not in valid]
+            if unknown:
+                keys = ", ".join(f"{path}.{k}" for k in unknown)
+                problems.append(
+                    f"{keys} {'is not an argument' if len(unknown) == 1 else 'are not arguments'}"
+                    f" of {target}; its arguments are {', '.join(f'{path}.{n}' for n in valid)}. "
+                    f"Fix the name (e.g. {path}.{_closest(unknown[0], valid)}=...) and drop "
+                    "the '+'."
+                )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _nodes(cfg: DictConfig, group: str) -> list[tuple[str, DictConfig]]:
+    """``(dotted key, node)`` of each node ``group`` names (``callbacks.*``: every callback)
+    that has a ``_target_``."""
+    parent_key, _, last = group.rpartition(".")
+    if last == "*":
+        parent = _select_node(cfg, parent_key)
+        children = list(parent) if isinstance(parent, DictConfig) else []
+        found = [(f"{parent_key}.{k}", parent.get(k)) for k in children]
+    else:
+        found = [(group, _select_node(cfg, group))]
+    return [(p, n) for p, n in found if isinstance(n, DictConfig) and "_target_" in n]
+
+
+def _select_node(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key)
+    except Exception:  # noqa: BLE001 (???, or an interpolation that does not resolve here)
+        return None
+
+
+def _arguments(target: Any) -> list[str] | None:
+    """The keyword arguments ``target`` takes, or ``None`` when it takes any (``**kwargs``)."""
+    parameters = inspect.signature(target).parameters
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    named = [n for n, p in parameters.items() if p.kind not in kinds and n != "self"]
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return named
+    forwarded = _forwarded_arguments(target)
+    return None if forwarded is None else named + [n for n in forwarded if n not in named]
+
+
+def _forwarded_arguments(cls: Any) -> list[str] | None:
+    """The arguments a segkit class's ``**options`` may hold: those of its base's
+    ``__init__`` that its own ``super().__init__(..., **options)`` call does not set (read
+    from the source). ``None`` where that cannot be told (not a segkit class, no such call)."""
+    if not isinstance(cls, type) or not cls.__module__.startswith("segkit."):
+        return None
+    base = next((b for b in cls.__mro__[1:] if "__init__" in vars(b)), object)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.__init__)))
+        base_arguments = None if base is object else _arguments(base)
+    except (OSError, TypeError, ValueError, SyntaxError):
+        return None
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "__init__"
+        and any(keyword.arg is None for keyword in node.keywords)  # passes **options on
+    ]
+    if len(calls) != 1 or base_arguments is None:
+        return None
+    given = {keyword.arg for keyword in calls[0].keywords if keyword.arg}
+    positional = sum(not isinstance(arg, ast.Starred) for arg in calls[0].args)
+    return [n for n in base_arguments[positional:] if n not in given]
 
 
 def _closest(name: str, valid: list[str]) -> str:
