@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from segkit.config import ConfigError
+from segkit.config import ConfigError, check_arguments
 
 _MISSING = object()  # "???": a value the user must give
 _ABSENT = object()  # no such key
@@ -1069,3 +1069,16 @@ def check_values(cfg: DictConfig) -> None:
     if lines:
         listed = "\n  ".join(lines)
         raise ConfigError(f"{len(lines)} config values cannot work:\n  {listed}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The config half of the input contract, the first thing train.py, eval.py, predict.py
+    and export.py do: every key an argument of its ``_target_``
+    (:func:`segkit.config.check_arguments`), then every value in its range
+    (:func:`check_values`). Reads the config only.
+
+    Raises:
+        ConfigError: naming each key, what is valid and an example.
+    """
+    check_arguments(cfg)
+    check_values(cfg)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
+from hypothesis import settings
 
 from .helpers import write_folder_dataset
 
@@ -82,3 +83,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return run
 
     return built_once(tmp_path_factory, "trained_run", build)
+
+
+# Generated-input tests (hypothesis): a bounded search in `make test`, a long one on demand
+# with SEGKIT_HYPOTHESIS=long.
+settings.register_profile("ci", max_examples=20, derandomize=True)
+settings.register_profile("long", max_examples=500)
+settings.load_profile(os.environ.get("SEGKIT_HYPOTHESIS", "ci"))

@@ -25,6 +25,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segkit.config_values import check_config
 from segkit.data.folder import DataError
 from segkit.engine.checkpoints import load_checkpoint
 from segkit.engine.ensemble import checkpoint_paths, load_trained
@@ -173,6 +174,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         ``{"metrics": the metrics.json dict, "score": its mIoU (mask_AP for an instance
         task), "trained": the loaded checkpoint(s) (:class:`~segkit.engine.loading.Trained`)}``.
     """
+    check_config(cfg)  # keys and values of the command line, before a file is read
     overrides, brought = keep_trained_input(command_line_overrides(cfg))
     if brought:  # compared with each checkpoint's stored config (mapped, the weights unread)
         for path in checkpoint_paths(cfg.ckpt_path):

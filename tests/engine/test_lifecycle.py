@@ -39,7 +39,7 @@ from segkit.engine.hydra_callbacks import SweepSummary
 from segkit.engine.loggers import CSVLogger
 from segkit.engine.predict import check_output, input_files
 from segkit.engine.runner import continue_command
-from segkit.engine.train import optimized_value, train
+from segkit.engine.train import train
 from segkit.evaluation.report import write_report
 from segkit.tasks import build_task
 from segkit.tasks.schedulers import poly_lr, set_total_steps
@@ -131,13 +131,12 @@ def test_model_maskrcnn_selects_the_instance_task_or_stops_naming_it(tmp_path):
 # --- the value train.py returns to sweepers ---------------------------------------------
 
 
-def test_main_refuses_an_optimized_metric_that_was_never_logged(tmp_path):
+def test_an_optimized_metric_the_task_never_logs_stops_at_start_up(tmp_path):
     overrides = [*STEP_LOGGED, "trainer.max_epochs=1", "optimized_metric=val/mIoU_typo"]
-    overrides += ["callbacks.model_checkpoint.monitor=val/mIoU"]  # else Lightning stops first
     cfg = compose_job("train", tmp_path, tmp_path / "run", overrides)
-    with pytest.raises(KeyError, match=r"val/mIoU_typo was never logged.*val/mIoU"):
-        optimized_value(train(cfg), cfg.optimized_metric)
-    assert (tmp_path / "run" / "metrics.json").is_file()  # the run itself trained and scored
+    with pytest.raises(ConfigError, match=r"optimized_metric=val/mIoU_typo: .*val/mIoU"):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.json").exists()  # stopped before training
 
 
 # --- case 4 and 13: resume ------------------------------------------------------------
@@ -368,8 +367,10 @@ def test_continue_command_pins_the_run_folder(tmp_path):
 
 def test_eval_and_predict_refuse_class_overrides_that_contradict_the_checkpoint(tmp_path):
     ckpt = save_checkpoint(tmp_path, ["data.num_classes=5"])
+    photo = tmp_path / "photo.png"  # a real input: predict.py checks it before loading
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(photo)
     commands = {"eval": evaluate_checkpoint, "predict": predict}
-    for script, extra in (("eval", []), ("predict", [f"input={tmp_path}", "output=out"])):
+    for script, extra in (("eval", []), ("predict", [f"input={photo}", "output=out"])):
         overrides = [f"ckpt_path={ckpt}", "+data.num_classes=3", *extra]
         cfg = compose_job(script, tmp_path, tmp_path / script, overrides)
         with pytest.raises(ConfigError, match=r"data.num_classes=3 \(the checkpoint has 5\)"):
