@@ -4,13 +4,18 @@
     python -m segkit.cli.convert split <root> [--val 0.2] [--test 0.0] [--seed 0]
     python -m segkit.cli.convert split <root> --folds K [--test 0.0] [--seed 0]
 
+Each also takes ``--overwrite``.
+
 Contract: ``labelme`` reads ``<dir>/*.json`` and writes ``<out_root>/images/``,
 ``<out_root>/masks/<stem>.png`` (8-bit class indices; the first class is the background, the
 value of every pixel no shape covers) and ``<out_root>/classes.txt``. ``split`` writes
 ``<root>/splits/*.txt``, one stem per line, sorted, the format
 :class:`~segkit.data.folder.FolderDataset` reads (:mod:`segkit.data.splits`: fractions, or K
-folds). Invariants: every JSON file is checked before anything is written; the input
-folder, existing images, masks and split lists are never written over. The conventions
+folds). Invariants: every JSON file is checked before anything is written; the input folder
+is never written to; an existing file of those written (images, masks, ``classes.txt``, split
+lists) stops the command before anything is written, unless ``--overwrite``, which replaces
+those files (a symlink is replaced, not written through) and deletes nothing
+(:func:`segkit.outputs.check_new`). The conventions
 (class order, drawing order and shape types, unknown labels, sizes, folds) are in
 docs/data.md, "Your own data".
 """
@@ -36,6 +41,7 @@ from PIL import Image, ImageDraw
 
 from segkit.data.io import READ_ERRORS, DataError, image_size, oriented
 from segkit.data.splits import write_folds, write_splits
+from segkit.outputs import OVERWRITE_FLAG, OutputExistsError, check_new
 
 SUPPORTED_SHAPES = ("polygon", "rectangle", "circle")
 IGNORE_LABEL = "__ignore__"  # labelme's label for regions left out of training
@@ -246,19 +252,22 @@ def read_labelme(
 
 
 def _check_output(source: Path, out_root: Path) -> None:
-    """Stop before writing into the input folder or over files already converted."""
+    """Stop before writing into the input folder."""
     source, target = source.resolve(), out_root.resolve()
-    inside = [target, target / "images", target / "masks"]
-    if target.is_relative_to(source) or any(source.is_relative_to(p) for p in inside[1:]):
+    if target.is_relative_to(source) or any(
+        source.is_relative_to(target / sub) for sub in ("images", "masks")
+    ):
         raise DataError(
             f"output folder {out_root} would write into the input folder {source} (segkit "
             "never writes into the input). Choose an output folder outside it."
         )
-    for sub in ("images", "masks"):
-        if (target / sub).is_dir() and any((target / sub).iterdir()):
-            raise DataError(
-                f"{target / sub} exists and is not empty; convert into a new folder or remove it."
-            )
+
+
+def _labelme_targets(out_root: Path, files: Sequence[LabelmeFile]) -> list[Path]:
+    """Every file :func:`convert_labelme` writes: each image and mask, then ``classes.txt``."""
+    images = [out_root / "images" / f"{item.stem}{item.image_suffix}" for item in files]
+    masks = [out_root / "masks" / f"{item.stem}.png" for item in files]
+    return [*images, *masks, out_root / "classes.txt"]
 
 
 def convert_labelme(
@@ -269,24 +278,32 @@ def convert_labelme(
     ignore_index: int = 255,
     skip_unsupported: bool = False,
     unknown_as_ignore: bool = False,
+    overwrite: bool = False,
 ) -> list[str]:
     """Write the labelme files of ``folder`` into ``out_root`` in the ``data=folder`` layout.
 
     Arguments as in :func:`read_labelme`; ``link`` symlinks the images (absolute paths)
-    instead of copying them (images decoded from ``imageData`` are always written).
+    instead of copying them (images decoded from ``imageData`` are always written);
+    ``overwrite`` replaces the images, masks and ``classes.txt`` of the same names.
 
     Returns:
         the class names, in index order (also written to ``out_root/classes.txt``).
 
     Raises:
-        DataError: a problem of :func:`read_labelme`, an output folder inside ``folder``,
-            or ``images/``/``masks/`` in ``out_root`` already holding files.
+        DataError: a problem of :func:`read_labelme`, or an output folder inside ``folder``.
+        segkit.outputs.OutputExistsError: a file it writes exists and not ``overwrite``.
     """
     folder, out_root = Path(folder).expanduser(), Path(out_root).expanduser()
     _check_output(folder, out_root)
     files, classes = read_labelme(
         folder, classes, ignore_index, skip_unsupported, unknown_as_ignore
     )
+    targets = _labelme_targets(out_root, files)
+    if not overwrite:
+        check_new(targets, OVERWRITE_FLAG)
+    for target in targets:  # replace a link (an earlier --link), never write through it
+        if target.is_symlink():
+            target.unlink()
     (out_root / "images").mkdir(parents=True, exist_ok=True)
     (out_root / "masks").mkdir(exist_ok=True)
     for item in files:
@@ -335,18 +352,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     labelme.add_argument(
         "--unknown-as-ignore", action="store_true", help="labels not in --classes -> ignore index"
     )
+    labelme.add_argument(
+        OVERWRITE_FLAG, action="store_true", help="replace same-named images, masks, classes.txt"
+    )
     split = commands.add_parser("split", help="write root/splits/*.txt")
     split.add_argument("root", type=Path, help="dataset root holding images/")
     split.add_argument("--val", type=float, default=None, help="fraction for val.txt (default 0.2)")
     split.add_argument("--test", type=float, default=0.0, help="fraction for test.txt")
     split.add_argument("--folds", type=int, default=None, help="K-fold lists instead of val.txt")
     split.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    split.add_argument(OVERWRITE_FLAG, action="store_true", help="replace lists of these names")
     args = parser.parse_args(argv)
     try:
         if args.command == "labelme":
             classes = convert_labelme(
                 args.dir, args.out_root, args.classes, args.link, args.ignore_index,
-                args.skip_unsupported, args.unknown_as_ignore,
+                args.skip_unsupported, args.unknown_as_ignore, args.overwrite,
             )  # fmt: skip
             count = len(list((args.out_root / "masks").glob("*.png")))
             print(f"wrote {count} images and masks to {args.out_root}")
@@ -361,11 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.folds is not None and args.val is not None:
             parser.error("--val and --folds exclude each other: each fold's val list is one fold")
         if args.folds is not None:
-            written = write_folds(args.root, args.folds, args.test, args.seed)
+            written = write_folds(args.root, args.folds, args.test, args.seed, args.overwrite)
         else:
             val = 0.2 if args.val is None else args.val
-            written = write_splits(args.root, val, args.test, args.seed)
-    except DataError as error:
+            written = write_splits(args.root, val, args.test, args.seed, args.overwrite)
+    except (DataError, OutputExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for name, stems in written.items():

@@ -2,7 +2,8 @@
 [dynamic=true] [returns=labels] [output=<file>]`` (or ``python -m segkit.cli.export``).
 
 Writes ``<run folder>/model.onnx`` (or ``model.pt`` for TorchScript; ``output=`` names
-another file), checked against PyTorch before it is written
+another file; an existing file stops the export unless ``overwrite=true``), checked against
+PyTorch before it is written
 (:func:`segkit.deploy.export.export_checkpoint`; the graph, the metadata and the exporters:
 :mod:`segkit.deploy.export`). ``predict.py ckpt_path=<.onnx>`` runs the ONNX file.
 docs/export.md.
@@ -33,6 +34,7 @@ def main(cfg: DictConfig) -> Path:
         OmegaConf.to_container(input_size) if OmegaConf.is_config(input_size) else input_size,
         cfg.dynamic,
         cfg.returns,
+        cfg.overwrite,
     )
     meta = read_metadata(path)
     height, width = meta["input_size"]

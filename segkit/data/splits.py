@@ -3,7 +3,9 @@
 
 :func:`write_splits` cuts the stems of ``root/images`` into train/val(/test) lists by
 fractions, :func:`write_folds` into K cross-validation folds; both shuffle with a seed,
-write sorted lists and never overwrite an existing list. The one command that writes them is
+write sorted lists and never overwrite an existing list unless asked (``--overwrite``,
+:func:`segkit.outputs.check_new`; a list of another name is never removed). The one command
+that writes them is
 ``python -m segkit.cli.convert split`` (:func:`split_command`); docs/data.md, "Your own data",
 has the conventions.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from segkit.data.io import IMAGE_SUFFIXES, DataError, image_files
+from segkit.outputs import OVERWRITE_FLAG, check_new
 
 
 def split_command(root: Path | str) -> str:
@@ -25,19 +28,20 @@ def split_command(root: Path | str) -> str:
 
 
 def write_splits(
-    root: Path | str, val: float = 0.2, test: float = 0.0, seed: int = 0
+    root: Path | str, val: float = 0.2, test: float = 0.0, seed: int = 0, overwrite: bool = False
 ) -> dict[str, list[str]]:
     """Write ``root/splits/{train,val[,test]}.txt`` from the stems of ``root/images``.
 
     The stems are shuffled with ``seed`` and cut by the fractions ``val`` and ``test`` (each
-    non-empty split gets at least one image). Existing lists are never overwritten.
+    non-empty split gets at least one image). Existing lists are replaced only with
+    ``overwrite``.
 
     Returns:
         ``{split name: stems}`` as written.
 
     Raises:
-        DataError: ``images/`` is missing or empty, a list exists already, or the fractions
-            leave no training image.
+        DataError: ``images/`` is missing or empty, or the fractions leave no training image.
+        segkit.outputs.OutputExistsError: a list exists already (none is written then).
     """
     root = Path(root).expanduser()
     if not (root / "images").is_dir():
@@ -57,41 +61,45 @@ def write_splits(
     splits["test"] = stems[counts["val"] : counts["val"] + counts["test"]]
     splits["train"] = stems[counts["val"] + counts["test"] :]
     splits = {name: sorted(listed) for name, listed in splits.items() if listed}
-    write_split_lists(root, splits)
+    write_split_lists(root, splits, overwrite)
     return splits
 
 
-def write_split_lists(root: Path, splits: Mapping[str, Sequence[str]]) -> None:
+def write_split_lists(
+    root: Path, splits: Mapping[str, Sequence[str]], overwrite: bool = False
+) -> None:
     """Write each ``{name: stems}`` as ``root/splits/<name>.txt``, one stem per line.
 
     Raises:
-        DataError: one of the lists exists already (none is written then).
+        segkit.outputs.OutputExistsError: one of the lists exists already and not
+            ``overwrite`` (none is written then).
     """
     folder = root / "splits"
-    existing = [str(folder / f"{name}.txt") for name in splits if (folder / f"{name}.txt").exists()]
-    if existing:
-        raise DataError(f"{existing} exist already; remove them to write new split lists.")
+    if not overwrite:
+        check_new((folder / f"{name}.txt" for name in splits), OVERWRITE_FLAG)
     folder.mkdir(exist_ok=True)
     for name, listed in splits.items():
         (folder / f"{name}.txt").write_text("\n".join(listed) + "\n")
 
 
 def write_folds(
-    root: Path | str, folds: int, test: float = 0.0, seed: int = 0
+    root: Path | str, folds: int, test: float = 0.0, seed: int = 0, overwrite: bool = False
 ) -> dict[str, list[str]]:
     """Write K-fold lists ``root/splits/fold<k>_{train,val}.txt`` (and ``test.txt``).
 
     The stems of ``root/images`` are shuffled with ``seed``; with ``test`` > 0 the first
     ``max(1, round(test * N))`` form ``test.txt`` (in no fold), the rest is cut into
     ``folds`` parts of sizes differing by at most one: part ``k`` is ``fold<k>_val``, the
-    other parts ``fold<k>_train``. Lists are sorted; existing lists are never overwritten.
+    other parts ``fold<k>_train``. Lists are sorted; existing lists are replaced only with
+    ``overwrite``.
 
     Returns:
         ``{split name: stems}`` as written.
 
     Raises:
-        DataError: ``images/`` missing, ``folds`` < 2, fewer images than folds after the
-            test split, or a list existing already.
+        DataError: ``images/`` missing, ``folds`` < 2, or fewer images than folds after the
+            test split.
+        segkit.outputs.OutputExistsError: a list exists already (none is written then).
     """
     root = Path(root).expanduser()
     if not (root / "images").is_dir():
@@ -112,7 +120,7 @@ def write_folds(
     for k, part in enumerate(parts):
         splits[f"fold{k}_train"] = sorted(s for other in parts if other is not part for s in other)
         splits[f"fold{k}_val"] = sorted(part)
-    write_split_lists(root, splits)
+    write_split_lists(root, splits, overwrite)
     return splits
 
 

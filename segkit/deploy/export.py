@@ -59,6 +59,7 @@ from torch import nn
 from segkit.config import ConfigError
 from segkit.deploy.graph import RETURNS, ExportedModel, onnx_ready, onnx_session, require_onnx
 from segkit.deploy.parity import check_export, expose_unpool_indices, unpool_modules
+from segkit.outputs import check_new
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -325,6 +326,7 @@ def export_checkpoint(
     input_size: Sequence[int] | None = None,
     dynamic: bool = False,
     returns: str = "logits",
+    overwrite: bool = False,
 ) -> Path:
     """Export the model of a train.py checkpoint (or a published ``model.pt``).
 
@@ -338,12 +340,16 @@ def export_checkpoint(
             ``dynamic`` (then default :data:`EXAMPLE_SIZE`).
         dynamic: any batch size and image size.
         returns: ``"logits"`` (float32 ``[B, C, H, W]``) or ``"labels"`` (int64 ``[B, H, W]``).
+        overwrite: replace an existing ``output`` (never ``ckpt_path`` itself).
 
     Returns:
         the path written.
 
     Raises:
-        ConfigError: a bad ``format``/``returns``/``input_size``, or an instance checkpoint.
+        ConfigError: a bad ``format``/``returns``/``input_size``, an instance checkpoint, or
+            ``output`` naming the checkpoint read.
+        segkit.outputs.OutputExistsError: ``output`` exists and not ``overwrite``; checked
+            before the checkpoint is read.
         ExportError: the model cannot be exported (why, per exporter).
     """
     from segkit.engine.checkpoints import describe_model, load_checkpoint, task_from_checkpoint
@@ -353,6 +359,14 @@ def export_checkpoint(
     if returns not in RETURNS:
         raise ConfigError(f"returns={returns} must be one of {', '.join(RETURNS)}.")
     size = check_input_size(input_size, dynamic)
+    path = Path(output if output is not None else Path(ckpt_path).stem + SUFFIXES[format])
+    if path.expanduser().resolve() == Path(ckpt_path).expanduser().resolve():
+        raise ConfigError(
+            f"output={output} is the checkpoint ckpt_path={ckpt_path} itself; export.py never "
+            "writes over the file it reads. Choose another output."
+        )
+    if not overwrite:
+        check_new([path])
     checkpoint = load_checkpoint(ckpt_path)
     target = str(OmegaConf.select(OmegaConf.create(checkpoint["config"]), "task._target_"))
     if not target.endswith("SemanticSegmentationTask"):
@@ -368,7 +382,6 @@ def export_checkpoint(
     del checkpoint
     model = ExportedModel(task.eval_model, returns)
     metadata = export_metadata(stored, returns, size, dynamic, str(ckpt_path))
-    path = Path(output if output is not None else Path(ckpt_path).stem + SUFFIXES[format])
     path.parent.mkdir(parents=True, exist_ok=True)
     exporter = export_onnx if format == "onnx" else export_torchscript
     exporter(model, size, dynamic, metadata, path)

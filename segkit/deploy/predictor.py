@@ -13,6 +13,10 @@ docs/evaluation.md; the backends: docs/export.md.
   (:func:`segkit.deploy.backends.fast_path`).
 * ``ckpt_path=[a.ckpt,b.ckpt]`` (``ckpt_weights=[2,1]``): the ensemble runs eagerly, each
   member with its own inference (:mod:`segkit.engine.ensemble`).
+
+Before a model is loaded, every file the run may write is checked
+(:func:`segkit.engine.predict.check_targets`): an existing one stops it unless
+``overwrite=true``, and the input dataset's own label folder stops it always.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from segkit.deploy.backends import choose_backend, fast_path, onnx_predictor
 from segkit.engine.ensemble import load_trained
 from segkit.engine.loading import given_groups
 from segkit.engine.predict import (
+    check_targets,
     output_format,
     predict_instances,
     predict_semantic,
@@ -39,7 +44,12 @@ def predict(cfg: DictConfig) -> None:
     """``python predict.py``: segment ``cfg.input`` into ``cfg.output`` with ``cfg.ckpt_path``
     (``conf/predict.yaml``'s composed config)."""
     given = given_groups(cfg)
-    if str(cfg.ckpt_path).endswith(".onnx"):  # export.py's file: metadata gives the rest
+    onnx = str(cfg.ckpt_path).endswith(".onnx")
+    files = semantic_inputs(cfg, Path(cfg.input).expanduser())
+    # the model's kind is known once it is loaded: <stem>.json (detections) is checked
+    # whenever an instance model could write it
+    check_targets(cfg, files, detections=not onnx and output_format(cfg) == "palette")
+    if onnx:  # export.py's file: metadata gives the rest
         stored, onnx_task = onnx_predictor(cfg.ckpt_path, given)
         predict_semantic(cfg, stored, onnx_task)
         return
@@ -48,7 +58,7 @@ def predict(cfg: DictConfig) -> None:
     stored, task, ensemble = trained.config, trained.task, bool(trained.members)
     # One function per task type; instance segmentation plugs in here.
     if isinstance(task, SemanticSegmentationTask):
-        images = len(semantic_inputs(cfg, Path(cfg.input).expanduser()))
+        images = len(files)
         if ensemble and cfg.backend not in ("auto", "eager"):
             # the fast paths prepare one model; each member keeps its own inference
             raise ConfigError(

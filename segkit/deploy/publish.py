@@ -24,7 +24,9 @@
 * ``run.json``: epochs trained, best epoch, wall time (Hydra's config write at start to
   ``metrics.json``), the command and the machine.
 
-Publishing never trains; it runs the model on the sample images only.
+Publishing never trains; it runs the model on the sample images only. It never replaces a
+file either: an out folder that holds any of :data:`PUBLISHED_FILES` stops it before anything
+is written, unless ``overwrite`` (``--overwrite``) (:mod:`segkit.outputs`).
 """
 
 from __future__ import annotations
@@ -48,9 +50,20 @@ from segkit.evaluation.analysis import load_run
 from segkit.evaluation.figures import sample_indices, sample_panels
 from segkit.evaluation.metrics import confusion_matrix
 from segkit.models.weights import EMA_PREFIX
+from segkit.outputs import OVERWRITE_FLAG, check_new
 
 SAMPLE_COUNT = 4
 REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.npy")
+PUBLISHED_FILES = (
+    "model.pt",
+    "config.yaml",
+    *REPORT_FILES,
+    "samples.json",
+    "samples.png",
+    "curve.png",
+    "history.csv",
+    "run.json",
+)
 
 
 def weights_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -222,19 +235,35 @@ def best_checkpoint_of(run_dir: Path, metrics: dict[str, Any]) -> Path:
 
 
 def publish(
-    run_dir: str | Path, out_dir: str | Path, data_root: str | Path | None = None
+    run_dir: str | Path,
+    out_dir: str | Path,
+    data_root: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the result folder of a finished run (see the module docstring).
 
     Args:
         run_dir: a finished train.py run dir (``metrics.json`` and a best checkpoint).
-        out_dir: the result folder, created if missing; files in it are replaced.
+        out_dir: the result folder, created if missing; not ``run_dir`` itself.
         data_root: the dataset root for the sample images (default: the stored one).
+        overwrite: replace the :data:`PUBLISHED_FILES` already in ``out_dir``.
 
     Returns:
         the ``run.json`` content.
+
+    Raises:
+        ValueError: ``out_dir`` is ``run_dir``.
+        segkit.outputs.OutputExistsError: ``out_dir`` holds one of :data:`PUBLISHED_FILES`
+            and not ``overwrite``; nothing was written.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.resolve() == run_dir.resolve():
+        raise ValueError(
+            f"the result folder {out_dir} is the run folder itself; publish writes a new "
+            "folder beside the run (e.g. results/<dataset>/<recipe>)."
+        )
+    if not overwrite:
+        check_new((out_dir / name for name in PUBLISHED_FILES), OVERWRITE_FLAG)
     run = load_run(run_dir)
     if not run.finished:
         raise FileNotFoundError(f"{run_dir} holds no metrics.json: the run has not finished.")

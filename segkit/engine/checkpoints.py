@@ -10,6 +10,8 @@ check that one fits before Lightning loads it, and rebuild a trained task from o
   ``_target_`` paths; :func:`load_checkpoint` rewrites them (:data:`MOVED_MODULES`).
 * :func:`resume_checkpoint` picks the checkpoint of ``ckpt_path=<file>|last`` or
   ``resume=auto``, and :func:`check_checkpoint_fits` compares its weights with the task's.
+* :func:`check_run_folder` stops a fresh run whose folder already holds a run, before
+  anything is built: it would write over that run's report and ``last.ckpt``.
 * What a resumed run may change (:func:`config_changes`, :func:`refused_changes`; the
   :class:`~segkit.engine.callbacks.checkpointing.ResumeGuard` callback applies them):
 
@@ -37,6 +39,7 @@ check that one fits before Lightning loads it, and rebuild a trained task from o
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -46,9 +49,11 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.config import ConfigError
+from segkit.outputs import OutputExistsError
 from segkit.tasks import build_task
 
 PARTIAL_SUFFIX = ".partial"  # temporary checkpoint files; never matched by *.ckpt globs
@@ -362,6 +367,46 @@ def resume_checkpoint(cfg: DictConfig, task: torch.nn.Module | None = None) -> s
     if ckpt_path is not None and task is not None:
         check_checkpoint_fits(task, ckpt_path, cfg)
     return ckpt_path
+
+
+RUN_REPORT = ("metrics.json", "per_class.csv", "confusion_matrix.npy")  # what train() writes
+
+
+def check_run_folder(cfg: DictConfig) -> None:
+    """Stop a fresh run whose folder ``cfg.paths.output_dir`` (``hydra.run.dir``) already
+    holds a run: a checkpoint under ``checkpoints/`` or a report (:data:`RUN_REPORT`).
+
+    A run continues the folder's run, and passes, with ``ckpt_path=last``, with
+    ``ckpt_path=<file>`` of a checkpoint inside the folder, or with ``resume=auto`` when
+    that finds a ``last*.ckpt`` there (:func:`resume_checkpoint`). What Hydra writes before
+    the run starts (``.hydra/``, ``train.log``) is no run. Only rank 0 checks: the other
+    processes of a DDP run start once it has passed. No switch lifts this and nothing is
+    deleted: a new run gets a new folder.
+
+    Raises:
+        segkit.outputs.OutputExistsError: naming the run's file, ``ckpt_path=last`` (to
+            continue it) and a new ``hydra.run.dir`` (to start afresh).
+    """
+    if rank_zero_only.rank != 0:
+        return
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
+    if ckpt_path == "last":
+        return
+    if ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run_dir.resolve()):
+        return
+    if ckpt_path is None and resume == "auto" and newest_last_checkpoint(run_dir) is not None:
+        return
+    found = [run_dir / name for name in RUN_REPORT if (run_dir / name).is_file()]
+    found += sorted((run_dir / "checkpoints").rglob("*.ckpt"))
+    if found:
+        continuing = shlex.quote(f"hydra.run.dir={run_dir}")
+        raise OutputExistsError(
+            f"{run_dir} already holds a run ({found[0]}); a fresh run there would write over "
+            f"its report and checkpoints. To continue that run: python train.py <its "
+            f"overrides> {continuing} ckpt_path=last. To start a new one, give a new "
+            "hydra.run.dir=<folder> (or none: each launch gets its own folder)."
+        )
 
 
 class CheckpointMismatchError(ValueError):

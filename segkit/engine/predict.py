@@ -12,12 +12,17 @@ Which model runs, and on which backend, is chosen above this layer
 * an instance model: the semantic view of the detections, a drawing of them and
   ``<output>/<stem>.json`` listing every detection.
 
-Nothing is written inside an input folder or over an input image (:func:`check_output`).
+Nothing is written inside an input folder or over an input image (:func:`check_output`),
+nothing replaces an existing file unless ``overwrite=true``, and nothing at all goes where
+the input's dataset keeps its labels (:func:`check_targets`, :mod:`segkit.outputs`). Every
+``<stem>.png`` carries :data:`segkit.outputs.PREDICTION_MARK`, by which a later
+``overwrite=true`` run tells an earlier prediction from a label mask.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +36,7 @@ from segkit.data.cityscapes import check_cityscapes_classes, label_ids
 from segkit.data.folder import IMAGE_SUFFIXES, image_tensor, read_image, scaled_statistics
 from segkit.data.palettes import colourise, palette_of
 from segkit.engine.runner import print_results
+from segkit.outputs import check_new, check_not_labels, prediction_pnginfo
 from segkit.tasks.instance import InstanceSegmentationTask, draw_instances
 
 
@@ -89,6 +95,37 @@ def check_output(output: Path, source: Path, files: list[Path]) -> None:
                 )
 
 
+def prediction_files(
+    output: Path, files: Sequence[Path], cityscapes: bool, detections: bool
+) -> list[Path]:
+    """Every file predict.py writes for the input images ``files``: ``<stem>.png``, and
+    unless ``cityscapes`` ``overlays/<stem>.jpg``, and with ``detections`` ``<stem>.json``."""
+    written = [output / f"{path.stem}.png" for path in files]
+    if not cityscapes:
+        written += [output / "overlays" / f"{path.stem}.jpg" for path in files]
+    if detections:
+        written += [output / f"{path.stem}.json" for path in files]
+    return written
+
+
+def check_targets(cfg: DictConfig, files: list[Path], detections: bool) -> None:
+    """Everything that must hold before a prediction is written: :func:`check_output`, no
+    output in the input's label folder (:func:`segkit.outputs.check_not_labels`, even with
+    ``overwrite=true``), and unless ``cfg.overwrite`` no file of :func:`prediction_files`
+    existing (:func:`segkit.outputs.check_new`).
+
+    Raises:
+        ValueError: from :func:`check_output`.
+        segkit.outputs.OutputExistsError: a label folder or file, or an existing file.
+    """
+    source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
+    check_output(output, source, files)
+    check_not_labels(output, files)
+    if not cfg.overwrite:
+        cityscapes = output_format(cfg) == "cityscapes"
+        check_new(prediction_files(output, files, cityscapes, detections))
+
+
 @torch.no_grad()
 def predict_semantic(cfg: DictConfig, stored: DictConfig, task: Segmenter) -> None:
     """Write class-index PNGs and overlays for every input image; with ``format=cityscapes``
@@ -97,7 +134,7 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: Segmenter) -> No
     ``<city>_<seq>_<frame>*.png`` matches ``<stem>`` of a ``*_leftImg8bit.png`` input)."""
     source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     files = semantic_inputs(cfg, source)  # a missing input is reported as missing
-    check_output(output, source, files)
+    check_targets(cfg, files, detections=False)
     if task.num_classes > 256:
         raise ValueError(f"{task.num_classes} classes do not fit a palette PNG (256 at most).")
     cityscapes = output_format(cfg) == "cityscapes"
@@ -115,11 +152,13 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: Segmenter) -> No
         x = image_tensor(image, mean, std)[None].to(cfg.device)  # as the datasets normalise
         labels = task.class_scores(x).argmax(1)[0].to(torch.uint8).cpu().numpy()  # [H, W]
         if cityscapes:
-            Image.fromarray(label_ids(labels)).save(output / f"{path.stem}.png")
+            Image.fromarray(label_ids(labels)).save(
+                output / f"{path.stem}.png", pnginfo=prediction_pnginfo()
+            )
             continue
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(flat_palette)
-        mask.save(output / f"{path.stem}.png")
+        mask.save(output / f"{path.stem}.png", pnginfo=prediction_pnginfo())
         alpha = float(cfg.overlay_alpha)
         blend = (1 - alpha) * image.astype(np.float32) + alpha * colourise(labels, palette)
         Image.fromarray(blend.round().astype(np.uint8)).save(
@@ -161,7 +200,7 @@ def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegment
     """
     source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
     files = input_files(source)
-    check_output(output, source, files)
+    check_targets(cfg, files, detections=True)
     (output / "overlays").mkdir(parents=True, exist_ok=True)
     palette = palette_of(stored, task.num_classes)
     flat_palette = [v for colour in palette for v in colour]
@@ -174,7 +213,7 @@ def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegment
         labels = task.semantic_map(detections, image.shape[:2]).to(torch.uint8).numpy()
         mask = Image.fromarray(labels, mode="P")
         mask.putpalette(flat_palette)
-        mask.save(output / f"{path.stem}.png")
+        mask.save(output / f"{path.stem}.png", pnginfo=prediction_pnginfo())
         drawing = draw_instances(
             image,
             detections,

@@ -21,7 +21,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from segkit.config import check_arguments
-from segkit.engine.checkpoints import best_checkpoint, resume_checkpoint
+from segkit.engine.checkpoints import best_checkpoint, check_run_folder, resume_checkpoint
 from segkit.engine.runner import (
     build_trainer,
     check_task_kinds,
@@ -47,6 +47,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         weights in memory), "trainer", "task", "datamodule"}``.
     """
     check_arguments(cfg)  # before anything is built
+    check_run_folder(cfg)  # a fresh run never writes over an earlier run's files
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)

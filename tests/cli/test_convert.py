@@ -259,3 +259,39 @@ def test_k_folds_cover_every_image_once_and_hold_out_the_test_split(tmp_path):
         write_folds(tmp_path, 12)
     with pytest.raises(SystemExit):  # --val and --folds exclude each other
         main(["split", str(tmp_path), "--folds", "3", "--val", "0.2"])
+
+
+def test_labelme_and_split_never_replace_a_file_unless_overwrite(labelme_dir, tmp_path, capsys):
+    out = tmp_path / "dataset"
+    out.mkdir()
+    (out / "classes.txt").write_text("road\ncar\n")  # the user's own file
+    source = listing(labelme_dir)
+    assert main(["labelme", str(labelme_dir), str(out), "--link"]) == 1
+    assert f"{out / 'classes.txt'} exists already" in capsys.readouterr().err
+    assert listing(out) == {"classes.txt": b"road\ncar\n"}  # nothing written
+
+    (out / "classes.txt").unlink()
+    assert main(["labelme", str(labelme_dir), str(out), "--link"]) == 0
+    converted = listing(out)
+    (out / "notes.txt").write_text("mine")
+    assert main(["labelme", str(labelme_dir), str(out)]) == 1
+    message = capsys.readouterr().err
+    assert f"{out / 'images' / 'a.png'} exists already (and 4 more" in message
+    assert "--overwrite" in message
+    assert listing(out) == {**converted, "notes.txt": b"mine"}
+    # --overwrite replaces the link to the user's image by a copy, never writes through it
+    assert main(["labelme", str(labelme_dir), str(out), "--overwrite"]) == 0
+    assert not (out / "images" / "a.png").is_symlink()
+    assert listing(out) == {**converted, "notes.txt": b"mine"}
+    assert listing(labelme_dir) == source
+
+    assert main(["split", str(out), "--val", "0.5"]) == 0
+    lists = listing(out / "splits")
+    assert main(["split", str(out), "--val", "0.5", "--seed", "1"]) == 1
+    assert f"{out / 'splits' / 'val.txt'} exists already" in capsys.readouterr().err
+    assert listing(out / "splits") == lists
+    assert main(["split", str(out), "--folds", "2", "--overwrite"]) == 0
+    assert set(listing(out / "splits")) == {"train.txt", "val.txt", *(
+        f"fold{k}_{s}.txt" for k in (0, 1) for s in ("train", "val")
+    )}  # fmt: skip
+    assert listing(out / "splits")["val.txt"] == lists["val.txt"]  # no list is removed

@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import DictConfig
 from PIL import Image
 
 from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
 
-from ..helpers import run_script
+from ..helpers import compose_job, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -144,3 +145,74 @@ def test_weights_only_keeps_the_ema_weights_as_the_model():
     assert set(slim["state_dict"]) == {"model.conv.weight", "loss.weight"}
     assert slim["state_dict"]["model.conv.weight"].tolist() == [1.0, 1.0]  # the EMA copy
     assert slim["config"]["task"]["ema_decay"] is None and slim["epoch"] == 4
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_predict_never_replaces_a_file_and_never_writes_into_the_datasets_masks(
+    trained_run, folder_dataset, tmp_path, monkeypatch
+):
+    from segkit.deploy import predictor
+    from segkit.deploy.predictor import predict
+    from segkit.outputs import OutputExistsError
+
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    dataset = listing(folder_dataset)
+
+    def job(output: Path, *overrides: str) -> DictConfig:
+        options = [f"ckpt_path={ckpt}", f"input={folder_dataset / 'images'}", f"output={output}"]
+        return compose_job("predict", tmp_path, tmp_path / "run", [*options, *overrides])
+
+    # the command: the masks beside images/ are the dataset's ground truth
+    for overwrite in ("false", "true"):
+        with pytest.raises(OutputExistsError, match="not even with overwrite=true"):
+            predict(job(folder_dataset / "masks", f"overwrite={overwrite}"))
+    copy = tmp_path / "labels"  # the same masks elsewhere: named like the predictions
+    copy.mkdir()
+    for mask in (folder_dataset / "masks").iterdir():
+        (copy / mask.name).write_bytes(mask.read_bytes())
+    with pytest.raises(OutputExistsError, match="img0.png, named like the prediction.*not written"):
+        predict(job(copy, "overwrite=true"))
+    assert listing(folder_dataset) == dataset and listing(copy) == listing(folder_dataset / "masks")
+
+    out = tmp_path / "preds"
+    predict(job(out))
+    written = listing(out)
+    assert sorted(written) == [f"{s}img{i}.{e}" for s, e in (("", "png"), ("overlays/", "jpg"))
+                               for i in range(4)]  # fmt: skip
+    (out / "notes.txt").write_text("mine")
+    with monkeypatch.context() as patch:  # a second run stops before the model is loaded
+        patch.setattr(predictor, "load_trained", lambda *a, **k: pytest.fail("loaded"))
+        with pytest.raises(OutputExistsError, match=f"{out / 'img0.png'} exists already.*"
+                                                    "overwrite=true"):  # fmt: skip
+            predict(job(out))
+    assert listing(out) == {**written, "notes.txt": b"mine"}
+    (out / "img0.png").write_bytes((out / "img1.png").read_bytes())  # an earlier prediction
+    predict(job(out, "overwrite=true"))  # replaces the predictions, nothing else
+    assert listing(out) == {**written, "notes.txt": b"mine"}
+    assert listing(folder_dataset) == dataset
+
+
+def test_publish_never_replaces_a_file_unless_overwrite(trained_run, tmp_path, capsys):
+    from segkit.cli.publish import main
+
+    run = listing(trained_run)
+    out = tmp_path / "result"
+    out.mkdir()
+    (out / "metrics.json").write_text("an earlier result")
+    (out / "notes.txt").write_text("mine")
+    assert main([str(trained_run), str(out)]) == 1
+    message = capsys.readouterr().err
+    assert f"{out / 'metrics.json'} exists already" in message and "--overwrite" in message
+    assert listing(out) == {"metrics.json": b"an earlier result", "notes.txt": b"mine"}
+    with pytest.raises(ValueError, match="is the run folder itself"):
+        main([str(trained_run), str(trained_run), "--overwrite"])
+
+    assert main([str(trained_run), str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert listing(out)["metrics.json"] == run["metrics.json"] and (out / "model.pt").is_file()
+    assert listing(out)["notes.txt"] == b"mine" and listing(trained_run) == run

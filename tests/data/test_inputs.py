@@ -19,6 +19,7 @@ from segkit.cli.check_data import main as check_data_main
 from segkit.data.folder import FolderDataset
 from segkit.data.io import DataError, read_image, read_mask
 from segkit.data.splits import write_splits
+from segkit.outputs import OutputExistsError
 
 ORIENTATION = 274  # EXIF tag
 RAW = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}  # sample images: pixels / 255
@@ -296,5 +297,5 @@ def test_missing_split_list_gives_the_command_that_writes_it(folder_dataset):
     train = FolderDataset(folder_dataset, num_classes=3, split="train")
     val = FolderDataset(folder_dataset, num_classes=3, split="val")
     assert {s[0] for s in train.samples}.isdisjoint(s[0] for s in val.samples)
-    with pytest.raises(DataError, match="exist already"):
+    with pytest.raises(OutputExistsError, match="exists already.*--overwrite"):
         write_splits(folder_dataset)

@@ -330,3 +330,28 @@ def test_benchmark_runs_quick(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| 64x96")]
     assert [row.split("|")[2].strip() for row in rows] == ["eager", "channels_last", "onnxruntime"]
     assert all(row.rstrip(" |").endswith("yes") for row in rows), rows  # all within 1e-4
+
+
+def test_export_never_replaces_a_file_unless_overwrite(tmp_path, monkeypatch):
+    from segkit.cli.export import main
+    from segkit.engine import checkpoints
+    from segkit.outputs import OutputExistsError
+
+    ckpt, _ = tiny_checkpoint(tmp_path)
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    options = [f"ckpt_path={ckpt}", "dynamic=true", f"output={out}"]
+    cfg = helpers.compose_job("export", tmp_path, tmp_path / "run", options)
+    with monkeypatch.context() as patch:  # stops before the checkpoint is read
+        patch.setattr(checkpoints, "load_checkpoint", lambda *a, **k: pytest.fail("read"))
+        with pytest.raises(OutputExistsError, match=f"{out} exists already.*overwrite=true"):
+            main(cfg)  # export.py, in-process
+    with pytest.raises(ConfigError, match="is the checkpoint ckpt_path=.* itself"):
+        export_checkpoint(ckpt, "torchscript", ckpt, dynamic=True, overwrite=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+    cfg = helpers.compose_job("export", tmp_path, tmp_path / "run", [*options, "overwrite=true"])
+    assert main(cfg) == out
+    assert read_metadata(out)["dynamic"] is True  # replaced by the export
+    assert all(p.read_bytes() == data for p, data in before.items() if p != out)

@@ -105,7 +105,10 @@ def test_members_with_other_classes_or_wrong_weights_are_refused(tmp_path):
     three = untrained_checkpoint(
         tmp_path, 1, "data.num_classes=3", "data.class_names=[background,circle,square]"
     )
-    common = [f"input={tmp_path}", f"output={tmp_path / 'out'}"]
+    source = tmp_path / "photos"  # a real input: predict.py checks it before loading
+    source.mkdir()
+    Image.fromarray(np.zeros((*SIZE, 3), np.uint8)).save(source / "photo.png")
+    common = [f"input={source}", f"output={tmp_path / 'out'}"]
     cfg = compose_job(
         "predict", tmp_path, tmp_path / "run", [f"ckpt_path=[{five},{three}]", *common]
     )
