@@ -52,6 +52,7 @@ from segkit.data.io import (
     IMAGE_SUFFIXES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LOSSY_FORMATS,
     LOSSY_SUFFIXES,
     MASK_SUFFIXES,
     READ_ERRORS,
@@ -69,6 +70,8 @@ from segkit.data.io import (
     read_image,
     read_mask,
     scaled_statistics,
+    stored_format,
+    unreadable,
 )
 from segkit.data.splits import read_split_list
 
@@ -84,7 +87,8 @@ def folder_samples(
     ``images/``/``masks/`` layout of ``root``, and the files skipped for their suffix.
 
     Raises:
-        DataError: a folder or split list is missing, an image has no mask, a mask is JPEG.
+        DataError: a folder or split list is missing or unreadable, an image has no mask, a
+            mask is stored as JPEG, an entry named like an image is no file.
     """
     image_dir, mask_dir = root / "images", root / "masks"
     for folder in (root, image_dir, mask_dir):
@@ -100,9 +104,17 @@ def folder_samples(
     masks, skipped_masks = image_files(mask_dir, MASK_SUFFIXES + LOSSY_SUFFIXES)
     stems = sorted(images) if split is None else read_split_list(root, split, images, image_dir)
     if not stems:
+        folders = sorted(p.name for p in image_dir.iterdir() if p.is_dir())
+        hint = ""
+        if folders:
+            hint = (
+                f" It holds the folders {folders[:5]}: segkit reads the files directly in "
+                "images/ and masks/ and picks them with split lists (splits/<split>.txt), so "
+                "move the files up and list each folder's stems in its split list."
+            )
         raise DataError(
             f"no images ({', '.join('*' + s for s in IMAGE_SUFFIXES)}) found for split "
-            f"{split!r} in {image_dir}."
+            f"{split!r} in {image_dir}.{hint}"
         )
     missing = [images[stem] for stem in stems if stem not in masks]
     if missing:
@@ -111,7 +123,14 @@ def folder_samples(
             f"has no mask {mask_dir / (missing[0].stem + '.png')}. Add the masks or remove "
             "the images (or leave them out of the split list)."
         )
-    lossy = [masks[stem] for stem in stems if masks[stem].suffix.lower() in LOSSY_SUFFIXES]
+    # by content: a .jpg mask that holds PNG data is read as PNG (inspect notes the name),
+    # one that cannot be opened stops when read, saying what is there
+    lossy = [
+        masks[stem]
+        for stem in stems
+        if masks[stem].suffix.lower() in LOSSY_SUFFIXES
+        and stored_format(masks[stem]) in LOSSY_FORMATS
+    ]
     if lossy:
         raise DataError(
             f"{len(lossy)} mask(s) are JPEG files, e.g. {lossy[0]}: JPEG is lossy and "
@@ -291,11 +310,16 @@ class FolderDataset(Dataset):
         except DataError as error:
             problems.append(str(error))
         except READ_ERRORS as error:
-            problems.append(f"cannot read image {image_path}: {error}")
+            problems.append(str(unreadable(image_path, "image", error)))
         try:
             raw = self.read_raw_mask(mask_path)
         except DataError as error:
             return Inspection(None, None, [*problems, str(error)], notes)
+        if mask_path.suffix.lower() in LOSSY_SUFFIXES:  # read, so its data is lossless
+            notes.append(
+                f"mask {mask_path} holds {stored_format(mask_path)} data under a JPEG name: "
+                "read as stored (lossless); rename it so no tool takes it for a JPEG"
+            )
         if image_hw is not None and tuple(image_hw) != raw.shape[:2]:
             problems.append(self._size_mismatch(image_path, image_hw, mask_path, raw.shape[:2]))
         mask = self.map_mask(raw, mask_path)

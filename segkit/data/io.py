@@ -12,11 +12,18 @@ Every file is read the same way in training, check_data and predict.py (:func:`r
   scaled to 8 bits by ``value >> 8``, as Pillow does for 16-bit RGB PNGs; float images stop
   (their scale is unknown).
 * Masks keep their stored values: mode ``L``, ``P`` (the palette *indices*, never the
-  colours), ``1`` (1-bit: classes 0/1), ``I;16`` and ``I`` (16/32-bit indices). Colour or
-  alpha masks, float masks and lossy files (JPEG, lossy WebP, JPEG-compressed TIFF) stop
-  with the fix: a lossy mask has changed label values along every edge.
+  colours), ``1`` (1-bit: classes 0/1), ``I;16`` and ``I`` (16/32-bit indices), ``F`` (float)
+  when every value is a whole number. A grey mask stored as RGB, RGBA or LA (every pixel
+  ``R = G = B``, alpha fully opaque) is read as its one channel. Colour masks, transparent
+  or 16-bit colour masks, float masks with fractions, multi-page TIFFs and lossy files (JPEG,
+  lossy WebP, JPEG-compressed TIFF) stop with the fix: a lossy mask has changed label values
+  along every edge. Lossy means the stored format, not the name: a ``.jpg`` holding PNG data
+  is read as PNG (check_data notes the misleading name).
+* A file that cannot be read stops naming what is there (a folder, a broken link, an empty
+  file, a Git LFS pointer, a web page, a truncated file) and the fix (:func:`unreadable`).
 * Hidden files (``.DS_Store``, macOS ``._img.png``) are skipped; a stem with two files in one
-  folder (``img.png`` and ``img.jpg``) stops, since a stem must name one image.
+  folder (``img.png`` and ``img.jpg``) stops, since a stem must name one image, and so does a
+  folder or a broken link named like an image.
 
 A model gets an image as :func:`image_tensor` makes it: normalised with the config's
 mean/std, greyscale when one mean/std value is given. Values a mask may hold:
@@ -29,6 +36,7 @@ whose samples can be read one file at a time without raising (:class:`Inspectabl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -44,8 +52,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ORIENTATION = int(ExifTags.Base.Orientation)  # EXIF tag 274
 MASK_MODES = ("L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N")
+GREY_IN_COLOUR_MODES = ("RGB", "RGBA", "LA")  # read when every pixel is grey and opaque
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+READ_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,  # over twice Pillow's pixel limit
+)
+LOSSY_FORMATS = ("JPEG", "MPO")  # MPO: a JPEG with extra pictures (some cameras)
 # Bump when read_image, read_mask or map_mask change what they return, so decoded caches
 # built by older code are not read.
 DECODE_VERSION = 1
@@ -83,13 +99,104 @@ def oriented(image: Image.Image) -> Image.Image:
 
 
 def _is_lossy(image: Image.Image, path: Path) -> bool:
-    if image.format == "JPEG" or path.suffix.lower() in LOSSY_SUFFIXES:
+    """Whether the stored format (never the file name) is lossy."""
+    if image.format in LOSSY_FORMATS:
         return True
     if image.format == "TIFF":
         return str(image.info.get("compression", "")).lower() in ("jpeg", "tiff_jpeg")
     if image.format == "WEBP":
         return _webp_is_lossy(path)
     return False
+
+
+def stored_format(path: Path) -> str | None:
+    """The format Pillow finds in the bytes of ``path`` (``"PNG"``, ``"JPEG"``, ...), whatever
+    its name says; ``None`` when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.format
+    except READ_ERRORS:
+        return None
+
+
+def _what_is_there(path: Path) -> str | None:
+    """What is at ``path`` when it is no image file, in words with the fix, else ``None``."""
+    if path.is_symlink() and not path.exists():
+        return (
+            f"is a symbolic link to {os.readlink(path)}, which does not exist. Restore the file "
+            "it points to, or replace the link with the file"
+        )
+    if not path.exists():
+        return "does not exist (was it moved while segkit ran?)"
+    if path.is_dir():
+        return "is a folder, not a file. Move it out of the data folder"
+    if not path.is_file():
+        return "is not a regular file (a device, pipe or socket). Replace it with the image"
+    size = path.stat().st_size
+    if size == 0:
+        return (
+            "is empty (0 bytes): its copy or export was cut short. Copy it again from the "
+            "source, or remove it"
+        )
+    with path.open("rb") as file:
+        head = file.read(256)
+    if head.startswith(b"version https://git-lfs"):
+        return (
+            "is a Git LFS pointer, a small text file standing for the image, which was never "
+            "downloaded. Run git lfs pull in the repository the data came from"
+        )
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return (
+            "is an HTML page, not an image (a download that fetched an error or login "
+            "page?). Download the file again"
+        )
+    if b"\x00" not in head:
+        try:
+            lines = head.decode("utf-8").strip().splitlines()
+        except UnicodeDecodeError:
+            return None
+        first = lines[0][:60] if lines else ""
+        return f"holds text, not an image (first line: {first!r}). Replace it with the image"
+    return None
+
+
+def unreadable(path: Path, what: str, error: Exception) -> DataError:
+    """The :class:`DataError` for the ``what`` (``"image"``, ``"mask"``) file ``path`` that
+    Pillow failed to read with ``error``: what is there (:func:`_what_is_there`: a folder, a
+    broken link, an empty file, text), else what the error means, and the fix."""
+    found = _what_is_there(path)
+    if found is not None:
+        return DataError(f"cannot read {what} {path}: it {found}.")
+    if isinstance(error, Image.DecompressionBombError):
+        return DataError(
+            f"cannot read {what} {path}: it is too large to decode safely ({error}). Cut it "
+            "into tiles of a few thousand pixels a side (one file per tile, masks alike)."
+        )
+    if "truncated" in str(error):
+        return DataError(
+            f"cannot read {what} {path}: image file is truncated ({path.stat().st_size} "
+            "bytes; the data ends early): its copy or save was cut short. Copy it again from "
+            "the source, or remove it."
+        )
+    if isinstance(error, UnidentifiedImageError):
+        with path.open("rb") as file:
+            head = file.read(8)
+        return DataError(
+            f"cannot read {what} {path}: no image format Pillow reads (it starts with "
+            f"{head!r}). Save it as PNG, or remove it."
+        )
+    return DataError(f"cannot read {what} {path}: {error}. Replace or remove the file.")
+
+
+def _single_page(image: Image.Image, path: Path, what: str) -> None:
+    """Stop on a multi-page TIFF: a stack of pictures, of which only the first would be read."""
+    pages = getattr(image, "n_frames", 1) if image.format == "TIFF" else 1
+    if pages > 1:
+        raise DataError(
+            f"{what} {path} is a TIFF of {pages} pages (a stack); segkit reads one picture "
+            "per file and would see only the first. Save each page as its own file (images "
+            "and masks alike, with matching stems)."
+        )
 
 
 def _webp_is_lossy(path: Path) -> bool:
@@ -144,6 +251,7 @@ def read_image(path: Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as image:
+            _single_page(image, path, "image")
             image = oriented(image)
             if image.mode == "F":
                 raise DataError(
@@ -165,9 +273,7 @@ def read_image(path: Path) -> np.ndarray:
     except READ_ERRORS as error:
         if isinstance(error, DataError):
             raise
-        raise DataError(
-            f"cannot read image {path}: {error}. Replace or remove the file."
-        ) from error
+        raise unreadable(path, "image", error) from error
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -178,9 +284,7 @@ def image_size(path: Path) -> tuple[int, int]:
             if exif_orientation(image) in (5, 6, 7, 8):  # a quarter turn swaps the sides
                 width, height = height, width
     except READ_ERRORS as error:
-        raise DataError(
-            f"cannot read image {path}: {error}. Replace or remove the file."
-        ) from error
+        raise unreadable(path, "image", error) from error
     return height, width
 
 
@@ -188,29 +292,44 @@ def read_mask(path: Path) -> np.ndarray:
     """Read a single-channel class-index mask as displayed, ``[H, W]`` (uint8/uint16/int32).
 
     Raises:
-        DataError: unreadable, lossy, colour/alpha or float masks (see the module docstring).
+        DataError: unreadable, lossy, colour/alpha, fractional float or multi-page masks
+            (see the module docstring).
     """
     try:
         with Image.open(path) as mask:
             if _is_lossy(mask, path):
+                named = ""
+                if path.suffix.lower() not in LOSSY_SUFFIXES:
+                    named = f" under a {path.suffix} name"
                 raise DataError(
-                    f"mask {path} is stored lossy ({mask.format}): lossy compression changes "
-                    "the label values along every edge. Masks must be lossless PNG: export "
-                    "them again as PNG from the annotation source (converting this file would "
-                    "keep the damaged edges)."
+                    f"mask {path} is stored lossy ({mask.format}{named}): lossy compression "
+                    "changes the label values along every edge. Masks must be lossless PNG: "
+                    "export them again as PNG from the annotation source (converting this "
+                    "file would keep the damaged edges)."
                 )
-            if mask.mode not in MASK_MODES:
+            _single_page(mask, path, "mask")
+            if mask.mode not in (*MASK_MODES, "F", *GREY_IN_COLOUR_MODES):
                 raise DataError(
                     f"mask {path} has mode {mask.mode!r} ({len(mask.getbands())} channels); "
                     "masks must be single-channel class-index PNGs (mode L or P), value = "
-                    "class index. Convert colour masks to class indices first."
+                    "class index. Convert it to class indices first."
                 )
-            mask = oriented(mask)
-            array = np.asarray(mask)  # mode P gives the palette indices, not colours
+            if mask.mode in GREY_IN_COLOUR_MODES and _raw_mode(mask).endswith(";16B"):
+                raise DataError(
+                    f"mask {path} is a 16-bit {mask.mode} PNG, which Pillow reads cut to 8 bits "
+                    "per channel. Save the class indices as a single-channel 16-bit PNG "
+                    "(numpy uint16 -> mode I;16) or, below 256 classes, an 8-bit one (mode L)."
+                )
+            mode = mask.mode
+            array = np.asarray(oriented(mask))  # mode P gives the palette indices, not colours
     except READ_ERRORS as error:
         if isinstance(error, DataError):
             raise
-        raise DataError(f"cannot read mask {path}: {error}. Replace or remove the file.") from error
+        raise unreadable(path, "mask", error) from error
+    if mode in GREY_IN_COLOUR_MODES:
+        return _grey_channel(array, mode, path)
+    if mode == "F":
+        return _whole_numbers(array, path)
     if array.dtype == bool:  # 1-bit masks: classes 0 and 1
         return array.astype(np.uint8)
     if array.dtype.kind == "u" and array.dtype.itemsize == 2:
@@ -222,27 +341,91 @@ def read_mask(path: Path) -> np.ndarray:
     return array
 
 
+def _raw_mode(image: Image.Image) -> str:
+    """How the file stores its pixels (``"RGB;16B"`` for a 16-bit RGB PNG), before Pillow
+    converts them to its mode."""
+    if not image.tile:
+        return image.mode
+    args = image.tile[0].args
+    return args if isinstance(args, str) else str(args[0]) if args else image.mode
+
+
+def _grey_channel(array: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """The one channel of a mask stored as ``RGB``/``RGBA``/``LA`` ``[H, W, C]`` uint8, when
+    it is a grey mask in disguise (``R = G = B``, alpha 255 everywhere); else a DataError."""
+    colour, alpha = (array[..., :-1], array[..., -1]) if "A" in mode else (array, None)
+    if alpha is not None and (alpha != 255).any():
+        raise DataError(
+            f"mask {path} has mode {mode!r} ({array.shape[-1]} channels) with "
+            f"{int((alpha != 255).sum())} transparent pixels, whose class cannot be known; "
+            "masks are single-channel class-index PNGs (mode L or P), value = class index. "
+            "Save it without the alpha channel, as class indices."
+        )
+    if (colour == colour[..., :1]).all():
+        return np.ascontiguousarray(colour[..., 0])
+    colours = np.unique(colour.reshape(-1, colour.shape[-1]), axis=0)
+    shown = [tuple(int(v) for v in rgb) for rgb in colours[:4]]
+    raise DataError(
+        f"mask {path} has mode {mode!r} ({array.shape[-1]} channels) holding "
+        f"{len(colours)} colours, e.g. {shown}: a colour-coded mask. Masks must be "
+        "single-channel class-index PNGs (mode L or P), value = class index: map each colour "
+        "to its class index and save the indices (data=voc decodes the VOC palette itself)."
+    )
+
+
+def _whole_numbers(array: np.ndarray, path: Path) -> np.ndarray:
+    """A float (mode ``F``) mask as int32 class indices, if every value is a whole number >= 0."""
+    finite = np.isfinite(array)
+    fractional = finite & (array != np.round(array))
+    if not finite.all() or fractional.any():
+        found = array[~finite | fractional]
+        raise DataError(
+            f"mask {path} holds floating-point values that are no class index, e.g. "
+            f"{np.unique(found)[:5].tolist()}: interpolated when resized, or not a label "
+            "image. Save class indices as an 8-bit (or 16-bit) PNG, resized with "
+            "nearest-neighbour."
+        )
+    if array.size and (array.min() < 0 or array.max() > np.iinfo(np.int32).max):
+        raise DataError(
+            f"mask {path} holds values outside 0..2^31-1 (min {array.min()}, max "
+            f"{array.max()}); class indices are >= 0."
+        )
+    return array.astype(np.int32)
+
+
 def image_files(
     folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES
 ) -> tuple[dict[str, Path], list[Path]]:
     """The files of ``folder`` by stem, and the (non-hidden) files skipped for their suffix.
 
-    Suffixes match in any case (``IMG.JPG``); hidden files are ignored.
+    Suffixes match in any case (``IMG.JPG``); hidden files are ignored, and so are folders
+    and other entries not named like an image.
 
     Raises:
-        DataError: two files share a stem (``img.png`` and ``img.jpg``).
+        DataError: two files share a stem (``img.png`` and ``img.jpg``), or an entry named
+            like an image is no file (a folder, a broken symbolic link).
     """
     files: dict[str, Path] = {}
-    skipped, clashes = [], []
+    skipped, clashes, not_files = [], [], []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith("."):
             continue
         if path.suffix.lower() not in suffixes:
-            skipped.append(path)
+            if path.is_file():
+                skipped.append(path)
+            continue
+        if not path.is_file():
+            not_files.append(f"{path} {_what_is_there(path)}")
             continue
         if path.stem in files:
             clashes.append(f"{files[path.stem].name} and {path.name}")
         files[path.stem] = path
+    if not_files:
+        raise DataError(
+            f"{folder} holds entries named like images that are no files ({len(not_files)}): "
+            + "; ".join(not_files[:3])
+            + "."
+        )
     if clashes:
         raise DataError(
             f"{folder} holds {len(clashes)} files with the same stem, e.g. {clashes[:3]}: a "

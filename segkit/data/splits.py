@@ -12,6 +12,8 @@ has the conventions.
 
 from __future__ import annotations
 
+import codecs
+import os
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -124,42 +126,144 @@ def write_folds(
     return splits
 
 
+# Encodings a split list may carry a byte-order mark for, UTF-32 first (its little-endian
+# mark starts with UTF-16's).
+BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _split_text(split_file: Path) -> str:
+    """The text of a split list: UTF-8, with or without a byte-order mark, or UTF-16/32 with
+    one (Windows Notepad's "Unicode").
+
+    Raises:
+        DataError: unreadable, binary (NUL bytes: also UTF-16 without a byte-order mark), or
+            not UTF-8 (naming the line and the byte).
+    """
+    try:
+        data = split_file.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read split list {split_file}: {error}.") from error
+    for bom, encoding in BYTE_ORDER_MARKS:
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"split list {split_file} starts with the {encoding} byte-order mark but is "
+                    f"no {encoding} text ({error.reason} at byte {error.start}). Save it as "
+                    "UTF-8 text, one image stem per line."
+                ) from error
+    if b"\x00" in data:
+        raise DataError(
+            f"split list {split_file} holds NUL bytes: binary data, or UTF-16 text without a "
+            "byte-order mark. Give a text file (UTF-8) with one image stem per line; "
+            f"{split_command(split_file.parent.parent)} writes them."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        byte = data[error.start]
+        raise DataError(
+            f"split list {split_file} is not UTF-8 text: line {line} holds the byte "
+            f"0x{byte:02x} ({bytes([byte]).decode('latin-1')!r} in Latin-1). Save the list as "
+            "UTF-8, the encoding of file names (iconv -f latin1 -t utf-8 <old list> > "
+            f"{split_file.name})."
+        ) from error
+
+
+def _listed_stem(entry: str, images: Mapping[str, Path]) -> str:
+    """The stem a split-list line names: the line itself when it is a stem, else its last
+    path part (``/`` or ``\\``), without an image extension when that names an image."""
+    if entry in images:
+        return entry
+    name = entry.replace("\\", "/").rsplit("/", 1)[-1]
+    stem, suffix = Path(name).stem, Path(name).suffix.lower()
+    if name not in images and suffix in IMAGE_SUFFIXES and stem in images:
+        return stem
+    return name
+
+
+def _missing_list(root: Path, split: str, split_file: Path) -> DataError:
+    """The error for a split list that is not there, with the lists that are."""
+    folder = root / "splits"
+    listed = sorted(p.stem for p in folder.glob("*.txt") if p.is_file()) if folder.is_dir() else []
+    there = f" {folder} holds the lists {listed}." if listed else ""
+    if split.endswith(".txt") or "/" in split:
+        there += f" Name a split by its list's stem: {Path(split).stem!r}, not {split!r}."
+    if split_file.is_symlink() and not split_file.exists():
+        found = f"is a symbolic link to {os.readlink(split_file)}, which does not exist"
+    elif split_file.is_dir():
+        found = "is a folder, not a text file"
+    else:
+        found = "does not exist"
+    return DataError(
+        f"split list {split_file} {found}.{there} Each split a run uses (data.train_split, "
+        "data.val_split, data.test_split) needs splits/<split>.txt with one image stem per "
+        f"line; {split_command(root)} writes train.txt and val.txt. Or set that split to "
+        "null to use every image."
+    )
+
+
 def read_split_list(
     root: Path, split: str, images: Mapping[str, Path], image_dir: Path
 ) -> list[str]:
-    """The stems listed in ``root/splits/<split>.txt`` (a line may give a file name or a path:
-    ``images/a.png`` and ``a.png`` name the stem ``a``), each one of ``images``.
+    """The stems listed in ``root/splits/<split>.txt``, each one of ``images`` (stem -> file
+    of ``image_dir``), in list order.
+
+    Accepted forms (docs/data.md, "Your own data"): UTF-8 with or without a byte-order mark,
+    or UTF-16/32 with one (Windows Notepad's "Unicode"); any line ends (LF, CRLF, CR); spaces
+    and tabs around a line; blank lines; lines starting with ``#`` (comments, unless the line
+    is an image's stem). A line names an image by its stem (``img0``), its file name
+    (``img0.png``) or a path to it (``images/img0.png``, ``C:\\data\\images\\img0.png``): the
+    last path part, without its image extension, is the stem.
 
     Raises:
-        DataError: the list is missing or empty, or names images not in ``image_dir``.
+        DataError: the list is missing, a folder or a broken link; binary (also UTF-16 without
+            a byte-order mark) or not UTF-8; empty; lists one image twice; or names images not
+            in ``image_dir``. Each names the list, the lines and the fix.
     """
     split_file = root / "splits" / f"{split}.txt"
     if not split_file.is_file():
-        raise DataError(
-            f"split list {split_file} does not exist. Each split a run uses "
-            "(data.train_split, data.val_split, data.test_split) needs "
-            f"splits/<split>.txt with one image stem per line; "
-            f"{split_command(root)} writes train.txt and val.txt. Or set that split "
-            "to null to use every image."
-        )
-    stems = []
-    for line in split_file.read_text().splitlines():
+        raise _missing_list(root, split, split_file)
+    first_line: dict[str, int] = {}
+    stems, missing, twice = [], [], []
+    for number, line in enumerate(_split_text(split_file).splitlines(), start=1):
         entry = line.strip()
-        if not entry:
+        if not entry or (entry.startswith("#") and entry not in images):
             continue
-        name = Path(entry).name  # "images/a.png" and "a.png" name the stem "a"
-        if name not in images and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-            name = Path(name).stem
-        stems.append(name)
+        stem = _listed_stem(entry, images)
+        if stem not in images:
+            missing.append((number, entry))
+        elif stem in first_line:
+            twice.append(f"{stem!r} twice (lines {first_line[stem]} and {number})")
+        else:
+            first_line[stem] = number
+        stems.append(stem)
     if not stems:
         raise DataError(
             f"split list {split_file} is empty: add one image stem per line, or "
             "choose another split."
         )
-    missing = [stem for stem in stems if stem not in images]
     if missing:
+        separated = any(any(c in entry for c in ",; \t") for _, entry in missing)
+        hint = " A line holds one image stem only, not several fields." if separated else ""
+        shown = [f"line {number}: {entry!r}" for number, entry in missing[:3]]
         raise DataError(
-            f"{split_file} names {len(missing)} images not in {image_dir}, e.g. "
-            f"{missing[:3]}. Fix the list or add the images."
+            f"{split_file} names {len(missing)} images not in {image_dir}, e.g. {shown}.{hint} "
+            "Fix the list or add the images."
+        )
+    if twice:
+        raise DataError(
+            f"split list {split_file} lists sample {twice[0]}"
+            + (f", and {len(twice) - 1} more" if len(twice) > 1 else "")
+            + ": each image must appear once, or it counts twice in the metrics. Remove the "
+            "duplicate lines."
         )
     return stems

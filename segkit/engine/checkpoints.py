@@ -53,6 +53,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.config import ConfigError
+from segkit.models.weights import load_torch_file, path_problem
 from segkit.outputs import OutputExistsError
 from segkit.tasks import build_task
 
@@ -113,24 +114,94 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
+class CheckpointError(ValueError):
+    """A file given as a checkpoint (``ckpt_path``) is not one segkit can rebuild a model from."""
+
+
+# What eval.py, predict.py and export.py read, the last sentence of every message about one.
+CHECKPOINT_FIX = (
+    "Give the .ckpt of a train.py run (logs/train/runs/<run>/checkpoints/*.ckpt) or a "
+    "published model.pt (predict.py also runs a .onnx file that export.py wrote)."
+)
+
+
+# What train.py's ckpt_path takes, the last sentence of every message about one.
+RESUME_FIX = (
+    "ckpt_path resumes a segkit run: give its checkpoints/last.ckpt (or ckpt_path=last with "
+    "hydra.run.dir=<run>); to start a new run from weights, use model.weights_path=<file>."
+)
+
+
+def _files_in(folder: Path) -> list[str]:
+    """Up to three checkpoint files under ``folder`` (``*.ckpt``, ``model.pt``), for messages."""
+    found = sorted(folder.rglob("*.ckpt")) + sorted(folder.rglob("model.pt"))
+    return [str(path) for path in found if path.is_file()][:3]
+
+
+def read_checkpoint(ckpt_path: str | Path, mmap: bool = False, fix: str = CHECKPOINT_FIX) -> Any:
+    """The content of the file ``ckpt_path`` names, read onto the CPU with
+    ``torch.load(weights_only=True)`` (:func:`~segkit.models.weights.load_torch_file`).
+
+    Raises:
+        FileNotFoundError: nothing is there (a broken link says where it points).
+        CheckpointError: a folder (listing the checkpoints in it), an empty, damaged or
+            foreign file (ONNX, TorchScript, text, ...): naming the path, what is there and
+            ``fix``.
+    """
+    path = Path(ckpt_path).expanduser()
+    problem = path_problem(path)
+    if problem == "does not exist" or (problem or "").startswith("is a symbolic link"):
+        raise FileNotFoundError(f"ckpt_path={path} {problem}. {fix}")
+    if path.is_dir():
+        inside = _files_in(path)
+        hint = f" It holds {inside}: give one of them." if inside else ""
+        raise CheckpointError(f"ckpt_path={path} is a folder, not a checkpoint file.{hint} {fix}")
+    return load_torch_file(path, "ckpt_path", fix, CheckpointError, mmap=mmap)
+
+
+def _describe_content(content: Any) -> str:
+    """What a file without segkit's config holds, in words."""
+    if not isinstance(content, Mapping):
+        return f"a {type(content).__name__}"
+    if content and all(isinstance(v, torch.Tensor) for v in content.values()):
+        return f"a plain state dict ({len(content)} tensors, e.g. {list(content)[:2]})"
+    if "state_dict" in content:
+        keys = sorted(map(str, content))[:6]
+        return f"a Lightning checkpoint of another program (keys {keys})"
+    return f"a dict with the keys {sorted(map(str, content))[:6]}"
+
+
 def load_checkpoint(ckpt_path: str | Path, mmap: bool = False) -> dict[str, Any]:
-    """Load a Lightning checkpoint written by train.py onto the CPU.
+    """Load a Lightning checkpoint written by train.py (or a published ``model.pt``) onto the
+    CPU, its stored config's ``_target_`` paths upgraded (:func:`upgrade_targets`).
 
     ``mmap=True`` maps the file instead of reading it: cheap when only the config is read.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        KeyError: the checkpoint holds no ``"config"`` (not written by segkit's train.py).
+        FileNotFoundError: nothing is at ``ckpt_path``.
+        CheckpointError: the file cannot be read (:func:`read_checkpoint`), or it holds no
+            segkit config and weights (a plain state dict, another program's checkpoint):
+            the message says what it holds and what to give instead.
     """
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; give a .ckpt file.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    if "config" not in checkpoint:
-        raise KeyError(
-            f"checkpoint {path} has no 'config' entry, so the model cannot be rebuilt; it "
-            "must come from segkit's train.py (ConfigInCheckpoint callback)."
+    checkpoint = read_checkpoint(path, mmap=mmap)
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("config"), Mapping):
+        weights = (
+            " Its weights can start a new segkit run of the architecture they belong to: "
+            f"python train.py model=<that architecture> model.weights_path={path}"
         )
+        train_from = weights if isinstance(checkpoint, Mapping) else ""
+        raise CheckpointError(
+            f"ckpt_path={path} holds {_describe_content(checkpoint)} and no segkit config (the "
+            "composed config train.py stores), so the model cannot be rebuilt from it. "
+            f"{CHECKPOINT_FIX}{train_from}"
+        )
+    if not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise CheckpointError(
+            f"ckpt_path={path} holds a segkit config but no 'state_dict' (the weights). "
+            f"{CHECKPOINT_FIX}"
+        )
+    checkpoint = dict(checkpoint)
     checkpoint["config"] = upgrade_targets(checkpoint["config"])
     return checkpoint
 
@@ -314,8 +385,8 @@ def checkpoint_epoch(ckpt_path: str | Path | None) -> int | None:
     """The epoch stored in a Lightning checkpoint (memory-mapped, so cheap for big models)."""
     if not ckpt_path:
         return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
-    return checkpoint.get("epoch")
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
+    return checkpoint.get("epoch") if isinstance(checkpoint, Mapping) else None
 
 
 def newest_last_checkpoint(run_dir: str | Path) -> Path | None:
@@ -362,8 +433,16 @@ def resume_checkpoint(cfg: DictConfig, task: torch.nn.Module | None = None) -> s
                 "or use resume=auto to start fresh when nothing is there."
             )
         ckpt_path = None if found is None else str(found)
-    elif ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file.")
+    elif ckpt_path is not None and Path(ckpt_path).expanduser().is_dir():
+        inside = _files_in(Path(ckpt_path).expanduser())
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path} is a folder, not a checkpoint file. To continue the run of "
+            f"that folder: hydra.run.dir={ckpt_path} ckpt_path=last; or give a checkpoint file"
+            + (f", e.g. {inside}." if inside else ".")
+        )
+    elif ckpt_path is not None and not Path(ckpt_path).expanduser().is_file():
+        problem = path_problem(Path(ckpt_path).expanduser())
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} {problem}. {RESUME_FIX}")
     if ckpt_path is not None and task is not None:
         check_checkpoint_fits(task, ckpt_path, cfg)
     return ckpt_path
@@ -432,15 +511,17 @@ def check_checkpoint_fits(
     by shape, before Lightning loads it (memory-mapped, ``weights_only=True``).
 
     Raises:
+        FileNotFoundError, CheckpointError: the file cannot be read (:func:`read_checkpoint`),
+            or it is no segkit training checkpoint (a plain state dict, another program's).
         CheckpointMismatchError: listing shape mismatches, missing and unexpected keys, the
             model the checkpoint was written for (from its stored config) and this run's.
     """
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if state is None:
-        raise CheckpointMismatchError(
-            f"{ckpt_path} has no 'state_dict', so it is not a training checkpoint; load plain "
-            "weights with model.weights_path=<file> instead of ckpt_path."
+    checkpoint = read_checkpoint(ckpt_path, mmap=True, fix=RESUME_FIX)
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping) or not isinstance(checkpoint.get("config"), Mapping):
+        raise CheckpointError(
+            f"ckpt_path={ckpt_path} holds {_describe_content(checkpoint)}, not the checkpoint "
+            f"of a segkit run (its 'state_dict' and 'config'). {RESUME_FIX}"
         )
     own = task.state_dict()
     shapes = [

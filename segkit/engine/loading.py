@@ -61,7 +61,9 @@ def load_task(path: str | Path, overrides: Mapping[str, Any] | None = None) -> T
             stored config once checked against it.
 
     Raises:
-        FileNotFoundError, KeyError: from :func:`segkit.engine.checkpoints.load_checkpoint`.
+        FileNotFoundError, CheckpointError: ``path`` is no readable segkit checkpoint (a
+            folder, an empty, damaged or foreign file, a plain state dict), naming what is
+            there and what to give instead (:func:`segkit.engine.checkpoints.load_checkpoint`).
         ConfigError: an override contradicts the checkpoint's classes.
     """
     checkpoint = load_checkpoint(path)  # the one read of the file

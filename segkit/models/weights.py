@@ -16,14 +16,21 @@ Every model config has the same three keys:
 Key prefixes are aligned before loading (:func:`align_keys`), so a state dict saved from a
 wrapper (``model.net.x``) or without one (smp's own ``encoder.x`` for a wrapper's
 ``model.encoder.x``) loads as well.
+
+Every file a user names (``weights_path``, ``encoder_weights``, and eval.py's ``ckpt_path``
+through :func:`segkit.engine.checkpoints.load_checkpoint`) is read by :func:`load_torch_file`:
+a path that is no readable file (missing, a folder, a broken link, empty) and a file of
+another kind (ONNX, TorchScript, text, a damaged zip, pickled Python objects) stop with the
+config key, the path, what is there and what to give instead.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
+import re
 import socket
 import warnings
+import zipfile
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,28 +112,8 @@ def read_state_dict(path: str | Path, key: str = "model.weights_path") -> dict[s
 def _read(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor], str | None]:
     """``(state dict, description of the model a segkit checkpoint was written for)``."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsError(
-            f"{key}={path} does not exist. Give a local state-dict file (.pth, .pt, "
-            f".safetensors or a segkit .ckpt), or set {key}=null."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path)), None
-        except Exception as error:  # safetensors raises its own error types
-            raise WeightsError(
-                f"{key}={path} is not a readable safetensors file: {error}"
-            ) from error
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise WeightsError(
-            f"{key}={path} cannot be read as a state dict with torch.load(weights_only=True) "
-            f"({str(error).splitlines()[0]}). Give a state dict of this model (.pth, .pt, "
-            ".safetensors) or a segkit .ckpt."
-        ) from error
+    fix = f"Give a state-dict file (.pth, .pt, .safetensors) or a segkit .ckpt, or set {key}=null."
+    content = load_torch_file(path, key, fix, WeightsError)
     written_for = None
     if isinstance(content, Mapping) and isinstance(content.get("state_dict"), Mapping):
         written_for = _describe_model(content.get("config"))
@@ -136,17 +123,144 @@ def _read(path: str | Path, key: str) -> tuple[dict[str, torch.Tensor], str | No
     if not isinstance(content, Mapping) or not content:
         what = "an empty dict" if isinstance(content, Mapping) else f"a {type(content).__name__}"
         raise WeightsError(
-            f"{key}={path} holds {what}, not a state dict (parameter names -> tensors). Give "
-            "a state dict of this model (.pth, .pt, .safetensors) or a segkit .ckpt."
+            f"{key}={path} holds {what}, not a state dict (parameter names -> tensors). {fix}"
         )
     not_tensors = [k for k, v in content.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise WeightsError(
             f"{key}={path} holds a dict whose entries {not_tensors[:_SHOWN]} are not tensors, "
-            "so it is not a state dict. Give a state dict of this model (.pth, .pt, "
-            ".safetensors) or a segkit .ckpt."
+            f"so it is not a state dict. {fix}"
         )
     return dict(content), written_for
+
+
+def path_problem(path: Path) -> str | None:
+    """Why ``path`` is no file to read, in words (``"is a folder, not a file"``), or ``None``
+    for a regular file that is not empty."""
+    if path.is_symlink() and not path.exists():
+        return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    if not path.exists():
+        return "does not exist"
+    if path.is_dir():
+        return "is a folder, not a file"
+    if not path.is_file():
+        return "is not a regular file (a device, pipe or socket)"
+    if path.stat().st_size == 0:
+        return "is empty (0 bytes): the save or the copy was cut short"
+    return None
+
+
+SAFETENSORS = "a safetensors file"
+PYTORCH = ("a PyTorch file (torch.save)", "a pickle (torch.save's legacy format, or pickle.dump)")
+
+
+def file_kind(path: Path) -> str:
+    """What the bytes of the file ``path`` are, in words for messages: one of :data:`PYTORCH`
+    (what ``torch.load`` reads), :data:`SAFETENSORS`, or another kind (ONNX, TorchScript, a
+    damaged zip, text, a Git LFS pointer, ...)."""
+    with path.open("rb") as file:
+        head = file.read(512)
+    size = path.stat().st_size
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return (
+                f"a damaged zip archive ({size} bytes, the index at its end missing): a PyTorch "
+                "file whose save or copy was cut short. Copy it again from where it was written"
+            )
+        if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
+            return "a TorchScript archive (torch.jit.save, or export.py format=torchscript)"
+        if any(name.endswith("data.pkl") for name in names):
+            return PYTORCH[0]
+        return f"a zip archive of other files (it holds {names[:3]})"
+    if head[:1] == b"\x80":
+        return PYTORCH[1]
+    header = int.from_bytes(head[:8], "little")  # safetensors: header length, then JSON
+    if head[8:9] == b"{" and head[4:8] == bytes(4) and header > 0:
+        if header + 8 <= size:
+            return SAFETENSORS
+        return f"a damaged safetensors file ({size} bytes, shorter than its own header)"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (a Keras .h5 model?)"
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):
+        return "an ONNX model (export.py's output)"
+    if b"\x00" not in head:
+        text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+        first = text.strip().splitlines()[0][:80] if text.strip() else ""
+        if text.startswith("version https://git-lfs"):
+            return (
+                "a Git LFS pointer, a small text file standing for the real one, which was "
+                "never downloaded: run git lfs pull where it came from"
+            )
+        if text.lstrip().lower().startswith(("<!doctype html", "<html")):
+            return "an HTML page (a download that fetched an error or login page?)"
+        return f"a text file (first line: {first!r})"
+    return f"a {size}-byte file of no format segkit knows (it starts with {head[:8]!r})"
+
+
+def _load_error_reason(error: Exception, path: Path) -> str:
+    """What a ``torch.load(weights_only=True)`` error says was wrong with the file."""
+    text = str(error)
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return (
+            f"it holds Python objects besides tensors ({unsupported.group(1)}), which segkit "
+            "never unpickles (torch.load weights_only=True, so a file cannot run code). If you "
+            'trust the file, save its tensors alone: python -c "import torch; c = torch.load('
+            f"'{path}', weights_only=False); torch.save(c.get('state_dict', c), 'weights.pth')\""
+        )
+    if "Unsupported operand" in text:
+        return "torch.save did not write it (pickle.dump?): save tensors with torch.save"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = next((line for line in lines if "Unpickler error" in line), lines[0] if lines else "")
+    return f"torch.load says: {detail[:200] or type(error).__name__}"
+
+
+def load_torch_file(
+    path: Path, key: str, fix: str, error: type[Exception], mmap: bool = False
+) -> Any:
+    """The content of a file a user named with the config key ``key``: ``torch.load`` on the
+    CPU with ``weights_only=True`` (a safetensors file: its tensors).
+
+    Args:
+        path: the file.
+        key: the config key that named it (``model.weights_path``, ``ckpt_path``).
+        fix: what to give instead, the last sentence of every message.
+        error: the exception class raised.
+        mmap: map a zip-format PyTorch file instead of reading it (other formats are read).
+
+    Raises:
+        error: the path is no readable file (missing, a folder, a broken link, empty), the
+            file is of another kind (:func:`file_kind`), or reading it fails; the message
+            names ``key``, the path, what is there and ``fix``.
+    """
+    problem = path_problem(path)
+    if problem is not None:
+        raise error(f"{key}={path} {problem}. {fix}")
+    kind = file_kind(path)
+    if kind == SAFETENSORS:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as failure:  # safetensors raises its own error types
+            raise error(
+                f"{key}={path} is a damaged safetensors file ({failure}). {fix}"
+            ) from failure
+    if kind.startswith(("a damaged", "a Git LFS")):
+        raise error(f"{key}={path} is {kind}. {fix}")
+    if kind not in PYTORCH:
+        raise error(f"{key}={path} is {kind}, not a torch.save or safetensors file. {fix}")
+    try:
+        mapped = mmap and kind == PYTORCH[0]  # torch maps only its zip format
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
+    except MemoryError:
+        raise
+    except Exception as failure:  # any other failure to unpickle the file is a bad file
+        reason = _load_error_reason(failure, path)
+        raise error(f"{key}={path} cannot be read: it is {kind}, and {reason}. {fix}") from failure
 
 
 def _task_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

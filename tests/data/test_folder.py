@@ -95,7 +95,9 @@ def test_unreadable_image_names_the_file(folder_dataset):
 
 
 def test_colour_mask_is_an_error(folder_dataset):
-    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(folder_dataset / "masks" / "img0.png")
+    colours = np.zeros((24, 32, 3), np.uint8)
+    colours[:, 16:] = (128, 0, 0)  # a colour, not a grey value stored as RGB
+    Image.fromarray(colours).save(folder_dataset / "masks" / "img0.png")
     with pytest.raises(DataError, match="single-channel"):
         FolderDataset(folder_dataset, num_classes=3, split="train")[0]
 

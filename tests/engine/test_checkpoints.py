@@ -4,14 +4,18 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from segkit.engine import checkpoints
 from segkit.engine.callbacks.checkpointing import ResumeGuard
 from segkit.engine.checkpoints import (
     config_changes,
@@ -19,7 +23,7 @@ from segkit.engine.checkpoints import (
     task_from_checkpoint,
     upgrade_targets,
 )
-from segkit.models.weights import build_model
+from segkit.models.weights import WeightsError, build_model, read_state_dict
 from segkit.tasks import build_task
 
 from ..helpers import PROJECT_ROOT, SMALL_DATA, SMALL_MODEL, compose_job
@@ -175,3 +179,145 @@ def test_a_shipped_model_with_the_weights_keys_in_its_config_loads(path, tmp_pat
     model = build_model({**stored, "encoder_weights": None, "weights_path": str(path)})
     for key, value in task.model.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+
+
+# --- files given as a checkpoint or as weights that are none ---------------------------------
+
+CONFIG = {"model": {"_target_": "segkit.models.unet.UNet", "num_classes": 3}}  # stored config
+STATE = {"model.head.weight": torch.ones(3, 8, 1, 1), "model.head.bias": torch.zeros(3)}
+
+
+def _segkit_checkpoint(path: Path) -> None:
+    torch.save({"state_dict": STATE, "config": CONFIG, "epoch": 3}, path)
+
+
+def _folder(path: Path) -> None:
+    path.mkdir()
+    _segkit_checkpoint(path / "last.ckpt")
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _truncated(path: Path) -> None:
+    _segkit_checkpoint(path)
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _text(path: Path) -> None:
+    path.write_text("epoch: 3\nstate_dict: see the cluster\n")
+
+
+def _lfs_pointer(path: Path) -> None:
+    path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 9000\n")
+
+
+def _onnx(path: Path) -> None:
+    path.write_bytes(b"\x08\x07\x12\x07pytorch\x1a\x052.4.0:\x00")  # an ONNX ModelProto's start
+
+
+def _torchscript(path: Path) -> None:
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+
+
+def _python_objects(path: Path) -> None:
+    torch.save({"state_dict": STATE, "config": CONFIG, "best": np.float64(0.5)}, path)
+
+
+def _pickle(path: Path) -> None:
+    path.write_bytes(pickle.dumps({"epoch": 3}, protocol=4))
+
+
+UNREADABLE = [  # (writer, file name, what the message says is there)
+    pytest.param(_folder, "run", r"is a folder, not a (checkpoint )?file", id="folder"),
+    pytest.param(_empty, "e.ckpt", r"is empty \(0 bytes\): the save or the copy", id="empty"),
+    pytest.param(_truncated, "t.ckpt", r"is a damaged zip archive.*cut short", id="truncated"),
+    pytest.param(_text, "t.ckpt", r"is a text file \(first line: 'epoch: 3'\)", id="text"),
+    pytest.param(_lfs_pointer, "l.ckpt", r"is a Git LFS pointer.*git lfs pull", id="lfs"),
+    pytest.param(_onnx, "model.onnx", r"is an ONNX model \(export\.py's output\)", id="onnx"),
+    pytest.param(_torchscript, "model.pt", r"is a TorchScript archive", id="torchscript"),
+    pytest.param(_python_objects, "o.ckpt", r"holds Python objects besides tensors", id="objects"),
+    pytest.param(_pickle, "p.pkl", r"is a pickle .*torch\.save did not write it", id="pickle"),
+]
+
+
+@pytest.mark.parametrize(("write", "name", "found"), UNREADABLE)
+def test_a_ckpt_path_that_is_no_checkpoint_names_what_is_there_and_the_fix(
+    tmp_path, write, name, found
+):
+    path = tmp_path / name
+    write(path)
+    for read in (checkpoints.load_checkpoint, checkpoints.checkpoint_epoch):
+        pattern = rf"ckpt_path={re.escape(str(path))} .*{found}"
+        with pytest.raises(Exception, match=pattern) as error:
+            read(path)
+        assert isinstance(error.value, checkpoints.CheckpointError)
+        assert "Give the .ckpt of a train.py run" in str(error.value)
+        if path.is_dir():  # the checkpoints inside are named
+            assert f"It holds ['{path / 'last.ckpt'}']: give one of them" in str(error.value)
+
+
+@pytest.mark.parametrize(("write", "name", "found"), UNREADABLE)
+def test_a_weights_path_that_is_no_state_dict_names_what_is_there_and_the_fix(
+    tmp_path, write, name, found
+):
+    path = tmp_path / name
+    write(path)
+    pattern = rf"model\.weights_path={re.escape(str(path))} .*{found}.*weights_path=null"
+    with pytest.raises(WeightsError, match=pattern):
+        read_state_dict(path)
+
+
+def test_a_broken_link_as_ckpt_path_says_where_it_points(tmp_path):
+    path = tmp_path / "best.ckpt"
+    path.symlink_to(tmp_path / "moved" / "best.ckpt")
+    pattern = rf"ckpt_path={path} is a symbolic link to {tmp_path / 'moved' / 'best.ckpt'}, which"
+    with pytest.raises(FileNotFoundError, match=pattern):
+        checkpoints.load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        pytest.param(STATE, r"holds a plain state dict \(2 tensors", id="plain state dict"),
+        pytest.param(
+            {"state_dict": STATE, "epoch": 1, "hyper_parameters": {"lr": 0.1}},
+            r"holds a Lightning checkpoint of another program \(keys \['epoch', 'hyper_parameters'",
+            id="another program's lightning checkpoint",
+        ),
+    ],
+)
+def test_weights_without_a_segkit_config_say_how_to_train_from_them(tmp_path, content, found):
+    path = tmp_path / "weights.ckpt"
+    torch.save(content, path)
+    with pytest.raises(Exception, match=rf"ckpt_path={path} {found}") as error:
+        checkpoints.load_checkpoint(path)
+    assert isinstance(error.value, checkpoints.CheckpointError)
+    assert f"model.weights_path={path}" in str(error.value)
+    # resuming from them stops as well, before Lightning restores anything
+    task = torch.nn.ModuleDict({"model": torch.nn.ModuleDict({"head": torch.nn.Conv2d(8, 3, 1)})})
+    cfg = OmegaConf.create({"ckpt_path": str(path), "resume": None, "paths": {"output_dir": "x"}})
+    pattern = rf"{found}.*not the checkpoint of a segkit run.*model\.weights_path="
+    with pytest.raises(Exception, match=pattern) as error:
+        checkpoints.resume_checkpoint(cfg, task)
+    assert isinstance(error.value, checkpoints.CheckpointError)
+
+
+def test_a_run_folder_as_train_ckpt_path_gives_the_resume_command(tmp_path):
+    run = tmp_path / "run"
+    _folder(run)
+    cfg = OmegaConf.create({"ckpt_path": str(run), "resume": None, "paths": {"output_dir": "x"}})
+    pattern = rf"ckpt_path={run} is a folder.*hydra\.run\.dir={run} ckpt_path=last.*last\.ckpt"
+    with pytest.raises(Exception, match=pattern) as error:
+        checkpoints.resume_checkpoint(cfg)
+    assert isinstance(error.value, checkpoints.CheckpointError)
+
+
+def test_a_checkpoint_in_torchs_legacy_format_loads_memory_mapped_or_not(tmp_path):
+    path = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": STATE, "config": CONFIG}, path, _use_new_zipfile_serialization=False)
+    for mmap in (False, True):  # eval.py maps a checkpoint to read its config
+        checkpoint = checkpoints.load_checkpoint(path, mmap=mmap)
+        assert checkpoint["config"] == CONFIG
+        torch.testing.assert_close(checkpoint["state_dict"], STATE)
