@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.config import CONF_DIR
+from segkit.config_values import check_config
 from segkit.deploy.export import SUFFIXES, export_checkpoint, read_metadata
 from segkit.engine.runner import print_results
 
@@ -24,6 +25,7 @@ from segkit.engine.runner import print_results
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export")
 def main(cfg: DictConfig) -> Path:
     """The Hydra app: the exported file's path."""
+    check_config(cfg)  # keys and values, before the checkpoint is read
     output = cfg.output or Path(cfg.paths.output_dir) / f"model{SUFFIXES.get(cfg.format, '')}"
     # +input_size=[H,W]: not declared, as in segkit.cli.model_summary
     input_size = cfg.get("input_size")

@@ -26,10 +26,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from segkit.config import ConfigError
+from segkit.config_values import check_config
 from segkit.deploy.backends import choose_backend, fast_path, onnx_predictor
 from segkit.engine.ensemble import load_trained
 from segkit.engine.loading import given_groups
 from segkit.engine.predict import (
+    check_inputs,
     check_targets,
     output_format,
     predict_instances,
@@ -43,9 +45,11 @@ from segkit.tasks.semantic import SemanticSegmentationTask
 def predict(cfg: DictConfig) -> None:
     """``python predict.py``: segment ``cfg.input`` into ``cfg.output`` with ``cfg.ckpt_path``
     (``conf/predict.yaml``'s composed config)."""
+    check_config(cfg)  # keys and values, before a file is read
     given = given_groups(cfg)
     onnx = str(cfg.ckpt_path).endswith(".onnx")
     files = semantic_inputs(cfg, Path(cfg.input).expanduser())
+    check_inputs(files)  # every input readable, before the model is loaded
     # the model's kind is known once it is loaded: <stem>.json (detections) is checked
     # whenever an instance model could write it
     check_targets(cfg, files, detections=not onnx and output_format(cfg) == "palette")

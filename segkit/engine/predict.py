@@ -32,8 +32,10 @@ from omegaconf import DictConfig
 from PIL import Image
 from rich.progress import track
 
+from segkit.data.checks import raise_problems
 from segkit.data.cityscapes import check_cityscapes_classes, label_ids
 from segkit.data.folder import IMAGE_SUFFIXES, image_tensor, read_image, scaled_statistics
+from segkit.data.io import DataError, image_size
 from segkit.data.palettes import colourise, palette_of
 from segkit.engine.runner import print_results
 from segkit.outputs import check_new, check_not_labels, prediction_pnginfo
@@ -187,6 +189,23 @@ def semantic_inputs(cfg: DictConfig, source: Path) -> list[Path]:
         if found:
             return found
     return input_files(source)
+
+
+def check_inputs(files: Sequence[Path]) -> None:
+    """Read every input image's header before a model is loaded or a file written, so a
+    file that is no image (text, a zero-byte or damaged header) stops predict.py at once,
+    with check_data's words; a file damaged past its header stops when it is decoded.
+
+    Raises:
+        DataError: every unreadable input, one line each.
+    """
+    problems = []
+    for path in files:
+        try:
+            image_size(path)
+        except DataError as error:
+            problems.append(str(error))
+    raise_problems(problems)
 
 
 @torch.no_grad()

@@ -20,10 +20,11 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from segkit.config import check_arguments
+from segkit.config_values import check_config
 from segkit.engine.checkpoints import best_checkpoint, check_run_folder, resume_checkpoint
 from segkit.engine.runner import (
     build_trainer,
+    check_splits,
     check_task_kinds,
     evaluate,
     fit,
@@ -46,14 +47,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (None when it was never logged), "ckpt_path": the scored checkpoint (None: the
         weights in memory), "trainer", "task", "datamodule"}``.
     """
-    check_arguments(cfg)  # before anything is built
-    check_run_folder(cfg)  # a fresh run never writes over an earlier run's files
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    resolve_loss_weights(cfg, datamodule)  # named loss.class_weights -> numbers, printed
-    task = build_task(cfg)  # builds only: reads no data, changes no config
-    check_task_kinds(task, datamodule)
+    datamodule, task = start_run(cfg)
     trainer = build_trainer(cfg)
     output_dir = Path(cfg.paths.output_dir)
     start = resume_checkpoint(cfg, task)  # ckpt_path=<file>|last, or resume=auto
@@ -86,6 +80,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "task": task,
         "datamodule": datamodule,
     }
+
+
+def start_run(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The start-up of :func:`train`: the input contract's checks, in the order that reads
+    the least first, then the data module and the task (no trainer, nothing trained).
+
+    The config's keys and values (:func:`segkit.config_values.check_config`), the run
+    folder (a fresh run never writes over an earlier one's files), every split the run will
+    use (train, val, and test with ``test=true``: :func:`segkit.engine.runner.check_splits`,
+    check_data's checks), the class weights named in ``loss``, then the task built and
+    checked against the data's kind.
+
+    Raises:
+        ConfigError, DataError: naming the key or file and the fix.
+    """
+    check_config(cfg)  # keys and values, before anything is read or built
+    check_run_folder(cfg)  # a fresh run never writes over an earlier run's files
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    # every split the run will use, checked before a model is built or a step is taken
+    check_splits(datamodule, ("train", "val", "test") if cfg.test else ("train", "val"))
+    resolve_loss_weights(cfg, datamodule)  # named loss.class_weights -> numbers, printed
+    task = build_task(cfg)  # builds only: reads no data, changes no config
+    check_task_kinds(task, datamodule)
+    return datamodule, task
 
 
 def optimized_value(result: dict[str, Any], metric: str) -> float:

@@ -32,6 +32,11 @@ def folder_overrides(root) -> list[str]:
     ]
 
 
+def files(root) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes: the user's data before and after a run."""
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def no_model(*args, **kwargs):
     raise AssertionError("the model was built before the data were checked")
 
@@ -45,15 +50,17 @@ def check_data_problems(capsys, root, *overrides: str) -> list[str]:
 
 
 def test_a_missing_test_split_stops_before_the_model_is_built(tmp_path, monkeypatch):
-    root = write_folder_dataset(tmp_path / "data", num_images=4, size=(32, 32), num_classes=5)
+    root = write_folder_dataset(tmp_path / "mine", num_images=4, size=(32, 32), num_classes=5)
     monkeypatch.setattr(train_module, "build_task", no_model)
     run = tmp_path / "run"
+    before = files(root)
     cfg = compose(tmp_path, [*folder_overrides(root), "data.test_split=test", "test=true"])
     with pytest.raises(
         DataError, match=r"data\.test_split='test'.*splits/test\.txt does not exist"
     ):
         train(cfg)
     assert not run.exists() or not any(run.rglob("*.ckpt"))
+    assert files(root) == before
     # test=false does not use it: the same data trains as far as the model
     cfg = compose(tmp_path, [*folder_overrides(root), "data.test_split=test", "test=false"])
     with pytest.raises(AssertionError, match="the model was built"):
@@ -63,10 +70,11 @@ def test_a_missing_test_split_stops_before_the_model_is_built(tmp_path, monkeypa
 def test_a_bad_validation_mask_stops_train_at_startup_in_check_data_words(
     tmp_path, capsys, monkeypatch
 ):
-    root = write_folder_dataset(tmp_path / "data", num_images=4, size=(32, 32), num_classes=5)
+    root = write_folder_dataset(tmp_path / "mine", num_images=4, size=(32, 32), num_classes=5)
     mask = np.zeros((32, 32), np.uint8)
     mask[:4, :4] = 9  # no class of 0..4 and not 255, in a validation mask (img2, img3)
     Image.fromarray(mask).save(root / "masks" / "img3.png")
+    before = files(root)
     expected = check_data_problems(capsys, root)
     assert any("img3.png" in line for line in expected), expected
     monkeypatch.setattr(train_module, "build_task", no_model)
@@ -76,14 +84,16 @@ def test_a_bad_validation_mask_stops_train_at_startup_in_check_data_words(
     assert message.startswith("data.val_split='val'")
     for line in expected:  # each check_data problem, in the same words
         assert line.removeprefix("data.val_split='val': ") in message
+    assert files(root) == before
 
 
 def test_a_truncated_image_gets_the_same_words_from_every_entry_point(
     trained_run, tmp_path, capsys, monkeypatch
 ):
-    root = write_folder_dataset(tmp_path / "data", num_images=4, size=(64, 64), num_classes=5)
+    root = write_folder_dataset(tmp_path / "mine", num_images=4, size=(64, 64), num_classes=5)
     image = root / "images" / "img2.png"  # a validation image
     image.write_bytes(image.read_bytes()[:200])
+    before = files(root)
     expected = check_data_problems(capsys, root)
     truncated = [line for line in expected if "img2.png" in line]
     assert truncated and "cannot read image" in truncated[0], expected
@@ -116,6 +126,7 @@ def test_a_truncated_image_gets_the_same_words_from_every_entry_point(
     with pytest.raises(DataError) as error:
         predict(cfg)
     assert line in str(error.value)
+    assert files(root) == before
 
 
 def load_checkpoint_path(run) -> str:
