@@ -570,7 +570,7 @@ CHECK_VAL_EVERY = Check(
 
 def _validates_test(value: Any, ctx: Context) -> bool:
     epochs = ctx.get("trainer.max_epochs")
-    return not (_is_number(epochs, True) and epochs >= 1) or value <= epochs
+    return not (_is_number(epochs, True) and epochs >= 1) or epochs % value == 0
 
 
 def _rates_test(value: Any, ctx: Context) -> bool:
@@ -868,9 +868,10 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.overfit_batches", _batches(zero=True), 0, "the batches fitted again and again"),
     Rule("trainer.val_check_interval", _batches(), 1.0, "0 never validates"),
     Rule("trainer.check_val_every_n_epoch", CHECK_VAL_EVERY, 1, "0 never validates"),
-    Rule("trainer.check_val_every_n_epoch", relation("at most trainer.max_epochs",
+    Rule("trainer.check_val_every_n_epoch", relation("a divisor of trainer.max_epochs",
                                                      _validates_test),
-         _from("trainer.max_epochs"), "no validation would run: no score, no best checkpoint"),
+         _from("trainer.max_epochs"), "the last epoch must be validated: else the final "
+         "weights are never scored, or no validation runs at all"),
     Rule("trainer.num_sanity_val_steps", number(-1, integer=True), 2, "-1: the whole split"),
     Rule("trainer.log_every_n_steps", number(0, integer=True), 10, "0: no per-step values"),
     Rule("trainer.accumulate_grad_batches", number(1, integer=True), 1,

@@ -370,7 +370,7 @@ EDGES: list[tuple[str, list, list, dict]] = [
     ("trainer.val_check_interval", [None, 0.5, 1.0, 1], [0, 1.5], {}),
     ("trainer.check_val_every_n_epoch", [1], [0, None], {}),
     ("trainer.check_val_every_n_epoch", [None], [0], {"trainer.val_check_interval": 100}),
-    ("trainer.check_val_every_n_epoch", [5], [6], {"trainer.max_epochs": 5}),
+    ("trainer.check_val_every_n_epoch", [5, 2, 10], [3, 20], {"trainer.max_epochs": 10}),
     ("trainer.num_sanity_val_steps", [-1], [-2], {}),
     ("trainer.log_every_n_steps", [0], [-1], {}),
     ("trainer.accumulate_grad_batches", [1], [0], {}),

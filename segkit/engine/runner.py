@@ -144,6 +144,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     is left out. Checkpoints are written atomically (:class:`AtomicCheckpointIO`). ``trainer.
     sync_batchnorm=true`` is turned off with a warning when only one process runs (nothing
     to synchronise) or on CPU (torch's SyncBatchNorm supports only GPU-like devices).
+    ``trainer.precision=bf16-mixed`` (or ``bf16-true``) on a CPU without bfloat16
+    instructions (:func:`cpu_bf16_supported`) warns and trains in ``32-true``: there
+    bfloat16 is emulated, slower than float32.
     """
     configured = {
         name: hydra.utils.instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
@@ -178,8 +181,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         )
 
     trainer = make()
+    reason = ""
     if cfg.trainer.get("sync_batchnorm"):
-        reason = ""
         if trainer.world_size == 1:
             reason = "only one process runs"
         elif isinstance(trainer.accelerator, CPUAccelerator):
@@ -191,7 +194,25 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
                 stacklevel=2,
             )
             trainer = make(sync_batchnorm=False)
+    precision = str(cfg.trainer.get("precision"))
+    if (
+        precision.startswith("bf16")
+        and isinstance(trainer.accelerator, CPUAccelerator)
+        and not cpu_bf16_supported()
+    ):
+        warnings.warn(
+            f"trainer.precision={precision}: this CPU has no bfloat16 instructions "
+            "(avx512_bf16 or AMX), where bfloat16 is emulated and slower than float32; "
+            "training runs in trainer.precision=32-true instead.",
+            stacklevel=2,
+        )
+        trainer = make(precision="32-true", **({"sync_batchnorm": False} if reason else {}))
     return trainer
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's check: avx512_bf16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @runtime_checkable

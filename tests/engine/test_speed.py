@@ -118,3 +118,69 @@ def test_compile_fallback_warns_and_keeps_the_eager_model(monkeypatch):
 def test_fast_paths_needs_a_model_attribute():
     with pytest.raises(TypeError, match="pl_module.model"):
         FastPaths(channels_last=True).setup(L.Trainer(logger=False), L.LightningModule(), "fit")
+
+
+class SeesForwards(L.Callback):
+    """Records, for every forward of the trained model and of its weight average, the
+    input's layout and the autocast state the step runs under."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool, bool, torch.dtype]] = []
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        for name, module in (("model", pl_module.model), ("ema", pl_module.ema_model.module)):
+            module.register_forward_pre_hook(functools.partial(self.record, name))
+
+    def record(self, name, module, inputs) -> None:
+        (image,) = inputs
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu")
+        self.calls.append(
+            (name, image.is_contiguous(memory_format=torch.channels_last), autocast, dtype)
+        )
+
+
+def test_bf16_mixed_and_channels_last_run_together_in_training_and_validation():
+    probe = SeesForwards()
+    batch = {"image": images(), "mask": torch.randint(0, 3, (2, 64, 64)), "name": ["a", "b"]}
+    module = SemanticSegmentationTask(
+        model=small_model(),
+        loss=CrossEntropyLoss(ignore_index=255),
+        optimizer=functools.partial(torch.optim.SGD, lr=0.01),
+        scheduler=None,
+        num_classes=3,
+        class_names=["a", "b", "c"],
+        ema_decay=0.9,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision="bf16-mixed",
+        fast_dev_run=1,
+        callbacks=[FastPaths(channels_last=True), probe],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader([batch], batch_size=None)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=loader)
+    # training runs the model, validation its weight average (EMA): both NHWC under bf16
+    assert ("model", True, True, torch.bfloat16) in probe.calls
+    assert ("ema", True, True, torch.bfloat16) in probe.calls
+    assert all(call[1:] == (True, True, torch.bfloat16) for call in probe.calls), probe.calls
+    ema_weight = module.ema_model.module.model.encoder.conv1.weight
+    assert ema_weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(trainer.callback_metrics["val/mIoU"])
+
+
+def test_bf16_on_a_cpu_without_bf16_warns_and_trains_in_float32(tmp_path, monkeypatch):
+    from segkit.engine import runner
+
+    from ..helpers import FAST, compose_job
+
+    monkeypatch.setattr(runner, "cpu_bf16_supported", lambda: False)
+    cfg = compose_job("train", tmp_path, tmp_path / "run", [*FAST, "trainer.precision=bf16-mixed"])
+    with pytest.warns(UserWarning, match=r"trainer.precision=bf16-mixed: this CPU has no bfloat16"):
+        trainer = runner.build_trainer(cfg)
+    assert trainer.precision == "32-true"
+    monkeypatch.setattr(runner, "cpu_bf16_supported", lambda: True)
+    assert runner.build_trainer(cfg).precision == "bf16-mixed"

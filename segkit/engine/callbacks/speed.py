@@ -44,7 +44,8 @@ class FastPaths(L.Callback):
     """Put the task's ``model`` in channels_last layout and/or compile it.
 
     Args:
-        channels_last: store 4-D weights and image batches ``[B, 3, H, W]`` as NHWC.
+        channels_last: store 4-D weights and image batches ``[B, 3, H, W]`` as NHWC
+            (the weight average ``ema_model`` too, which validation scores).
         compile: compile ``pl_module.model`` in place (``nn.Module.compile``, so checkpoint
             keys do not change); where compilation is unsupported, warn with the reason and
             keep the eager model.
@@ -67,6 +68,9 @@ class FastPaths(L.Callback):
             )
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+            ema = getattr(pl_module, "ema_model", None)  # the weights validation scores
+            if isinstance(ema, torch.nn.Module):
+                ema.to(memory_format=torch.channels_last)
         if self.compile and not self._compiled:
             self._compiled = True  # setup runs again for validate/test: compile once
             reason = compile_supported()
