@@ -568,6 +568,17 @@ CHECK_VAL_EVERY = Check(
 )
 
 
+def _fpn_width_test(value: Any, ctx: Context) -> bool:
+    arch = ctx.get("model.arch")
+    return str(arch).lower() != "fpn" or not _is_number(value, True) or value % 32 == 0
+
+
+def _decoder_channels_test(value: Any, ctx: Context) -> bool:
+    if str(ctx.value_or("model.arch", "")).lower() == "unet":
+        return _is_list(value) and len(value) > 0 and all(_positive_int(v) for v in value)
+    return _positive_int(value)
+
+
 def _validates_test(value: Any, ctx: Context) -> bool:
     epochs = ctx.get("trainer.max_epochs")
     return not (_is_number(epochs, True) and epochs >= 1) or epochs % value == 0
@@ -725,6 +736,21 @@ RULES: tuple[Rule, ...] = (
     Rule("model.bins", positive_ints(), [1, 2, 3, 6], "grid sizes of the pyramid pooling"),
     Rule("model.channels", number(1, integer=True), 512, "channels after the pyramid pooling"),
     Rule("model.arch", SMP_ARCH, "FPN", "smp.create_model builds these"),
+    Rule("model.decoder", relation("null or a mapping of smp decoder arguments",
+                                   lambda value, ctx: value is None or _is_mapping(value)),
+         None, "passed to smp.create_model by name (segkit.models.smp.smp_model)"),
+    Rule("model.decoder.decoder_pyramid_channels", number(1, integer=True), 256,
+         "FPN's lateral and top-down width"),
+    Rule("model.decoder.decoder_segmentation_channels", number(1, integer=True), 128,
+         "FPN's / SegFormer's head width"),
+    Rule("model.decoder.decoder_segmentation_channels", relation(
+        "a multiple of 32 for model.arch=FPN", _fpn_width_test), 64,
+        "FPN's segmentation blocks normalise with GroupNorm of 32 groups"),
+    Rule("model.decoder.decoder_channels", relation(
+        "a positive integer, or a list of positive integers for model.arch=Unet",
+        _decoder_channels_test), 256, "the decoder's width (Unet: one per decoder stage)"),
+    Rule("model.decoder.psp_out_channels", number(1, integer=True), 512,
+         "PSPNet's width after the pyramid pooling"),
     Rule("model.weights_strict", BOOL, True, "false loads the tensors that fit, keeps the rest"),
     Rule("model.variant", choice(*MASKRCNN_VARIANTS), "v1", "torchvision's Mask R-CNN heads"),
     Rule("model.trainable_layers", number(0, 5, integer=True), 5, "ResNet stages trained"),

@@ -10,10 +10,15 @@ a state dict of the bare smp model (``encoder.*``) loads as well.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from segkit.config import ConfigError
 from segkit.models.base import SegmentationModel
 from segkit.models.blocks import check_batch_for_pooled_batch_norm
 from segkit.models.encoder import hub_weights, init_encoder
@@ -57,12 +62,50 @@ class SMPModel(SegmentationModel):
         return self.model(x)
 
 
+# smp.create_model arguments that are not the decoder's (segkit sets or names them itself)
+NOT_DECODER = (
+    "encoder_name",
+    "encoder_depth",
+    "encoder_weights",
+    "encoder_output_stride",
+    "in_channels",
+    "classes",
+    "activation",
+    "aux_params",
+    "upsampling",
+    "kwargs",
+)
+
+
+def decoder_arguments(arch: str) -> list[str]:
+    """The decoder arguments of smp's ``arch`` (its constructor's, less :data:`NOT_DECODER`)."""
+    model_class = smp.MODEL_ARCHITECTURES_MAPPING[arch.lower()]
+    parameters = inspect.signature(model_class.__init__).parameters
+    return [name for name in parameters if name not in ("self", *NOT_DECODER)]
+
+
+def check_decoder(arch: str, decoder: Mapping[str, Any]) -> None:
+    """Stop on a ``model.decoder`` key that smp's ``arch`` does not take.
+
+    Raises:
+        ConfigError: naming the key and the architecture's decoder arguments.
+    """
+    valid = decoder_arguments(arch)
+    unknown = [key for key in decoder if key not in valid]
+    if unknown:
+        raise ConfigError(
+            f"model.decoder.{unknown[0]} is no decoder argument of smp {arch}; its decoder "
+            f"arguments are {', '.join(f'model.decoder.{k}' for k in valid)}."
+        )
+
+
 def smp_model(
     arch: str,
     num_classes: int,
     encoder_name: str = "resnet18",
     encoder_weights: str | None = None,
     in_channels: int = 3,
+    decoder: Mapping[str, Any] | None = None,
 ) -> SMPModel:
     """Build an smp model.
 
@@ -75,10 +118,15 @@ def smp_model(
             state dict, or an smp Hub name (``"imagenet"``; network or cache), see
             :mod:`segkit.models.encoder`.
         in_channels: input channels.
+        decoder: smp's decoder arguments of ``arch``, by smp's names (FPN:
+            ``decoder_pyramid_channels``, ``decoder_segmentation_channels``; Unet:
+            ``decoder_channels``; ...), e.g. the decoder widths; ``None``: smp's defaults.
 
     Returns:
         the smp model wrapped in :class:`SMPModel`.
     """
+    decoder = dict(decoder or {})
+    check_decoder(arch, decoder)
     hub = hub_weights(encoder_name, encoder_weights)
     with encoder_weights_errors(encoder_name, None if hub is None else encoder_weights):
         net = smp.create_model(
@@ -87,6 +135,7 @@ def smp_model(
             encoder_weights=hub,
             in_channels=in_channels,
             classes=num_classes,
+            **decoder,
         )
     init_encoder(net.encoder, encoder_name, encoder_weights)
     return SMPModel(net)
