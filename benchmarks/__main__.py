@@ -17,7 +17,16 @@ import torch
 
 from benchmarks.common import machine
 
-NAMES = ("confmat", "train_step", "fast_paths", "slide", "loader", "predict_cpu", "architectures")
+NAMES = (
+    "confmat",
+    "train_step",
+    "fast_paths",
+    "recipe_step",
+    "slide",
+    "loader",
+    "predict_cpu",
+    "architectures",
+)
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 
 

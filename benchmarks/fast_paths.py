@@ -32,6 +32,7 @@ from benchmarks.common import compare, machine, ms, parse_args, ratio, table
 from segkit.config import compose
 from segkit.engine.callbacks.speed import compile_supported
 from segkit.tasks import build_task
+from segkit.tasks.optim import build_optimizer
 from segkit.tasks.semantic import SemanticSegmentationTask
 
 NUM_CLASSES = 19
@@ -100,19 +101,31 @@ def trainer_step(
     switch: Switch,
     images: torch.Tensor,
     masks: torch.Tensor,
+    as_configured: bool = False,
 ) -> Callable[[], torch.Tensor]:
     """A zero-argument training step of ``task`` under ``switch``; returns the loss.
 
     The loss is the task's own (:meth:`SemanticSegmentationTask.training_loss`, as
     ``training_step`` computes it), so the benchmark times what training runs.
+
+    Args:
+        as_configured: step the task's own optimiser (its config's parameter groups and
+            learning rates) and update its weight EMA (``task.ema_decay``) after each step,
+            as training does; otherwise a plain AdamW (lr 1e-4) over all parameters.
     """
     device = images.device
+    ema = task.ema_model if as_configured else None
     if switch.channels_last:
         task.model = task.model.to(memory_format=torch.channels_last)
+        if ema is not None:  # as callbacks.fast_paths does
+            ema.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     if switch.compile:
         task.model.compile()  # in place, as callbacks.fast_paths does
-    optimizer = torch.optim.AdamW(task.model.parameters(), lr=1e-4)
+    if as_configured:
+        optimizer = build_optimizer(task.optimizer_factory, task.optimizer_groups())
+    else:
+        optimizer = torch.optim.AdamW(task.model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=switch.autocast == torch.float16)
 
     def step() -> torch.Tensor:
@@ -122,11 +135,31 @@ def trainer_step(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(task.model)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return loss.detach()
 
     return step
+
+
+def loss_tolerance(switch: Switch) -> float:
+    """How far (relative) ``switch``'s first-step loss may lie from fp32 eager's."""
+    # autocast: reduced precision; compile: its own random stream for dropout
+    return 5e-2 if switch.autocast is not None else 1e-2 if switch.compile else 1e-3
+
+
+def check_first_losses(label: str, chosen: Sequence[Switch], losses: dict[str, float]) -> None:
+    """Raise unless every switch's first-step loss is within :func:`loss_tolerance` of the
+    first switch's (fp32 eager), all steps having started from the same weights."""
+    reference = losses[chosen[0].name]
+    for switch in chosen:
+        if abs(losses[switch.name] - reference) > loss_tolerance(switch) * abs(reference):
+            raise AssertionError(
+                f"{label}, {switch.name}: first-step loss {losses[switch.name]:.5f} differs "
+                f"from fp32 eager {reference:.5f}"
+            )
 
 
 def measure(
@@ -161,15 +194,8 @@ def measure(
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() - before + parameter_bytes
             peak_mib[name] = f"{peak / 2**20:.0f}"
+    check_first_losses(label, chosen, losses)
     reference = chosen[0].name
-    for switch in chosen:
-        # autocast: reduced precision; compile: its own random stream for dropout
-        tolerance = 5e-2 if switch.autocast is not None else 1e-2 if switch.compile else 1e-3
-        if abs(losses[switch.name] - losses[reference]) > tolerance * abs(losses[reference]):
-            raise AssertionError(
-                f"{label}, {switch.name}: first-step loss {losses[switch.name]:.5f} differs "
-                f"from fp32 eager {losses[reference]:.5f}"
-            )
     # one untimed round more: compile's backward graph and cuDNN autotuning finish there
     times = compare(steps, repeats=repeats, warmup=1)
     return [

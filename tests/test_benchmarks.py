@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from benchmarks.recipe_step import conv_layer_flops, count_flops
 from segkit.evaluation.metrics import (
     ConfusionMatrix,
     _scatter_histogram,
@@ -177,6 +179,75 @@ def test_benchmark_script_runs_quick(name, capsys):
         cells = [c.strip() for c in row.strip("|").split("|")]
         ratios = [c for c in cells if c.endswith("x") and c[:-1].replace(".", "").isdigit()]
         assert ratios or name == "loader", row
+
+
+# Convolutions of 16 channels, 3x3, padding 1, on a batch of 2 of 12x20, counted by hand
+# (1 multiply-add = 2 FLOPs): depthwise (groups 16), forward 2 * 2 * 16 * 3 * 3 * (12 * 20) =
+# 138_240; dense (groups 1) 16 times that; groups 4: 4 times; stride 2: 6x10 outputs. The
+# input gradient and the weight gradient each cost the forward again.
+CONV_CASES = [
+    # groups, stride, input requires grad, forward FLOPs, backward FLOPs
+    (16, 1, True, 138_240, 2 * 138_240),
+    (16, 2, True, 34_560, 2 * 34_560),
+    (16, 1, False, 138_240, 138_240),  # a first layer: weight gradient only
+    (1, 1, True, 2_211_840, 2 * 2_211_840),
+    (4, 1, True, 552_960, 2 * 552_960),
+]
+
+
+@pytest.mark.parametrize(("groups", "stride", "input_grad", "forward", "backward"), CONV_CASES)
+def test_flop_counter_counts_convolutions_by_hand(groups, stride, input_grad, forward, backward):
+    conv = nn.Conv2d(16, 16, 3, stride=stride, padding=1, groups=groups)
+    x = torch.randn(2, 16, 12, 20, requires_grad=input_grad)
+    with conv_layer_flops(conv) as layers:  # per-layer hooks, as the recipe table counts
+        assert count_flops(lambda: conv(x).sum()) == (forward, backward)
+    assert layers[""][:2] == [forward, backward]
+
+
+def test_flop_counter_counts_a_grouped_transposed_convolution_by_hand():
+    # [16 -> 16, groups 4, 3x3] transposed: 2 * 2 * 16 * (16 / 4) * 3 * 3 * (12 * 20) per pass
+    conv = nn.ConvTranspose2d(16, 16, 3, stride=2, padding=1, groups=4)
+    x = torch.randn(2, 16, 12, 20, requires_grad=True)
+    assert count_flops(lambda: conv(x).sum()) == (552_960, 2 * 552_960)
+
+
+def test_torch_flop_counter_counts_a_depthwise_weight_gradient_as_dense():
+    # what the recipe section of BENCHMARKS.md reports: torch's own formula counts the
+    # weight gradient of the depthwise layer above 16 times (its groups) too many
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+    x = torch.randn(2, 16, 12, 20, requires_grad=True)
+    with conv_layer_flops(conv) as layers:
+        assert count_flops(lambda: conv(x).sum(), corrected=False) == (138_240, 17 * 138_240)
+    assert layers[""][2] == 17 * 138_240  # the per-layer column "torch's count"
+
+
+@pytest.mark.slow
+def test_recipe_step_quick_counts_and_times_the_recipe(capsys):
+    module = importlib.import_module("benchmarks.recipe_step")
+    module.main(["--quick"])
+    out = capsys.readouterr().out
+    tables = [
+        [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+        for block in out.split("\n\n")
+        if block.startswith("| ")
+    ]
+    flops, rates, switches = tables
+    kinds = {row[0]: row for row in flops}
+    # FPN on Lite0: the decoder's dense 3x3 convolutions carry most of the forward FLOPs,
+    # and torch's formula overcounts only the depthwise layers' backward
+    assert float(kinds["decoder + head dense 3x3"][3].rstrip("%")) > 50
+    assert kinds["decoder + head dense 3x3"][6] == "1.00x"
+    assert all(float(r[6].rstrip("x")) > 2 for k, r in kinds.items() if "depthwise" in k)
+    assert "other operations" not in kinds  # every FLOP is in a convolution layer
+    assert [r[0].split()[0] for r in rates] == ["fp32", "bf16"]
+    names = [row[0] for row in switches]
+    assert names == [
+        "fp32 eager (reference)",
+        "channels_last",
+        "bf16-mixed",
+        "bf16-mixed + channels_last",
+    ]  # compile is skipped in --quick
+    assert switches[0][5] == "1.00x"
 
 
 @pytest.mark.slow
