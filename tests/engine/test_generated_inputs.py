@@ -143,7 +143,7 @@ def examples(draw: st.DrawFn, root: Path) -> Example:
         (root / "images" / "notes.txt").write_text("taken with camera 2\n")
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "unlisted.png")
     for defect in draw(st.lists(st.sampled_from(DEFECTS), max_size=2, unique=True)):
-        stem = draw(st.sampled_from(stems))
+        stem = draw(st.sampled_from([s for s in stems if s not in example.defective]))
         apply_defect(example, defect, stem, rng)
     style = draw(st.sampled_from(SPLIT_STYLES))
     for name, listed in splits.items():
@@ -214,6 +214,12 @@ def check_passed_run(example: Example, datamodule, task) -> None:
     assert sorted(seen) == sorted(example.splits["val"])
     batch = next(iter(datamodule.train_dataloader()))
     task.train()
+    if len(batch["image"]) == 1 and max(batch["image"].shape[-2:]) <= 32:
+        # one image whose deepest features are 1x1: batch norm cannot train; the model
+        # names the settings at the first step (a combination, not one key's range)
+        with pytest.raises(ValueError, match=r"data\.batch_size>=2.*data\.crop_size"):
+            task.training_loss(batch["image"], batch["mask"])
+        return
     loss, _ = task.training_loss(batch["image"], batch["mask"])
     loss.backward()
     assert torch.isfinite(loss)

@@ -101,3 +101,28 @@ def test_norm_names_and_group_counts_are_checked():
     assert isinstance(group(64), nn.GroupNorm) and group(64).num_groups == 32
     with pytest.raises(ValueError, match=r"48 channels .*model.norm_groups=32.*norm_groups=16"):
         group(48)
+
+
+class Normed(SegmentationModel):
+    """A batch-normed 1x1 convolution on features pooled to 1/8 of the padded size."""
+
+    output_stride = 8
+
+    def __init__(self, norm: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.norm = nn.BatchNorm2d(2) if norm else nn.Identity()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(F.avg_pool2d(x, 8)))
+
+
+def test_one_image_whose_deepest_map_is_1x1_names_the_settings_in_training():
+    model = Normed().train()
+    # 5x7 pads to 8x8: 1x1 at 1/8, one value per channel for batch norm
+    with pytest.raises(ValueError, match=r"batch of one 8x8 \(padded\).*data\.batch_size>=2"):
+        model(torch.randn(1, 3, 5, 7))
+    model(torch.randn(2, 3, 5, 7))  # two images: two values per channel
+    model(torch.randn(1, 3, 9, 7))  # pads to 16x8: a 2x1 map
+    model.eval()(torch.randn(1, 3, 5, 7))  # running statistics
+    Normed(norm=False).train()(torch.randn(1, 3, 5, 7))  # no batch norm
