@@ -26,6 +26,7 @@ NAMES = (
     "loader",
     "predict_cpu",
     "architectures",
+    "ddp_cpu",
 )
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 

@@ -162,7 +162,7 @@ def test_gpu_update_does_not_synchronise():
     np.testing.assert_array_equal(metric.confmat.cpu().numpy(), want)
 
 
-QUICK_SCRIPTS = ["confmat", "train_step", "fast_paths", "slide", "loader"]
+QUICK_SCRIPTS = ["confmat", "train_step", "fast_paths", "slide", "loader", "ddp_cpu"]
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
@@ -204,6 +205,45 @@ def check_requeue_resumes(config: DictConfig) -> None:
         )
 
 
+# sbatch's counts of a SLURM job and the Lightning trainer keys that must equal them
+SLURM_COUNTS = {"nodes": "trainer.num_nodes", "tasks_per_node": "trainer.devices"}
+
+
+def check_slurm_counts(config: DictConfig) -> None:
+    """Refuse a SLURM launch whose node or task count is not the trainer's.
+
+    ``conf/hydra/launcher/submitit_slurm.yaml`` reads ``hydra.launcher.nodes`` and
+    ``tasks_per_node`` from ``trainer.num_nodes`` and ``trainer.devices``, the one place to
+    set them (Lightning needs them in every run, with any launcher). A launcher key given
+    on the command line, or a swept trainer count (the launcher sizes every job of a sweep
+    from the values outside it), would queue jobs whose processes Lightning cannot connect:
+    it stops at the job's start, after the queue, with "does not match".
+
+    Raises:
+        ConfigError: naming the launcher key, the trainer key and the override to give.
+    """
+    launcher = config.hydra.launcher
+    if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        return
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides(list(config.hydra.overrides.get("task", [])))
+    swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
+    for launcher_key, trainer_key in SLURM_COUNTS.items():
+        if trainer_key in swept:
+            raise ConfigError(
+                f"{trainer_key} is swept, but hydra.launcher.{launcher_key} sizes every SLURM "
+                f"job of the sweep from one value: launch one sweep per {trainer_key}."
+            )
+        wanted, asked = OmegaConf.select(config, trainer_key, default=1), launcher[launcher_key]
+        if asked != wanted:
+            raise ConfigError(
+                f"hydra.launcher.{launcher_key}={asked} but {trainer_key}={wanted}: SLURM would "
+                f"start a job that Lightning cannot connect. Set {trainer_key}={asked} instead "
+                f"(hydra.launcher.{launcher_key} follows it) and leave "
+                f"hydra.launcher.{launcher_key} out."
+            )
+
+
 class RequeueAfterSave:
     """Inside a submitit job: a requeue signal saves ``last.ckpt`` before submitit requeues.
 
@@ -261,7 +301,9 @@ class SubmititJob(HydraCallback):
     """Hydra callback for the jobs of the submitit launchers (``conf/hydra/launcher/``).
 
     * ``on_multirun_start`` (where the sweep is submitted): a launcher that may requeue a
-      job needs ``resume=auto`` (:func:`check_requeue_resumes`).
+      job needs ``resume=auto`` (:func:`check_requeue_resumes`); SLURM's node and task
+      counts must be the trainer's (:func:`check_slurm_counts`). Either stops the launch
+      (``SystemExit``: Hydra would only warn about an exception) before anything is queued.
     * ``on_job_start`` (inside a submitit job only): submitit's requeue signal
       (``SIGUSR2``, or ``$SUBMITIT_PREEMPT_SIGNAL``) and ``SIGUSR1`` (Lightning's) go to
       :class:`RequeueAfterSave`, so ``last.ckpt`` is written before the job is requeued;
@@ -281,7 +323,12 @@ class SubmititJob(HydraCallback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if "submitit" in str(config.hydra.launcher.get("_target_", "")):
-            check_requeue_resumes(config)
+            try:
+                check_requeue_resumes(config)
+                check_slurm_counts(config)
+            except ConfigError as error:
+                # Hydra turns a callback's Exception into a warning and launches anyway
+                raise SystemExit(f"ConfigError: {error}") from error
             if sys.argv and sys.argv[0].endswith(".py"):
                 self._script = os.path.abspath(sys.argv[0])
 

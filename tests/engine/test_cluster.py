@@ -14,11 +14,17 @@ from typing import Any
 
 import lightning as L
 import pytest
+from omegaconf import read_write
 from submitit.core.utils import DelayedSubmission
 
 from segkit.cli.leaderboard import main as leaderboard
 from segkit.config import ConfigError
-from segkit.engine.hydra_callbacks import RequeueAfterSave, SubmititJob
+from segkit.engine.hydra_callbacks import (
+    RequeueAfterSave,
+    SubmititJob,
+    check_requeue_resumes,
+    check_slurm_counts,
+)
 from segkit.engine.train import train
 
 from ..helpers import ENV, FAST, PROJECT_ROOT, check_report, compose, compose_job, load
@@ -133,8 +139,62 @@ def test_slurm_launcher_asks_sbatch_for_the_trainers_tasks_gpus_and_nodes(tmp_pa
     assert expected <= options, sorted(options)
 
 
+def test_slurm_node_and_task_counts_have_one_source_the_trainers(tmp_path):
+    # trainer.num_nodes and trainer.devices are set once; the launcher's sbatch counts
+    # follow them (conf/hydra/launcher/submitit_slurm.yaml), so the two cannot disagree
+    slurm = ["hydra/launcher=submitit_slurm", "trainer=slurm", "resume=auto"]
+    cfg = launcher_config(tmp_path, *slurm, "trainer.num_nodes=3", "trainer.devices=2")
+    assert (cfg.trainer.num_nodes, cfg.trainer.devices) == (3, 2)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (3, 2, 2)
+    SubmititJob().on_multirun_start(cfg)
+    # the launcher's own key given instead of the trainer's
+    cases = {
+        "hydra.launcher.nodes=3": r"hydra.launcher.nodes=3 but trainer.num_nodes=1.*"
+        r"Set trainer.num_nodes=3 instead",
+        "hydra.launcher.tasks_per_node=2": r"hydra.launcher.tasks_per_node=2 but "
+        r"trainer.devices=1.*Set trainer.devices=2 instead",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            check_slurm_counts(launcher_config(tmp_path, *slurm, override))
+    # a swept trainer count: the launcher would size every job from the unswept value
+    cfg = launcher_config(tmp_path, *slurm)
+    with read_write(cfg.hydra):  # what Hydra records for `-m trainer.devices=2,4`
+        cfg.hydra.overrides.task.append("trainer.devices=2,4")
+    with pytest.raises(ConfigError, match="trainer.devices is swept"):
+        check_slurm_counts(cfg)
+
+
+@pytest.mark.slow
+def test_a_refused_launch_stops_before_anything_is_queued(tmp_path):
+    # Hydra only warns when a callback raises an Exception; SubmititJob exits instead
+    sweep = tmp_path / "sweep"
+    base = [
+        sys.executable,
+        str(PROJECT_ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=submitit_slurm",
+        "trainer=slurm",
+        "hydra.launcher.partition=gpu",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]
+    refused = {
+        "hydra.launcher.nodes=2 resume=auto": "hydra.launcher.nodes=2 but trainer.num_nodes=1",
+        "trainer.num_nodes=2": "resume=auto",  # the requeue check, through the same exit
+    }
+    for overrides, message in refused.items():
+        command = [*base, *overrides.split()]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=ENV)
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert "ConfigError: " in result.stderr and message in result.stderr, result.stderr
+        assert "srun" not in result.stderr  # submitit never ran (there is no SLURM here)
+        assert not (sweep / ".submitit").exists()
+
+
 def test_a_launch_that_may_requeue_needs_resume_auto(tmp_path):
-    check = SubmititJob().on_multirun_start
+    check = check_requeue_resumes
     slurm = launcher_config(tmp_path, "hydra/launcher=submitit_slurm")
     with pytest.raises(ConfigError, match=r"resume=auto.*hydra.launcher.max_num_timeout=0"):
         check(slurm)

@@ -1,8 +1,11 @@
-"""2-process CPU DDP (gloo): rank-independent evaluation, Hydra multirun + DDP, DDP training."""
+"""2-process CPU DDP (gloo): rank-independent evaluation, Hydra multirun + DDP, DDP training,
+and 2 nodes x 1 process (simulated on this machine) against 1 node x 2 processes."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +15,7 @@ from torch.utils.data import DistributedSampler
 
 from segkit.data.datamodule import UnpaddedDistributedSampler
 
-from ..helpers import FAST, PROJECT_ROOT, load, run, train_command
+from ..helpers import ENV, FAST, PROJECT_ROOT, load, run, train_command
 
 
 def multirun_command(tmp_path, sweep) -> list[str]:
@@ -140,3 +143,77 @@ def test_ddp_instance_evaluation_counts_each_image_once(tmp_path):
     ap_keys = [k for k in metrics[0] if "AP" in k]
     assert ap_keys and all(metrics[0][k] == pytest.approx(metrics[1][k]) for k in ap_keys)
     assert (sweep / "1" / "train_ddp_process_1.log").is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_train_as_one_node_of_two(tmp_path):
+    """A 2-node x 1-process job equals a 1-node x 2-process run step for step.
+
+    Both "nodes" run on this machine, each a train.py started by hand with the variables
+    Lightning's on-prem multi-node route sets on every node (docs/cluster.md): MASTER_ADDR,
+    MASTER_PORT, NODE_RANK and WORLD_SIZE. Lightning's default ``LightningEnvironment`` gives
+    global rank = NODE_RANK x devices + local rank and world size = num_nodes x devices, so
+    node 1's process is rank 1 of 2, as the second process of the 1-node run is; LOCAL_RANK
+    is left to Lightning, which starts a node's other devices - 1 processes itself (setting it
+    by hand would mean starting every process yourself). Same seed, the same sampler shards
+    (ranks 0 and 1 of 2), the same augmentation streams (seeded by global rank), the same
+    2-rank gloo all-reduce and no SyncBatchNorm on CPU in either: the global batch (2 x 4), the
+    learning rate and loss of every step, the weights and the validation confusion matrix
+    agree exactly. Each node writes into its own folder, as separate machines would; only
+    global rank 0 (node 0) writes the report and checkpoints.
+    """
+    common = [
+        "data.prepare.num_train=16",
+        "trainer=ddp",
+        "trainer.sync_batchnorm=false",  # CPU: off either way
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",  # the learning rate of every step in metrics.csv
+    ]
+    one_node = tmp_path / "one_node"
+    run(train_command(tmp_path, one_node, *common, "trainer.devices=2", "trainer.num_nodes=1"))
+
+    port, nodes = str(free_port()), [tmp_path / "node0", tmp_path / "node1"]
+    processes = []
+    for rank, folder in enumerate(nodes):
+        env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(rank)}
+        env["WORLD_SIZE"] = "2"
+        command = train_command(
+            tmp_path, folder, *common, "trainer.devices=1", "trainer.num_nodes=2"
+        )
+        processes.append(
+            subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = []
+    try:
+        outputs = [process.communicate(timeout=600)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-5000:]
+    assert "Starting with 2 processes" in outputs[0]
+
+    # the global batch: 16 images / (2 processes x batch 4) = 2 steps per epoch, 2 epochs
+    single, multi = (load(d / "checkpoints" / "last.ckpt") for d in (one_node, nodes[0]))
+    assert single["global_step"] == multi["global_step"] == 4
+    for key, value in single["state_dict"].items():
+        assert torch.equal(value, multi["state_dict"][key]), key
+    # the learning-rate schedule (and the losses): metrics.csv line for line
+    logged = [next(d.glob("csv/**/metrics.csv")).read_text() for d in (one_node, nodes[0])]
+    assert logged[0] == logged[1]
+    lr_steps = [line for line in logged[0].splitlines() if line.startswith(",")]
+    assert len(lr_steps) == 4  # one learning-rate row per optimiser step
+    matrices = [np.load(d / "confusion_matrix.npy") for d in (one_node, nodes[0])]
+    np.testing.assert_array_equal(matrices[1], matrices[0])
+    assert matrices[0].sum() == 8 * 64 * 64
+    # node 1 (global rank 1) wrote no report and no checkpoint
+    assert not (nodes[1] / "confusion_matrix.npy").exists()
+    assert not list(nodes[1].glob("checkpoints/*.ckpt"))
