@@ -20,7 +20,7 @@ import shlex
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -44,6 +44,20 @@ from segkit.engine.sweeps import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def stop_launch_on_error(*checks: Callable[[DictConfig], None], config: DictConfig) -> None:
+    """Run a callback's launch checks on ``config``; a failed one stops the launch.
+
+    Hydra (1.3) turns an exception raised in a callback into a warning and launches anyway,
+    so the error (a :class:`ConfigError` or another ``ValueError``) leaves as ``SystemExit``
+    (its type and message, exit status 1), before any job runs.
+    """
+    try:
+        for check in checks:
+            check(config)
+    except ValueError as error:
+        raise SystemExit(f"{type(error).__name__}: {error}") from error
 
 
 class DDPJobCallback(HydraCallback):
@@ -140,8 +154,7 @@ class SweepCallback(HydraCallback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_optimized_metric(config)
-        check_searched_keys(config)
+        stop_launch_on_error(check_optimized_metric, check_searched_keys, config=config)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -323,12 +336,7 @@ class SubmititJob(HydraCallback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if "submitit" in str(config.hydra.launcher.get("_target_", "")):
-            try:
-                check_requeue_resumes(config)
-                check_slurm_counts(config)
-            except ConfigError as error:
-                # Hydra turns a callback's Exception into a warning and launches anyway
-                raise SystemExit(f"ConfigError: {error}") from error
+            stop_launch_on_error(check_requeue_resumes, check_slurm_counts, config=config)
             if sys.argv and sys.argv[0].endswith(".py"):
                 self._script = os.path.abspath(sys.argv[0])
 
