@@ -60,30 +60,27 @@ class SegmentationModel(nn.Module):
         """
         height, width = x.shape[-2:]
         padded = pad_to_multiple(x, self.output_stride)
-        if self.training and x.shape[0] == 1:
-            self._check_single_image_batch(padded)
-        output = self.predict(padded)
+        try:
+            output = self.predict(padded)
+        except ValueError as error:
+            if "Expected more than 1 value per channel" not in str(error):
+                raise
+            raise ValueError(self._single_value_message(padded)) from error
         if isinstance(output, dict):
             if not self.training or output.get("aux") is None:
                 return self._fit(output["out"], padded, "out", height, width)
             return {k: self._fit(v, padded, k, height, width) for k, v in output.items()}
         return self._fit(output, padded, "logits", height, width)
 
-    def _check_single_image_batch(self, padded: torch.Tensor) -> None:
-        """A training batch of one image whose deepest features are 1x1 leaves batch norm
-        one value per channel (PyTorch's "Expected more than 1 value per channel"): say
-        which settings cause it."""
-        side_h, side_w = (n // self.output_stride for n in padded.shape[-2:])
-        if side_h * side_w > 1:
-            return
-        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules()):
-            return
-        raise ValueError(
-            f"a training batch of one {padded.shape[-2]}x{padded.shape[-1]} (padded) image "
-            f"reaches {type(self).__name__}'s deepest features (1/{self.output_stride}) as a "
-            "1x1 map, where batch norm has one value per channel and cannot train: use "
-            f"data.batch_size>=2, or crops with a side above {self.output_stride} "
-            "(data.crop_size)."
+    def _single_value_message(self, padded: torch.Tensor) -> str:
+        """What PyTorch's batch-norm error "Expected more than 1 value per channel when
+        training" means for a segkit run: a training batch of one image whose features
+        reached batch norm as a 1x1 map; the settings that cause it."""
+        return (
+            f"a training batch of {padded.shape[0]} {padded.shape[-2]}x{padded.shape[-1]} "
+            f"(padded) image(s) reaches a batch norm of {type(self).__name__} as a 1x1 map "
+            "(one value per channel), which cannot train: use data.batch_size>=2, or crops "
+            f"with a side above {self.output_stride} (data.crop_size)."
         )
 
     def _fit(

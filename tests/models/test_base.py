@@ -120,7 +120,7 @@ class Normed(SegmentationModel):
 def test_one_image_whose_deepest_map_is_1x1_names_the_settings_in_training():
     model = Normed().train()
     # 5x7 pads to 8x8: 1x1 at 1/8, one value per channel for batch norm
-    with pytest.raises(ValueError, match=r"batch of one 8x8 \(padded\).*data\.batch_size>=2"):
+    with pytest.raises(ValueError, match=r"batch of 1 8x8 \(padded\).*data\.batch_size>=2"):
         model(torch.randn(1, 3, 5, 7))
     model(torch.randn(2, 3, 5, 7))  # two images: two values per channel
     model(torch.randn(1, 3, 9, 7))  # pads to 16x8: a 2x1 map
