@@ -297,7 +297,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         props = {
             p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
         }
-        meta = {key: json.loads(value) for key, value in props.items()}
+        meta = {key: _json_or_text(value) for key, value in props.items()}
     else:
         files = {TORCHSCRIPT_METADATA: ""}
         torch.jit.load(str(path), map_location="cpu", _extra_files=files)

@@ -355,3 +355,25 @@ def test_export_never_replaces_a_file_unless_overwrite(tmp_path, monkeypatch):
     assert main(cfg) == out
     assert read_metadata(out)["dynamic"] is True  # replaced by the export
     assert all(p.read_bytes() == data for p, data in before.items() if p != out)
+
+
+def test_an_onnx_file_of_another_tool_is_named_as_such(tmp_path):
+    """Plain-text metadata (not JSON, as other exporters write it) is read, and the file is
+    refused for the segkit keys it lacks, not for a JSON error."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from segkit.deploy.export import read_metadata
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "other",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"author": "another tool, plain text"})
+    path = tmp_path / "other.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ValueError, match=r"other\.onnx has no segkit metadata \(mean, std"):
+        read_metadata(path)
