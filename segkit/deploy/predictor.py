@@ -55,7 +55,7 @@ def predict(cfg: DictConfig) -> None:
     check_targets(cfg, files, detections=not onnx and output_format(cfg) == "palette")
     if onnx:  # export.py's file: metadata gives the rest
         stored, onnx_task = onnx_predictor(cfg.ckpt_path, given)
-        predict_semantic(cfg, stored, onnx_task)
+        predict_semantic(cfg, stored, onnx_task, files)
         return
     # one checkpoint, or an ensemble of several (segkit/engine/ensemble.py); classes must match
     trained = load_trained(cfg.ckpt_path, given, cfg.get("ckpt_weights"))
@@ -72,11 +72,11 @@ def predict(cfg: DictConfig) -> None:
         backend = "eager" if ensemble else choose_backend(cfg.backend, images)
         if cfg.backend == "auto":
             print(f"backend=auto: {backend} for {images} images")
-        predict_semantic(cfg, stored, fast_path(task, backend))
+        predict_semantic(cfg, stored, fast_path(task, backend), files)
         return
     if isinstance(task, InstanceSegmentationTask):
         if output_format(cfg) != "palette":
             raise ValueError("format=cityscapes writes semantic labelIds; use format=palette.")
-        predict_instances(cfg, stored, task)
+        predict_instances(cfg, stored, task, files)
         return
     raise TypeError(f"predict.py cannot run a {type(task).__name__} checkpoint yet.")

@@ -128,15 +128,36 @@ def check_targets(cfg: DictConfig, files: list[Path], detections: bool) -> None:
         check_new(prediction_files(output, files, cityscapes, detections))
 
 
+def colours_and_statistics(
+    stored: DictConfig, num_classes: int
+) -> tuple[list[tuple[int, int, int]], list[int], np.ndarray, np.ndarray]:
+    """What both prediction writers take from the stored config: the palette, the same
+    flattened for ``Image.putpalette``, and the normalisation ``mean``/``std`` (0-255)."""
+    palette = palette_of(stored, num_classes)
+    mean, std = scaled_statistics(stored.data.mean, stored.data.std)
+    return palette, [v for colour in palette for v in colour], mean, std
+
+
+def save_palette_png(labels: np.ndarray, flat_palette: list[int], path: Path) -> None:
+    """``labels`` (uint8 ``[H, W]``) as a palette-mode PNG marked as predict.py's own."""
+    mask = Image.fromarray(labels, mode="P")
+    mask.putpalette(flat_palette)
+    mask.save(path, pnginfo=prediction_pnginfo())
+
+
 @torch.no_grad()
-def predict_semantic(cfg: DictConfig, stored: DictConfig, task: Segmenter) -> None:
+def predict_semantic(
+    cfg: DictConfig, stored: DictConfig, task: Segmenter, files: Sequence[Path]
+) -> None:
     """Write class-index PNGs and overlays for every input image; with ``format=cityscapes``
     Cityscapes labelId PNGs (``<stem>.png``, mode L) and nothing else, the result format of
     cityscapesScripts' ``evalPixelLevelSemanticLabeling`` (its search pattern
-    ``<city>_<seq>_<frame>*.png`` matches ``<stem>`` of a ``*_leftImg8bit.png`` input)."""
-    source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
-    files = semantic_inputs(cfg, source)  # a missing input is reported as missing
-    check_targets(cfg, files, detections=False)
+    ``<city>_<seq>_<frame>*.png`` matches ``<stem>`` of a ``*_leftImg8bit.png`` input).
+
+    ``files``: the inputs (:func:`semantic_inputs`), already read (:func:`check_inputs`) and
+    checked against what they would overwrite (:func:`check_targets`) by the caller,
+    :func:`segkit.deploy.predictor.predict`, before the model was loaded."""
+    output = Path(cfg.output).expanduser()
     if task.num_classes > 256:
         raise ValueError(f"{task.num_classes} classes do not fit a palette PNG (256 at most).")
     cityscapes = output_format(cfg) == "cityscapes"
@@ -145,9 +166,7 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: Segmenter) -> No
     else:
         (output / "overlays").mkdir(parents=True, exist_ok=True)
     output.mkdir(parents=True, exist_ok=True)
-    palette = palette_of(stored, task.num_classes)
-    flat_palette = [v for colour in palette for v in colour]
-    mean, std = scaled_statistics(stored.data.mean, stored.data.std)
+    palette, flat_palette, mean, std = colours_and_statistics(stored, task.num_classes)
     task = task.to(cfg.device)
     for path in track(files, description="predicting"):
         image = read_image(path)  # uint8 [H, W, 3]
@@ -158,9 +177,7 @@ def predict_semantic(cfg: DictConfig, stored: DictConfig, task: Segmenter) -> No
                 output / f"{path.stem}.png", pnginfo=prediction_pnginfo()
             )
             continue
-        mask = Image.fromarray(labels, mode="P")
-        mask.putpalette(flat_palette)
-        mask.save(output / f"{path.stem}.png", pnginfo=prediction_pnginfo())
+        save_palette_png(labels, flat_palette, output / f"{path.stem}.png")
         alpha = float(cfg.overlay_alpha)
         blend = (1 - alpha) * image.astype(np.float32) + alpha * colourise(labels, palette)
         Image.fromarray(blend.round().astype(np.uint8)).save(
@@ -209,30 +226,27 @@ def check_inputs(files: Sequence[Path]) -> None:
 
 
 @torch.no_grad()
-def predict_instances(cfg: DictConfig, stored: DictConfig, task: InstanceSegmentationTask) -> None:
+def predict_instances(
+    cfg: DictConfig, stored: DictConfig, task: InstanceSegmentationTask, files: Sequence[Path]
+) -> None:
     """Write the semantic view (palette PNG), a drawing and the detections of every image.
 
     ``<output>/<stem>.png``: class map of the detections scoring at least the task's
     ``score_threshold`` (higher scores on top); ``<output>/overlays/<stem>.jpg``: masks,
     boxes, class names and scores drawn over the image; ``<output>/<stem>.json``: every
-    detection (box xyxy, class, score).
+    detection (box xyxy, class, score). ``files`` as for :func:`predict_semantic` (checked
+    with ``<stem>.json`` among the targets).
     """
-    source, output = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
-    files = input_files(source)
-    check_targets(cfg, files, detections=True)
+    output = Path(cfg.output).expanduser()
     (output / "overlays").mkdir(parents=True, exist_ok=True)
-    palette = palette_of(stored, task.num_classes)
-    flat_palette = [v for colour in palette for v in colour]
-    mean, std = scaled_statistics(stored.data.mean, stored.data.std)
+    palette, flat_palette, mean, std = colours_and_statistics(stored, task.num_classes)
     task = task.to(cfg.device)
     for path in track(files, description="predicting"):
         image = read_image(path)  # uint8 [H, W, 3]
         x = image_tensor(image, mean, std).to(cfg.device)
         detections = {k: v.cpu() for k, v in task([x])[0].items()}
         labels = task.semantic_map(detections, image.shape[:2]).to(torch.uint8).numpy()
-        mask = Image.fromarray(labels, mode="P")
-        mask.putpalette(flat_palette)
-        mask.save(output / f"{path.stem}.png", pnginfo=prediction_pnginfo())
+        save_palette_png(labels, flat_palette, output / f"{path.stem}.png")
         drawing = draw_instances(
             image,
             detections,

@@ -181,8 +181,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         )
 
     trainer = make()
-    reason = ""
+    fixes: dict[str, Any] = {}  # arguments the built trainer shows cannot work here
     if cfg.trainer.get("sync_batchnorm"):
+        reason = ""
         if trainer.world_size == 1:
             reason = "only one process runs"
         elif isinstance(trainer.accelerator, CPUAccelerator):
@@ -193,7 +194,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
                 "BatchNorm. Set trainer.sync_batchnorm=false to silence this.",
                 stacklevel=2,
             )
-            trainer = make(sync_batchnorm=False)
+            fixes["sync_batchnorm"] = False
     precision = str(cfg.trainer.get("precision"))
     if (
         precision.startswith("bf16")
@@ -206,7 +207,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
             "training runs in trainer.precision=32-true instead.",
             stacklevel=2,
         )
-        trainer = make(precision="32-true", **({"sync_batchnorm": False} if reason else {}))
+        fixes["precision"] = "32-true"
+    if fixes:
+        trainer = make(**fixes)
     return trainer
 
 
