@@ -15,7 +15,8 @@
   best checkpoint on the validation split.
 * ``curve.png``: validation mIoU and the training and validation loss per epoch
   (``csv/metrics.csv``), and ``history.csv``: those values (``epoch`` counted from 1,
-  ``train_loss``, ``val_loss``, ``val_mIoU`` as a fraction), for charts over several results
+  ``train_loss``, ``val_loss``, ``val_mIoU`` as a fraction, ``epoch_minutes`` the epoch's
+  wall minutes where the run logged them), for charts over several results
   (:mod:`segkit.evaluation.compare`).
 * ``samples.json`` and ``samples.png``: :data:`SAMPLE_COUNT` fixed validation images (evenly
   spaced in the split's order, :func:`sample_indices`), their per-image confusion matrices
@@ -45,6 +46,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from segkit.engine.callbacks.console import EPOCH_MINUTES
 from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
 from segkit.evaluation.analysis import load_run
 from segkit.evaluation.figures import sample_indices, sample_panels
@@ -149,14 +151,23 @@ def plot_samples(
     Image.fromarray(sample_panels(panels, names, class_names, palette)).save(path)
 
 
+# logged key -> history.csv column; val_mIoU is NaN in epochs without validation
+HISTORY_COLUMNS = {
+    "train/loss_epoch": "train_loss",
+    "val/loss": "val_loss",
+    "val/mIoU": "val_mIoU",
+    EPOCH_MINUTES: "epoch_minutes",
+}
+
+
 def epoch_table(metrics_csv: Path) -> Any:
-    """Per-epoch ``train/loss_epoch``, ``val/loss``, ``val/mIoU`` of every trained epoch,
-    from Lightning's CSV log (a pandas DataFrame indexed by epoch, counted from 0; a
+    """Per-epoch values of the :data:`HISTORY_COLUMNS` keys of every trained epoch, from
+    Lightning's CSV log (a pandas DataFrame indexed by epoch, counted from 0; a
     resumed run's repeated epoch keeps its last values)."""
     import pandas as pd
 
     log = pd.read_csv(metrics_csv)
-    keys = [k for k in ("train/loss_epoch", "val/loss", "val/mIoU") if k in log]
+    keys = [k for k in HISTORY_COLUMNS if k in log]
     table = log.dropna(subset=["epoch"]).groupby("epoch")[keys].last()
     # epochs that trained: not the scoring of the best checkpoint after fitting, which
     # logs val/test keys under the next epoch number
@@ -171,14 +182,17 @@ def plot_curve(table: Any, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, miou_ax = plt.subplots(figsize=(7, 3.6))
-    epochs = table.index + 1  # epochs trained
-    miou_ax.plot(epochs, 100 * table["val/mIoU"], color="tab:blue", marker=".", label="val mIoU")
+    validated = table["val/mIoU"].dropna()  # val every N epochs: only the epochs that ran it
+    miou_ax.plot(
+        validated.index + 1, 100 * validated, color="tab:blue", marker=".", label="val mIoU"
+    )
     miou_ax.set_xlabel("epoch")
     miou_ax.set_ylabel("val mIoU (%)", color="tab:blue")
     loss_ax = miou_ax.twinx()
     for key, colour in (("train/loss_epoch", "tab:red"), ("val/loss", "tab:orange")):
         if key in table:
-            loss_ax.plot(epochs, table[key], color=colour, label=key.replace("/", " "))
+            values = table[key].dropna()
+            loss_ax.plot(values.index + 1, values, color=colour, label=key.replace("/", " "))
     loss_ax.set_ylabel("loss")
     handles = miou_ax.get_legend_handles_labels()[0] + loss_ax.get_legend_handles_labels()[0]
     miou_ax.legend(handles=handles, loc="center right", fontsize=8)
@@ -187,9 +201,6 @@ def plot_curve(table: Any, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-HISTORY_COLUMNS = {"train/loss_epoch": "train_loss", "val/loss": "val_loss", "val/mIoU": "val_mIoU"}
 
 
 def write_history(table: Any, path: Path) -> None:

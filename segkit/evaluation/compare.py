@@ -9,7 +9,9 @@ validation) and wall time, val PA/MPA/mIoU/FWIoU (%) and the best epoch (counted
 plus the columns measured by ``python -m benchmarks --only architectures`` when given
 (parameters, GMACs at 360x480, CPU inference ms per frame, eager and ONNX Runtime);
 :func:`per_class_table` is the per-class val IoU table and :func:`plot_histories` draws val
-mIoU per epoch of every result on one chart. The command is ``python -m segkit.cli.compare``.
+mIoU per epoch of every result on one chart; :func:`plot_time_to_accuracy` draws val mIoU
+against wall minutes (:func:`accuracy_over_time`), the chart for comparing recipes whose epochs
+cost different times. The command is ``python -m segkit.cli.compare``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 METRICS = ("PA", "MPA", "mIoU", "FWIoU")
@@ -104,19 +107,19 @@ def per_class_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def plot_histories(results: Sequence[Result], path: str | Path, title: str) -> None:
-    """Val mIoU (%) per epoch of every result with a history, on one chart."""
+def _miou_chart(
+    lines: Sequence[tuple[Any, Any, str, str]], xlabel: str, path: str | Path, title: str
+) -> None:
+    """One chart of val mIoU (%) lines, each ``(x, y, label, marker)``, saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for result in sorted(results, key=lambda r: -r.metrics["mIoU"]):
-        if "val_mIoU" in result.history:
-            history = result.history["val_mIoU"]
-            ax.plot(history.index, 100 * history, marker=".", label=result.name)
-    ax.set_xlabel("epoch")
+    for x, y, label, marker in lines:
+        ax.plot(x, y, marker=marker, markersize=9 if marker == "*" else 6, label=label)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("val mIoU (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -124,3 +127,65 @@ def plot_histories(results: Sequence[Result], path: str | Path, title: str) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_histories(results: Sequence[Result], path: str | Path, title: str) -> None:
+    """Val mIoU (%) per epoch of every result with a history, on one chart."""
+    lines = []
+    for result in sorted(results, key=lambda r: -r.metrics["mIoU"]):
+        if "val_mIoU" in result.history:
+            history = result.history["val_mIoU"].dropna()  # epochs that validated
+            lines.append((history.index, 100 * history, result.name, "."))
+    _miou_chart(lines, "epoch", path, title)
+
+
+@dataclass
+class TimeCurve:
+    """Val mIoU against wall minutes of one result (:func:`accuracy_over_time`).
+
+    Attributes:
+        minutes: ``[N]`` wall minutes at the end of each validated epoch.
+        miou: ``[N]`` val mIoU (%) of those epochs.
+        source: how ``minutes`` was obtained: ``"measured"`` (the running sum of the
+            ``epoch_minutes`` the run logged; start-up and time spent stopped not counted),
+            ``"evenly spaced"`` (a run that logged no epoch times: epoch ``e`` of ``E`` at
+            ``e / E`` of ``run.json``'s wall time, which includes start-up), or ``"end point"``
+            (no history: the final score at the run's wall time only).
+    """
+
+    minutes: np.ndarray
+    miou: np.ndarray
+    source: str
+
+
+def accuracy_over_time(result: Result) -> TimeCurve | None:
+    """The val mIoU of ``result`` against wall minutes; ``None`` without any wall time."""
+    wall, epochs = result.run.get("wall_seconds"), result.run.get("epochs_trained")
+    history = result.history
+    if "val_mIoU" not in history or not history["val_mIoU"].notna().any():
+        if not wall:
+            return None
+        return TimeCurve(
+            np.array([wall / 60]), np.array([100 * result.metrics["mIoU"]]), "end point"
+        )
+    if "epoch_minutes" in history and history["epoch_minutes"].notna().all():
+        minutes, source = history["epoch_minutes"].cumsum().to_numpy(), "measured"
+    elif wall and epochs:
+        minutes, source = history.index.to_numpy() * wall / 60 / epochs, "evenly spaced"
+    else:
+        return None
+    validated = history["val_mIoU"].notna().to_numpy()
+    return TimeCurve(minutes[validated], 100 * history["val_mIoU"].to_numpy()[validated], source)
+
+
+def plot_time_to_accuracy(results: Sequence[Result], path: str | Path, title: str) -> None:
+    """Val mIoU (%) against wall minutes of every result with a wall time, on one chart; the
+    legend says where the minutes are not measured per epoch (:class:`TimeCurve`)."""
+    lines = []
+    for result in sorted(results, key=lambda r: -r.metrics["mIoU"]):
+        curve = accuracy_over_time(result)
+        if curve is not None:
+            label = result.name if curve.source == "measured" else f"{result.name} ({curve.source})"
+            marker = "*" if curve.source == "end point" else "."
+            lines.append((curve.minutes, curve.miou, label, marker))
+    _miou_chart(lines, "wall minutes (training and validation)", path, title)

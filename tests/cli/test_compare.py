@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from segkit.cli.compare import main
 
 
@@ -46,3 +48,33 @@ def test_rows_best_first_with_hand_computed_columns(tmp_path, capsys):
     assert lines[-1] == "Still to come (no metrics.json): upernet"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert capsys.readouterr().out.strip() == text
+
+
+def test_time_to_accuracy_from_measured_spaced_and_end_point_histories(tmp_path):
+    from segkit.evaluation.compare import accuracy_over_time, load_result
+
+    measured = result_folder(tmp_path, "fast", 0.5, wall=900, epochs=4, best=3)
+    # validation every 2 epochs: NaN mIoU in epochs 1 and 3; their minutes still count
+    (measured / "history.csv").write_text(
+        "epoch,train_loss,val_mIoU,epoch_minutes\n"
+        "1,1.0,,1.5\n2,0.9,0.4,2.0\n3,0.8,,2.5\n4,0.7,0.5,1.0\n"
+    )
+    spaced = result_folder(tmp_path, "old", 0.6, wall=1200, epochs=4, best=3)  # no minutes
+    end_only = result_folder(tmp_path, "published_long_ago", 0.675, wall=5843, epochs=45, best=44)
+    (end_only / "history.csv").unlink()  # published before history.csv existed
+
+    curve = accuracy_over_time(load_result(measured))
+    assert curve.source == "measured"
+    assert curve.minutes.tolist() == [3.5, 7.0]  # 1.5 + 2.0; + 2.5 + 1.0
+    assert curve.miou.tolist() == [40.0, 50.0]
+    curve = accuracy_over_time(load_result(spaced))
+    assert curve.source == "evenly spaced"
+    assert curve.minutes.tolist() == [5.0, 10.0, 15.0, 20.0]  # 20 min over 4 epochs
+    assert curve.miou == pytest.approx([15.0, 30.0, 45.0, 60.0])
+    curve = accuracy_over_time(load_result(end_only))
+    assert curve.source == "end point"
+    assert curve.minutes.tolist() == [5843 / 60] and curve.miou.tolist() == [67.5]
+
+    chart = tmp_path / "time.png"
+    main([str(measured), str(spaced), str(end_only), "--time-chart", str(chart)])
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

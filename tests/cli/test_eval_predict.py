@@ -83,7 +83,10 @@ def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained_ru
         assert (out / name).stat().st_size > 0, name
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [1, 2]
-    assert set(history) == {"epoch", "train_loss", "val_loss", "val_mIoU"}
+    assert set(history) == {"epoch", "train_loss", "val_loss", "val_mIoU", "epoch_minutes"}
+    # each epoch's measured minutes: positive, together within the run's wall time
+    assert (history["epoch_minutes"] > 0).all()
+    assert history["epoch_minutes"].sum() * 60 <= info["wall_seconds"] + 1
     # the published checkpoint is the best epoch by val mIoU, re-scored into metrics.json
     assert history["val_mIoU"].max() == pytest.approx(trained_metrics["mIoU"], abs=1e-6)
     # the weights-only file scores val exactly as the training run did

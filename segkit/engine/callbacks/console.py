@@ -24,6 +24,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from segkit.engine.checkpoints import describe_model
 
 progress_log = logging.getLogger("segkit.progress")  # Hydra: console and <run>/train.log
+EPOCH_MINUTES = "time/epoch_minutes"  # logged by EpochLines, read by deploy.publish
 
 
 def _format_rate(trainer: L.Trainer) -> str:
@@ -46,6 +47,12 @@ class EpochLines(L.Callback):
     the ``segkit.progress`` logger, which Hydra sends to the console and to the run's
     ``train.log``; the progress bar is off when the output is not a terminal
     (:func:`segkit.engine.runner.build_trainer`), so a log file reads one line per epoch.
+
+    The epoch's wall time (training and, in epochs that validate, validation; from the
+    epoch's start to its end, so start-up and time spent stopped are not counted) is also
+    logged as ``time/epoch_minutes``: a published result's ``history.csv`` carries it
+    (``epoch_minutes``), and its running sum is the x axis of time-to-accuracy charts
+    (:mod:`segkit.evaluation.compare`).
 
     Args:
         monitor: the validation metric followed for "best" (the config's
@@ -79,6 +86,8 @@ class EpochLines(L.Callback):
             self._validated = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        minutes = (time.monotonic() - self._started) / 60
+        pl_module.log(EPOCH_MINUTES, minutes, on_epoch=True, on_step=False)
         if not trainer.is_global_zero:
             return
         epoch = trainer.current_epoch + 1
@@ -99,7 +108,7 @@ class EpochLines(L.Callback):
                 parts.append(f"best {name} {100 * self.best[0]:.2f} (epoch {self.best[1]})")
         parts += [
             f"lr {_format_rate(trainer)}",
-            f"{(time.monotonic() - self._started) / 60:.1f} min",
+            f"{minutes:.1f} min",
         ]
         progress_log.info(" | ".join(parts))
 
