@@ -290,7 +290,9 @@ SMP_ARCHS = (  # segmentation_models_pytorch.MODEL_ARCHITECTURES_MAPPING (case-i
     "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus",
     "PAN", "UPerNet", "Segformer", "DPT",
 )  # fmt: skip
-CLASS_WEIGHT_NAMES = ("median_frequency", "inverse_frequency")  # tasks.class_weights.CHOICES
+CLASS_WEIGHT_NAMES = (  # segkit.tasks.class_weights.CHOICES
+    "median_frequency", "sqrt_median_frequency", "inverse_frequency",
+)  # fmt: skip
 BACKENDS = ("eager", "channels_last", "compile", "onnxruntime")  # deploy.backends.BACKENDS
 EXPORT_FORMATS = ("onnx", "torchscript")  # segkit.deploy.export.FORMATS
 EXPORT_RETURNS = ("logits", "labels")  # segkit.deploy.graph.RETURNS
@@ -409,7 +411,7 @@ def _class_weights_test(value: Any, ctx: Context) -> bool:
 
 CLASS_WEIGHTS = Check(
     lambda ctx: (
-        f"null, {' or '.join(CLASS_WEIGHT_NAMES)}, or "
+        f"null, {', '.join(CLASS_WEIGHT_NAMES)}, or "
         f"{ctx.value_or('data.num_classes', 'C')} numbers >= 0 (one per class, not all 0)"
     ),
     _class_weights_test,
@@ -774,7 +776,7 @@ RULES: tuple[Rule, ...] = (
     Rule("model.box_score_threshold", number(0, 1), 0.05, "a detection score"),
     Rule("model.box_detections_per_img", number(1, integer=True), 100, "detections kept"),
 
-    # --- loss: conf/loss/*.yaml, and the losses inside loss=ce_dice
+    # --- loss: conf/loss/*.yaml, and the losses inside loss=ce_dice and loss=ce_lovasz
     Rule("loss.**.ignore_index", same_as("data.ignore_index"), _from("data.ignore_index"),
          "the loss must leave out the pixels the data marks as ignored"),
     Rule("loss.**.class_weights", CLASS_WEIGHTS, "median_frequency",
@@ -783,7 +785,7 @@ RULES: tuple[Rule, ...] = (
          "1 makes every target uniform: nothing is left to learn"),
     Rule("loss.**.gamma", number(0), 2.0, "the focal exponent; 0 is cross-entropy"),
     Rule("loss.**.smooth", number(0), 1.0, "added to the Dice numerator and denominator"),
-    Rule("loss.**.per_image", BOOL, True, "Dice per image, or over the batch"),
+    Rule("loss.**.per_image", BOOL, True, "Dice or Lovasz per image, or over the batch"),
     Rule("loss.**.absent", choice("include", "exclude"), "include", "absent classes in Dice"),
     Rule("loss.**.thresh", number(0, 1, open_low=True, null=True), 0.7,
          "a true-class probability; at 0 no pixel is below it"),

@@ -23,9 +23,9 @@ pixel count of each class (and of the ignore value), and lists:
 Datasets without per-sample label files (``data=coco``) are scanned sample by sample, as
 training reads them.
 
-It also prints the training split's class weights, both ``loss.class_weights`` choices
-(``median_frequency``, ``inverse_frequency``; see :mod:`segkit.tasks.class_weights`), from the
-same counts that train.py uses to resolve them.
+It also prints the training split's class weights, every named ``loss.class_weights`` choice
+(``median_frequency``, ``sqrt_median_frequency``, ``inverse_frequency``; see
+:mod:`segkit.tasks.class_weights`), from the same counts that train.py uses to resolve them.
 
 Progress goes to stderr (stdout keeps the report): a progress bar per split on a
 terminal, otherwise a line at every tenth of a split and one when it is done
@@ -219,7 +219,7 @@ def _split_findings(datamodule: Any, datasets: dict[str, Any], report: Report) -
 
 
 def print_class_weights(stats: SplitStats, class_names: Sequence[str], console: Console) -> None:
-    """Both computed weight vectors of one split, per class and as YAML lists."""
+    """Every computed weight vector of one split, per class and as YAML lists."""
     if not stats.pixels.any():
         print(f"\nno class weights: split {stats.name!r} has no labelled pixel")
         return

@@ -241,9 +241,10 @@ def label_counts(datamodule: Any, subset: str = "train") -> SplitStats:
     if not isinstance(dataset, InspectableDataset):
         raise ValueError(
             f"cannot count the labels of {type(dataset).__name__}: computed class weights "
-            "(loss.class_weights=median_frequency|inverse_frequency) need a dataset with "
-            "class-index label files, a segkit FolderDataset or subclass (folder, shapes, "
-            "camvid, cityscapes, voc). Give loss.class_weights as a list of floats instead."
+            "(loss.class_weights=median_frequency|sqrt_median_frequency|inverse_frequency) "
+            "need a dataset with class-index label files, a segkit FolderDataset or subclass "
+            "(folder, shapes, camvid, cityscapes, voc). Give loss.class_weights as a list of "
+            "floats instead."
         )
     key = _cache_key(dataset, num_classes, ignore_index)
     remembered = getattr(datamodule, "counted_labels", None)

@@ -92,12 +92,13 @@ def check_splits(datamodule: L.LightningDataModule, subsets: Sequence[str]) -> N
 def resolve_loss_weights(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
     """The start-up step of ``train()`` that turns named ``loss.class_weights`` into numbers.
 
-    ``median_frequency`` / ``inverse_frequency`` anywhere under ``cfg.loss`` are computed from
-    the training split's label counts (:func:`segkit.data.stats.label_counts`: counted once,
-    cached under ``data.cache_dir``, the counts the start-up label checks read) and written
-    into ``cfg.loss`` (:func:`segkit.tasks.class_weights.resolve_class_weights`), so the
-    config stored in the checkpoints holds them and building the task reads no data. Rank 0
-    prints one line per name; nothing is printed when no weight is named.
+    The names (``median_frequency``, ...: :data:`segkit.tasks.class_weights.CHOICES`) anywhere
+    under ``cfg.loss`` are computed from the training split's label counts
+    (:func:`segkit.data.stats.label_counts`: counted once, cached under ``data.cache_dir``, the
+    counts the start-up label checks read) and written into ``cfg.loss``
+    (:func:`segkit.tasks.class_weights.resolve_class_weights`), so the config stored in the
+    checkpoints holds them and building the task reads no data. Rank 0 prints one line per
+    name; nothing is printed when no weight is named.
     """
     from lightning.pytorch.utilities import rank_zero_only
 

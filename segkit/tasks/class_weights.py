@@ -9,6 +9,9 @@ takes
 * ``median_frequency``: median-frequency balancing (Eigen & Fergus, ICCV 2015, Sec. 4.1):
   ``freq(c) = pixels of c / labelled pixels of the images in which c appears`` and
   ``weight(c) = median(freq) / freq(c)``;
+* ``sqrt_median_frequency``: the element-wise square root of ``median_frequency``
+  (``sqrt(median(freq) / freq(c))``), a milder balancing: the ratio of two classes' weights
+  is the square root of their ratio under ``median_frequency``;
 * ``inverse_frequency``: scikit-learn's ``class_weight="balanced"``:
   ``weight(c) = total / (K * pixels of c)``, ``total`` the labelled pixels of the split and
   ``K`` the number of classes present, so the weight averaged over the labelled pixels is 1.
@@ -36,7 +39,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from segkit.data.io import DataError
 from segkit.data.stats import SplitStats, label_counts
 
-CHOICES = ("median_frequency", "inverse_frequency")
+CHOICES = ("median_frequency", "sqrt_median_frequency", "inverse_frequency")
 
 
 def _present(pixels: np.ndarray) -> np.ndarray:
@@ -68,6 +71,20 @@ def median_frequency_weights(pixels: Sequence[int], image_pixels: Sequence[int])
     return weights
 
 
+def sqrt_median_frequency_weights(pixels: Sequence[int], image_pixels: Sequence[int]) -> np.ndarray:
+    """The element-wise square root of :func:`median_frequency_weights`.
+
+    Args:
+        pixels: ``[C]`` pixels of each class in the split.
+        image_pixels: ``[C]`` labelled pixels of the images in which each class appears.
+
+    Returns:
+        float64 ``[C]``: ``sqrt(median(freq) / freq(c))``, the median over the classes
+        present; 0 for a class with no pixel.
+    """
+    return np.sqrt(median_frequency_weights(pixels, image_pixels))
+
+
 def inverse_frequency_weights(pixels: Sequence[int]) -> np.ndarray:
     """Inverse class frequency, as scikit-learn's ``class_weight="balanced"``.
 
@@ -89,6 +106,8 @@ def weights_from_stats(name: str, stats: SplitStats) -> np.ndarray:
     """The weight vector ``name`` (one of :data:`CHOICES`) of one split's counts, ``[C]``."""
     if name == "median_frequency":
         return median_frequency_weights(stats.pixels, stats.image_pixels)
+    if name == "sqrt_median_frequency":
+        return sqrt_median_frequency_weights(stats.pixels, stats.image_pixels)
     if name == "inverse_frequency":
         return inverse_frequency_weights(stats.pixels)
     raise ValueError(f"unknown class weighting {name!r}; choose one of {list(CHOICES)}")

@@ -19,6 +19,8 @@ learning rate need not be retuned when weights are switched on.
   example mining, mmsegmentation's ``OHEMPixelSampler`` rule).
 * :class:`DiceLoss`: soft Dice as the study notes define it (``smooth=1``, per image,
   ``1 - Dice`` averaged over all classes; absent classes may be excluded instead).
+* :class:`LovaszSoftmaxLoss`: the Lovasz-softmax surrogate of ``1 - IoU`` (Berman et al.,
+  2018), averaged over the classes present, over the batch or per image.
 * :class:`WeightedSumLoss`: ``sum_k weight_k * loss_k`` of any of the above.
 """
 
@@ -29,6 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from segmentation_models_pytorch.losses import LovaszLoss
 from torch import nn
 
 
@@ -74,8 +77,8 @@ class CrossEntropyLoss(nn.Module):
     Args:
         ignore_index: target value excluded from the loss.
         class_weights: optional per-class weights ``[C]``; the config names
-            ``median_frequency``/``inverse_frequency`` are resolved to lists beforehand
-            (:mod:`segkit.tasks.class_weights`).
+            (``median_frequency``, ``sqrt_median_frequency``, ``inverse_frequency``) are
+            resolved to lists beforehand (:mod:`segkit.tasks.class_weights`).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
     """
 
@@ -174,6 +177,67 @@ class DiceLoss(nn.Module):
             keep = (present > 0).to(loss.dtype)
             per_group = (loss * keep).sum(-1) / keep.sum(-1).clamp_min(1)
         return per_group.mean()
+
+
+class LovaszSoftmaxLoss(nn.Module):
+    """Lovasz-softmax loss (Berman, Rannen Triki & Blaschko, "The Lovasz-Softmax loss", CVPR
+    2018): a surrogate of the Jaccard loss ``1 - IoU`` on the softmax probabilities, its
+    Lovasz extension (convex in the errors). Logits ``[B,C,H,W]``, targets ``[B,H,W]``;
+    returns a float32 scalar.
+
+    For a group of labelled pixels (the whole batch, or one image with ``per_image=True``)
+    and a class ``c`` present in its ground truth, with ``p`` the softmax probability of
+    ``c`` and ``g`` the 0/1 target, the errors ``m = |g - p|`` are sorted in decreasing order
+    ``m_(1) >= m_(2) >= ...`` and::
+
+        loss_c = sum_i m_(i) * (J(first i pixels) - J(first i-1 pixels)),
+        J(M)   = |M| / |M union {g = 1}|    (the Jaccard loss of the mispredicted set M)
+
+    the Lovasz extension of ``J`` at ``m``; with one-hot probabilities it is exactly
+    ``1 - IoU_c``. A group's loss is the mean of ``loss_c`` over the classes present in its
+    labelled pixels (the paper's default, ``classes="present"``: an absent class is left
+    out, whatever probability is put on it); with ``per_image=True`` the loss is the
+    mean over the ``B`` images. Ignored pixels are left out before sorting, so their
+    gradient is 0.
+
+    The values are segmentation-models-pytorch's ``LovaszLoss(mode="multiclass")`` (the
+    paper's reference code), called on each group that has a labelled pixel. Where this
+    class differs: a group with no labelled pixel gives 0 (smp returns an empty ``[0, C]``
+    tensor for it, and with ``per_image=True`` an all-ignored image makes the batch's loss
+    empty or raises), so an all-ignored batch gives exactly 0 with zero gradient, and an
+    all-ignored image adds 0 to the per-image mean (as in :class:`DiceLoss`). The loss is
+    computed in float32, also under bf16/fp16 autocast (sorting, cumulative sums).
+
+    Args:
+        ignore_index: target value excluded from the loss.
+        per_image: the loss per image, averaged over the batch; ``False`` (the reference
+            code's default) takes the whole batch as one group.
+    """
+
+    def __init__(self, ignore_index: int = 255, per_image: bool = False) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+        self.per_image = per_image
+        # always over one group: forward splits the batch into images itself (see above)
+        self.lovasz = LovaszLoss(
+            mode="multiclass", per_image=False, ignore_index=ignore_index, from_logits=True
+        )
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        groups = (
+            zip(logits.split(1), target.split(1), strict=True)
+            if self.per_image
+            else [(logits, target)]
+        )
+        losses = []
+        with torch.autocast(logits.device.type, enabled=False):
+            for group_logits, group_target in groups:
+                if (group_target != self.ignore_index).any():
+                    losses.append(self.lovasz(group_logits, group_target))
+                else:  # exactly 0, in the graph, zero gradient
+                    losses.append(group_logits.flatten()[:0].sum())
+        return torch.stack(losses).mean()
 
 
 class FocalLoss(nn.Module):

@@ -1,8 +1,9 @@
-"""loss.class_weights=median_frequency|inverse_frequency: hand-computed and numpy references,
-the cache, bad input, and check_data printing both vectors."""
+"""loss.class_weights=median_frequency|sqrt_median_frequency|inverse_frequency: hand-computed
+and numpy references, the cache, bad input, and check_data printing every vector."""
 
 from __future__ import annotations
 
+import math
 import os
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ from segkit.data.datamodule import SegmentationDataModule
 from segkit.data.folder import FolderDataset
 from segkit.data.stats import label_counts
 from segkit.data.stats import scan_split as scan
-from segkit.tasks.class_weights import resolve_class_weights
+from segkit.tasks.class_weights import resolve_class_weights, sqrt_median_frequency_weights
 from segkit.tasks.losses import CrossEntropyLoss
 
 from ..helpers import SHARED_DATA
@@ -38,6 +39,7 @@ V = IGNORE
 # image_pixels = [6 + 8, 6 + 4, 8 + 4] = [14, 10, 12]   (images holding each class)
 # freq         = [6/14, 5/10, 7/12] = [3/7, 1/2, 7/12], median 1/2
 # median_frequency  = (1/2) / freq   = [7/6, 1, 6/7]
+# sqrt_median_frequency = [sqrt(7/6), 1, sqrt(6/7)]
 # inverse_frequency = 18 / (3 * pixels) = [1, 6/5, 6/7]
 TRAIN_MASKS = {
     "img0": [[0, 0, 0, 0], [1, 1, V, V]],
@@ -46,6 +48,7 @@ TRAIN_MASKS = {
 }
 VAL_MASKS = {"img3": [[2, 2, 2, 2], [2, 2, 2, 2]]}  # the val split must not count
 MEDIAN_FREQUENCY = [7 / 6, 1.0, 6 / 7]
+SQRT_MEDIAN_FREQUENCY = [math.sqrt(7 / 6), 1.0, math.sqrt(6 / 7)]
 INVERSE_FREQUENCY = [1.0, 6 / 5, 6 / 7]
 
 
@@ -83,6 +86,7 @@ def test_hand_made_case(root, tmp_path):
     dm = datamodule(root, cache_dir=tmp_path / "cache")
     for name, expected in (
         ("median_frequency", MEDIAN_FREQUENCY),
+        ("sqrt_median_frequency", SQRT_MEDIAN_FREQUENCY),
         ("inverse_frequency", INVERSE_FREQUENCY),
     ):
         cfg = ce(name)
@@ -126,12 +130,23 @@ def test_class_absent_from_training_split_gets_weight_zero(root, tmp_path):
     dm = datamodule(root, num_classes=4)
     for name, expected in (
         ("median_frequency", MEDIAN_FREQUENCY),
+        ("sqrt_median_frequency", SQRT_MEDIAN_FREQUENCY),
         ("inverse_frequency", INVERSE_FREQUENCY),
     ):
         cfg = ce(name)
         with pytest.warns(UserWarning, match=r"classes \['c3'\] have no pixel"):
             resolve_class_weights(cfg, dm)  # no cache_dir: counted, nothing written
         np.testing.assert_allclose(list(cfg.class_weights), [*expected, 0.0], rtol=1e-12)
+
+
+def test_sqrt_median_frequency_hand_computed_with_an_absent_class():
+    # pixels [2, 0, 3, 8], labelled pixels of the images holding them [8, -, 4, 8]:
+    # freq = [1/4, 3/4, 1] over the present classes 0, 2, 3, median 3/4;
+    # median_frequency = [3, 0, 1, 3/4], its square root [sqrt 3, 0, 1, sqrt(3)/2].
+    # Were class 1 counted with frequency 0, the median would be 1/2 instead.
+    weights = sqrt_median_frequency_weights([2, 0, 3, 8], [8, 0, 4, 8])
+    np.testing.assert_allclose(weights, [math.sqrt(3), 0.0, 1.0, math.sqrt(3) / 2], rtol=1e-12)
+    assert weights[1] == 0.0 and weights.dtype == np.float64
 
 
 @pytest.mark.shared_data
@@ -163,6 +178,7 @@ def test_camvid_train_split_matches_numpy_definition(tmp_path):
     )
     for name, expected in (
         ("median_frequency", median_frequency),
+        ("sqrt_median_frequency", np.sqrt(median_frequency)),
         ("inverse_frequency", inverse_frequency),
     ):
         cfg = ce(name)
@@ -248,7 +264,7 @@ def test_dataset_without_label_files_is_refused(tmp_path):
         resolve_class_weights(ce("median_frequency"), dm)
 
 
-def test_check_data_prints_both_vectors(root, capsys):
+def test_check_data_prints_every_vector(root, capsys):
     code = check_data_main(
         [
             "data=folder",
@@ -259,8 +275,9 @@ def test_check_data_prints_both_vectors(root, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0
-    # 7/6, 1, 6/7 and 1, 6/5, 6/7 to 4 decimals
+    # 7/6, 1, 6/7; their square roots; 1, 6/5, 6/7 to 4 decimals
     assert "median_frequency ('train'): [1.1667, 1.0000, 0.8571]" in out
+    assert "sqrt_median_frequency ('train'): [1.0801, 1.0000, 0.9258]" in out
     assert "inverse_frequency ('train'): [1.0000, 1.2000, 0.8571]" in out
     table = out.split("class weights of split 'train'")[1]
     assert "c0" in table and "1.1667" in table and "1.2000" in table

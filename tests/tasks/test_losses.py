@@ -2,6 +2,8 @@
 
 import math
 
+import hydra
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,9 +12,12 @@ from segkit.tasks.losses import (
     CrossEntropyLoss,
     DiceLoss,
     FocalLoss,
+    LovaszSoftmaxLoss,
     OhemCrossEntropyLoss,
     WeightedSumLoss,
 )
+
+from ..helpers import compose
 
 IGNORE = 255
 LOSSES = {
@@ -25,6 +30,8 @@ LOSSES = {
     ),
     "ohem": lambda: OhemCrossEntropyLoss(IGNORE, thresh=0.5, min_kept=8),
     "ohem_top_k": lambda: OhemCrossEntropyLoss(IGNORE, thresh=None, min_kept=8),
+    "lovasz": lambda: LovaszSoftmaxLoss(IGNORE),
+    "lovasz_per_image": lambda: LovaszSoftmaxLoss(IGNORE, per_image=True),
     "sum": lambda: WeightedSumLoss(
         {"ce": CrossEntropyLoss(IGNORE), "dice": DiceLoss(IGNORE)}, {"dice": 0.5}
     ),
@@ -272,3 +279,128 @@ def test_ohem_with_every_pixel_kept_is_cross_entropy():
 def test_ohem_rejects_bad_arguments_naming_the_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         OhemCrossEntropyLoss(IGNORE, **kwargs)
+
+
+# --- Lovasz-softmax ----------------------------------------------------------------------------
+
+
+def jaccard_loss(mispredicted: set[int], truth: set[int]) -> float:
+    """The paper's set function J(M) = |M| / |{y = c} union M| (``truth``: the pixels of c)."""
+    return len(mispredicted) / len(truth | mispredicted)
+
+
+def lovasz_reference(logits: np.ndarray, target: np.ndarray, per_image: bool) -> float:
+    """The paper's definition, with sets: for each class c present in a group's labelled
+    pixels, errors m_i = |[y_i = c] - p_ic| sorted in decreasing order, and
+    loss_c = sum_i m_(i) (J(first i) - J(first i-1)) with J(M) = |M| / |{y = c} union M|;
+    the mean over the present classes, then over the groups (images, or the whole batch)."""
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)  # softmax over C, float64
+    num_classes = logits.shape[1]
+    groups = [slice(b, b + 1) for b in range(len(target))] if per_image else [slice(None)]
+    losses = []
+    for group in groups:
+        p = probs[group].transpose(0, 2, 3, 1).reshape(-1, num_classes)  # [P,C]
+        y = target[group].reshape(-1)
+        p, y = p[y != IGNORE], y[y != IGNORE]
+        per_class = []
+        for c in range(num_classes):
+            truth = {i for i in range(len(y)) if y[i] == c}
+            if not truth:  # only the classes present
+                continue
+            errors = np.abs((y == c) - p[:, c])
+            order = sorted(range(len(y)), key=lambda i: -errors[i])
+            # J of the first i sorted pixels, i = 0..P
+            first = [jaccard_loss(set(order[:i]), truth) for i in range(len(order) + 1)]
+            steps = range(1, len(order) + 1)
+            per_class.append(sum(errors[order[i - 1]] * (first[i] - first[i - 1]) for i in steps))
+        losses.append(np.mean(per_class) if per_class else 0.0)
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_lovasz_matches_the_definition_with_sets(per_image):
+    # 2 images of 3x4 pixels, 4 classes; class 3 absent from image 0, some pixels ignored
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 3, 4, generator=g, dtype=torch.float64) * 2
+    target = torch.tensor(
+        [
+            [[0, 0, 1, 1], [2, 2, IGNORE, 0], [1, IGNORE, 2, 2]],
+            [[3, 3, 0, 1], [3, IGNORE, IGNORE, 2], [0, 0, 3, 1]],
+        ]
+    )
+    expected = lovasz_reference(logits.numpy(), target.numpy(), per_image)
+    got = LovaszSoftmaxLoss(IGNORE, per_image=per_image)(logits.float(), target)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+# 2x3 pixels, 4 classes, logits +-50: the softmax is one-hot, the Lovasz extension is the
+# Jaccard loss 1 - IoU of each class present
+#   target  0 0 0     prediction  0 3 1
+#           1 1 2                 1 2 2
+LOVASZ_TARGET = torch.tensor([[[0, 0, 0], [1, 1, 2]]])
+LOVASZ_PREDICTION = torch.tensor([[[0, 3, 1], [1, 2, 2]]])
+
+
+def test_lovasz_of_hard_predictions_is_one_minus_iou_hand_computed():
+    logits = F.one_hot(LOVASZ_PREDICTION, 4).permute(0, 3, 1, 2).float() * 100 - 50
+    # class 0: truth {0,1,2}, predicted {0}: IoU 1/3; class 1: {3,4}, {2,3}: 1/3;
+    # class 2: {5}, {4,5}: 1/2; class 3 predicted but not labelled: not averaged
+    expected = ((1 - 1 / 3) + (1 - 1 / 3) + (1 - 1 / 2)) / 3  # 11/18
+    for per_image in (False, True):
+        loss = LovaszSoftmaxLoss(IGNORE, per_image=per_image)(logits, LOVASZ_TARGET)
+        assert loss.item() == pytest.approx(expected, abs=1e-6)
+    # pixel 1 ignored: class 0 truth {0,2}, predicted {0}: IoU 1/2; class 3 gone entirely
+    target = LOVASZ_TARGET.clone()
+    target[0, 0, 1] = IGNORE
+    expected = ((1 - 1 / 2) + (1 - 1 / 3) + (1 - 1 / 2)) / 3  # 5/9
+    assert LovaszSoftmaxLoss(IGNORE)(logits, target).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_lovasz_all_ignored_batch_gives_exactly_zero_and_a_zero_gradient(per_image):
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = LovaszSoftmaxLoss(IGNORE, per_image=per_image)(
+        logits, torch.full((2, 4, 4), IGNORE)
+    )  # smp's LovaszLoss returns an empty [0, C] tensor here
+    assert loss.ndim == 0 and loss.item() == 0.0
+    loss.backward()
+    assert torch.all(torch.isfinite(logits.grad)) and torch.all(logits.grad == 0)
+
+
+def test_lovasz_per_image_counts_an_all_ignored_image_as_zero():
+    # smp's per_image=True raises or returns an empty tensor with such an image in the batch
+    logits, target = batch()
+    target[1] = IGNORE
+    both = LovaszSoftmaxLoss(IGNORE, per_image=True)(logits, target)
+    first = LovaszSoftmaxLoss(IGNORE, per_image=True)(logits[:1], target[:1])
+    assert both.item() == pytest.approx(first.item() / 2, rel=1e-6)
+
+
+def test_lovasz_is_float32_under_bf16_autocast():
+    logits, target = batch()
+    low = logits.detach().bfloat16()  # what a bf16 model hands the loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = LovaszSoftmaxLoss(IGNORE)(low, target)
+    assert loss.dtype == torch.float32
+    expected = LovaszSoftmaxLoss(IGNORE)(low.float(), target)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_ce_lovasz_config_composes_and_is_the_sum(tmp_path):
+    cfg = compose(tmp_path, ["loss=ce_lovasz"])
+    loss = hydra.utils.instantiate(cfg.loss)
+    assert isinstance(loss, WeightedSumLoss) and loss.weights == {"ce": 1.0, "lovasz": 1.0}
+    ce, lovasz = loss.losses["ce"], loss.losses["lovasz"]
+    assert isinstance(ce, CrossEntropyLoss) and isinstance(lovasz, LovaszSoftmaxLoss)
+    assert ce.class_weights is None and not lovasz.per_image
+    assert ce.ignore_index == lovasz.ignore_index == cfg.data.ignore_index
+    logits, target = batch()
+    target[target == IGNORE] = cfg.data.ignore_index
+    expected = CrossEntropyLoss(cfg.data.ignore_index)(logits, target) + LovaszSoftmaxLoss(
+        cfg.data.ignore_index
+    )(logits, target)
+    assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    alone = hydra.utils.instantiate(compose(tmp_path, ["loss=lovasz"]).loss)
+    assert isinstance(alone, LovaszSoftmaxLoss) and not alone.per_image
