@@ -24,6 +24,11 @@ section measures the loop). In one process:
   Each switch's first-step loss is checked against fp32 eager first
   (:func:`benchmarks.fast_paths.check_first_losses`). Achieved GFLOP/s = FLOPs per step /
   median step time, also as a fraction of the matmul rate of the step's precision.
+* The FPN decoder's widths (``model.decoder.decoder_pyramid_channels`` /
+  ``decoder_segmentation_channels``, :data:`WIDTHS`) and frozen encoder stages
+  (``task.frozen_modules``), :data:`VARIANTS`: trainable parameters, FLOPs per step and
+  step time of each under bf16-mixed + channels_last, interleaved, against the shipped
+  256/128; the accuracy side of the trade is measured by training (RESULTS.md).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ SHIPPED = Path(__file__).resolve().parents[1] / "results/camvid/camvid_fpn_lite0
 NUM_CLASSES = 11
 BATCH, CROP = 8, (256, 352)  # the recipe's data.batch_size and RandomCrop
 MATMUL_SIZE = 2048  # large enough that one thread's rate no longer grows with the size
+# FPN decoder widths (pyramid, segmentation): smp's default first; segmentation a multiple of 32
+WIDTHS = ((256, 128), (128, 64), (64, 32))
 
 
 def conv_flops(batch: int, w_shape: Sequence[int], spatial: Sequence[int]) -> int:
@@ -229,13 +236,14 @@ def matmul(dtype: torch.dtype, size: int) -> Callable[[], torch.Tensor]:
     return lambda: torch.mm(a, b, out=out)
 
 
-def recipe_task(quick: bool) -> tuple[SemanticSegmentationTask, str]:
-    """The recipe's task in training mode and a phrase naming its weights."""
+def recipe_task(quick: bool, overrides: Sequence[str] = ()) -> tuple[SemanticSegmentationTask, str]:
+    """The recipe's task (with ``overrides``) in training mode and a phrase naming its
+    weights."""
     from segkit.config import compose
     from segkit.engine.checkpoints import load_checkpoint
     from segkit.tasks import build_task
 
-    overrides = [f"experiment={EXPERIMENT}"]
+    overrides = [f"experiment={EXPERIMENT}", *overrides]
     if quick:
         overrides.append("model.encoder_weights=null")
     cfg = compose(overrides)
@@ -249,6 +257,76 @@ def recipe_task(quick: bool) -> tuple[SemanticSegmentationTask, str]:
     encoder = f"encoder weights `{weights}`" if weights else "random encoder weights"
     torch.manual_seed(0)
     return build_task(cfg).train(), f"{encoder}, {loss}"
+
+
+def frozen(blocks: int) -> str:
+    """The ``task.frozen_modules`` override freezing Lite0's stem and its first ``blocks``
+    stages (as the smp model names them inside segkit's wrapper)."""
+    names = ["conv_stem", "bn1", *(f"blocks.{i}" for i in range(blocks))]
+    return "task.frozen_modules=[" + ",".join(f"model.encoder.model.{n}" for n in names) + "]"
+
+
+def decoder(pyramid: int, segmentation: int) -> str:
+    """The ``model.decoder`` override of FPN's widths."""
+    widths = f"decoder_pyramid_channels:{pyramid},decoder_segmentation_channels:{segmentation}"
+    return f"model.decoder={{{widths}}}"
+
+
+# label -> overrides: the decoder widths (WIDTHS), then frozen encoder stages at 128/64
+VARIANTS = {
+    **{f"`{p}/{s}`": [decoder(p, s)] for p, s in WIDTHS},
+    "`128/64`, stem + stages 1-2 frozen (stride 2-4)": [decoder(128, 64), frozen(2)],
+    "`128/64`, stem + stages 1-3 frozen (stride 2-8)": [decoder(128, 64), frozen(3)],
+}
+
+
+def variant_section(
+    images: torch.Tensor, masks: torch.Tensor, quick: bool, repeats: int
+) -> list[str]:
+    """The decoder-width and frozen-stage paragraph and table (see the module docstring)."""
+    fast = Switch("bf16-mixed + channels_last", autocast=torch.bfloat16, channels_last=True)
+    tasks = {name: recipe_task(quick, overrides)[0] for name, overrides in VARIANTS.items()}
+    counts = {
+        name: flop_rows(task.model, lambda t=task: t.training_loss(images, masks)[0])[1]
+        for name, task in tasks.items()
+    }
+    steps = {}
+    for name, task in tasks.items():
+        steps[name] = trainer_step(task, fast, images, masks, as_configured=True)
+        steps[name]()  # first step: allocations and oneDNN's kernel choice
+    times = compare(steps, repeats)
+    reference = times[next(iter(VARIANTS))]
+    rows = []
+    for name, task in tasks.items():
+        flops = counts[name]
+        trainable = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
+        rows.append([
+            name,
+            f"{trainable / 1e6:.3f}",
+            f"{(flops['forward'] + flops['backward']) / 1e9:.4g}",
+            f"{flops['decoder_dense'] / 1e9:.3g}",
+            ms(times[name]),
+            ratio(reference / times[name]),
+        ])  # fmt: skip
+    return [
+        "Decoder widths (`model.decoder.decoder_pyramid_channels` / "
+        "`decoder_segmentation_channels`) and frozen encoder stages (`task.frozen_modules`: "
+        "no gradient, eval mode; at the input end their backward pass is skipped), each step "
+        f"under bf16-mixed + channels_last, interleaved (median of {repeats} rounds after one "
+        f"untimed step each); speed-up against the shipped {WIDTHS[0][0]}/{WIDTHS[0][1]} with "
+        "every stage trained. FLOPs per step count only the gradients computed:",
+        table(
+            [
+                "variant",
+                "trainable params (M)",
+                "GFLOP/step",
+                "decoder dense 3x3 forward GFLOP",
+                "ms/step",
+                "speed-up",
+            ],
+            rows,
+        ),  # fmt: skip
+    ]
 
 
 def run(quick: bool = False) -> str:
@@ -391,6 +469,7 @@ def run(quick: bool = False) -> str:
             f"{100 * fp32 / rates['fp32']:.0f}% of the fp32 matmul rate; the fastest switch "
             f"here is {best.name} ({achieved[best.name] / 1e9:.1f} GFLOP/s, "
             f"{ratio(reference / times[best.name])} fp32 eager).",
+            *variant_section(images, masks, quick, repeats),
         ]
     )
 

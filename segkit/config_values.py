@@ -855,6 +855,9 @@ RULES: tuple[Rule, ...] = (
     Rule("task.no_decay_norm_bias", BOOL, True, "no weight decay on norm weights and biases"),
     Rule("task.freeze_backbone_epochs", number(0, integer=True), 0, "0: never frozen"),
     Rule("task.freeze_bn", BOOL, False, "backbone BatchNorm fixed all run"),
+    Rule("task.frozen_modules", Check("a list of distinct module names",
+                                      CLASS_NAMES.test), ["model.encoder.model.conv_stem"],
+         "names of task.model's submodules (checked when the model is built)"),
     Rule("task.ema_decay", number(0, 1, open_high=True, null=True), 0.999,
          "1 never moves the average off the initial weights"),
     Rule("task.membrane_class", relation(

@@ -231,7 +231,20 @@ def test_recipe_step_quick_counts_and_times_the_recipe(capsys):
         for block in out.split("\n\n")
         if block.startswith("| ")
     ]
-    flops, rates, switches = tables
+    flops, rates, switches, variants = tables
+    # halving both decoder widths quarters its dense 3x3 convolutions' FLOPs (each maps one
+    # width to another: in x out channels)
+    assert [row[0] for row in variants[:3]] == ["`256/128`", "`128/64`", "`64/32`"]
+    dense = [float(row[3]) for row in variants]
+    assert dense[0] / dense[1] == pytest.approx(4, rel=0.01)
+    assert dense[1] / dense[2] == pytest.approx(4, rel=0.01)
+    params = [float(row[1]) for row in variants]
+    assert params[0] > params[1] > params[2]
+    # frozen stages: fewer trainable parameters (Lite0's stem + stages 1-2 hold 0.006 M,
+    # stage 3 another 0.05 M), no gradient FLOPs for them, the decoder unchanged
+    assert params[1] > params[3] > params[4] and dense[3] == dense[4] == dense[1]
+    step_flops = [float(row[2]) for row in variants]
+    assert step_flops[1] > step_flops[3] > step_flops[4]
     kinds = {row[0]: row for row in flops}
     # FPN on Lite0: the decoder's dense 3x3 convolutions carry most of the forward FLOPs,
     # and torch's formula overcounts only the depthwise layers' backward

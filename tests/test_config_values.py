@@ -342,6 +342,7 @@ EDGES: list[tuple[str, list, list, dict]] = [
     ("task.no_decay_norm_bias", *BOOLS, {}),
     ("task.freeze_backbone_epochs", [0], [-1], {}),
     ("task.freeze_bn", *BOOLS, {}),
+    ("task.frozen_modules", [[], ["model.encoder.conv1"]], [["a", "a"], "a", [1]], {}),
     ("task.ema_decay", [None, 0, 0.9999], [1, -0.1], {}),
     ("task.membrane_class", [None, 0, 1], [2, -1], {"data.num_classes": 2}),
     ("task.score_threshold", [0, 1], [-0.1, 1.1], {}),

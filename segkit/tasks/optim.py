@@ -13,10 +13,13 @@ none) and splits its parameters into ``model.backbone_parameters()`` and
 * :func:`build_optimizer`: calls the optimiser partial on those groups and scales each
   group's ``lr`` by its ``lr_mult``, before any scheduler records ``initial_lr``, so every
   schedule keeps the ratios.
-* :func:`set_backbone_frozen` (``task.freeze_backbone_epochs``) and :func:`freeze_batch_norm`
-  (``task.freeze_bn``): frozen parameters have ``requires_grad=False``, so they get no
-  gradient and optimisers skip them (no update, no weight decay: bit-identical), and
-  frozen BatchNorm layers stay in eval mode (running statistics unchanged).
+* :func:`set_backbone_frozen` (``task.freeze_backbone_epochs``), :func:`freeze_batch_norm`
+  (``task.freeze_bn``) and :func:`freeze_modules` (``task.frozen_modules``): frozen
+  parameters have ``requires_grad=False``, so they get no gradient and optimisers skip them
+  (no update, no weight decay: bit-identical), and frozen layers stay in eval mode
+  (BatchNorm running statistics unchanged). Frozen modules at the input end of the network
+  (an encoder's stem and first stages) also save their whole backward pass: nothing before
+  them needs a gradient.
 * :class:`WeightEMA` (``task.ema_decay``): an exponential moving average of the weights and
   buffers, ``ema = decay * ema + (1 - decay) * weights`` after every optimiser step
   (:class:`torch.optim.swa_utils.AveragedModel`; the first update copies the weights).
@@ -24,13 +27,15 @@ none) and splits its parameters into ``model.backbone_parameters()`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+# the mark of a module frozen for the whole run (freeze_batch_norm, freeze_modules)
+FROZEN_ALL_RUN = "segkit_frozen_all_run"
 # Normalisation layers whose affine weights get no weight decay (torchvision's reference
 # scripts use the same list for their "norm_weight_decay" option).
 NORM_LAYERS = (
@@ -111,13 +116,14 @@ def build_optimizer(
 def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
     """(Un)freeze ``model.backbone``'s parameters; frozen, the backbone runs in eval mode.
 
-    Parameters of BatchNorm layers frozen by :func:`freeze_batch_norm` stay frozen.
+    Modules frozen for the whole run (:func:`freeze_batch_norm`, :func:`freeze_modules`)
+    stay frozen.
     """
     backbone = backbone_of(model)
     if backbone is None:
         raise ValueError(f"{type(model).__name__} has no backbone to freeze")
     for module in backbone.modules():
-        if getattr(module, "segkit_frozen_bn", False):
+        if getattr(module, FROZEN_ALL_RUN, False):
             continue
         for parameter in module.parameters(recurse=False):
             parameter.requires_grad_(not frozen)
@@ -139,27 +145,61 @@ def freeze_batch_norm(model: nn.Module) -> int:
     count = 0
     for module in backbone.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.segkit_frozen_bn = True
+            setattr(module, FROZEN_ALL_RUN, True)
             module.requires_grad_(False)
             count += 1
     return count
 
 
+def freeze_modules(model: nn.Module, names: Sequence[str]) -> int:
+    """Freeze the submodules of ``model`` named in ``names`` for the whole run: no gradient,
+    eval mode (kept by :func:`apply_eval_modes`).
+
+    Args:
+        model: the task's model.
+        names: keys of ``model.named_modules()``, e.g. ``model.encoder.model.conv_stem``.
+
+    Returns:
+        the number of parameters frozen.
+
+    Raises:
+        ValueError: a name that is no submodule of ``model``, naming ``task.frozen_modules``
+            and the submodules whose names are closest.
+    """
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules or not name:
+            parent = name.rsplit(".", 1)[0] if "." in name else ""
+            nearby = [n for n in modules if n and n.rsplit(".", 1)[0] == parent][:12]
+            if not nearby:
+                nearby = [n for n in modules if n and "." not in n]
+            raise ValueError(
+                f"task.frozen_modules: {name!r} is no submodule of {type(model).__name__}. "
+                f"Submodules at that level: {', '.join(nearby)} (all names: "
+                "dict(task.model.named_modules()))."
+            )
+    frozen = 0
+    for name in names:
+        for module in modules[name].modules():
+            setattr(module, FROZEN_ALL_RUN, True)
+        for parameter in modules[name].parameters():
+            frozen += parameter.numel() if parameter.requires_grad else 0
+            parameter.requires_grad_(False)
+    return frozen
+
+
 def apply_eval_modes(model: nn.Module) -> None:
-    """Put a frozen backbone and frozen BatchNorm layers (back) into eval mode.
+    """Put a frozen backbone and the modules frozen for the whole run (back) into eval mode.
 
     ``nn.Module.train()`` sets every submodule to training mode; the task calls this after
     it, after freezing, and at the start of every training epoch, so frozen parts never
     update their running statistics.
     """
     backbone = backbone_of(model)
-    if backbone is None:
-        return
-    if getattr(backbone, "segkit_frozen", False):
+    if backbone is not None and getattr(backbone, "segkit_frozen", False):
         backbone.eval()
-        return
-    for module in backbone.modules():
-        if getattr(module, "segkit_frozen_bn", False):
+    for module in model.modules():
+        if getattr(module, FROZEN_ALL_RUN, False):
             module.eval()
 
 

@@ -44,6 +44,7 @@ from segkit.tasks.optim import (
     apply_eval_modes,
     backbone_of,
     freeze_batch_norm,
+    freeze_modules,
     set_backbone_frozen,
 )
 
@@ -92,6 +93,10 @@ class SemanticSegmentationTask(SegmentationTask):
             the first N epochs, then train it.
         freeze_bn: keep the backbone's BatchNorm layers fixed for the whole run (statistics
             and affine parameters), as fine-tuning at small batch sizes does.
+        frozen_modules: names of ``model``'s submodules (``model.named_modules()`` keys) kept
+            fixed for the whole run (no gradient, eval mode), e.g. a pretrained encoder's
+            stem and first stages, as detection codebases freeze them (Detectron2's
+            ``FREEZE_AT``); at the input end this also skips their backward pass.
         ema_decay: ``None``, or the decay in (0, 1) of an exponential moving average of the
             weights, updated after every optimiser step, stored in checkpoints and used for
             validation, test and inference.
@@ -122,6 +127,7 @@ class SemanticSegmentationTask(SegmentationTask):
         no_decay_norm_bias: bool = True,
         freeze_backbone_epochs: int = 0,
         freeze_bn: bool = False,
+        frozen_modules: Sequence[str] = (),
         ema_decay: float | None = None,
         membrane_class: int | None = None,
     ) -> None:
@@ -131,8 +137,10 @@ class SemanticSegmentationTask(SegmentationTask):
         self.freeze_backbone_epochs = freeze_backbone_epochs
         if freeze_bn:
             freeze_batch_norm(model)
-            apply_eval_modes(model)
-        # After freeze_batch_norm, so the copy's flags match; never trained by the optimiser.
+        if frozen_modules:
+            freeze_modules(model, list(frozen_modules))
+        apply_eval_modes(model)
+        # After freezing, so the copy's flags match; never trained by the optimiser.
         self.ema_model = None if ema_decay is None else WeightEMA(model, ema_decay)
         self.loss = loss
         self.aux_weight = aux_weight

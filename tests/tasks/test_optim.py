@@ -180,6 +180,41 @@ def test_freeze_bn_keeps_running_statistics_and_affine_parameters():
     assert not bn.training and task.model.encoder[0].training is True
 
 
+def test_frozen_modules_stay_fixed_in_eval_mode_and_skip_their_backward():
+    task = make_task(frozen_modules=["encoder"])
+    start = clone_state(task.model.encoder)
+    decoder_start = task.model.decoder[0].weight.detach().clone()
+    backward_calls = []
+    task.model.encoder[0].register_full_backward_hook(lambda *args: backward_calls.append(1))
+    fit = trainer(2, limit_train_batches=3, limit_val_batches=1)
+    fit.fit(task, loader(batches(3)), loader(batches(1, seed=1)))
+    for key, value in start.items():  # weights and BatchNorm running statistics
+        assert torch.equal(task.model.encoder.state_dict()[key], value), key
+    assert not torch.equal(task.model.decoder[0].weight, decoder_start)  # the rest trains
+    assert backward_calls == []  # at the input end: no gradient is computed through it
+    assert not any(m.training for m in task.model.encoder.modules())
+    assert task.model.decoder.training
+
+
+def test_frozen_modules_stay_frozen_when_the_backbone_is_unfrozen():
+    task = make_task(frozen_modules=["encoder.1"], freeze_backbone_epochs=1)
+    bn, conv = task.model.encoder[1], task.model.encoder[0]
+    bn_start, conv_start = clone_state(bn), conv.weight.detach().clone()
+    fit = trainer(2, limit_train_batches=3, limit_val_batches=1)
+    fit.fit(task, loader(batches(3)), loader(batches(1, seed=1)))
+    for key, value in bn_start.items():
+        assert torch.equal(bn.state_dict()[key], value), key
+    assert not torch.equal(conv.weight, conv_start)  # the backbone trained in epoch 2
+    assert not bn.training and conv.training
+
+
+def test_an_unknown_frozen_module_names_the_key_and_its_neighbours():
+    with pytest.raises(
+        ValueError, match=r"task.frozen_modules: 'encoder.5' .*encoder.0, encoder.1, encoder.2"
+    ):
+        make_task(frozen_modules=["encoder.5"])
+
+
 class RawWeights(L.Callback):
     """The raw model's state after every optimiser step (before the task's EMA update)."""
 
