@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import compare, machine, ms, parse_args, table
+from benchmarks.common import compare, machine, ms, run_alone, table
 
 TITLE = "CamVid architectures: parameters, GMACs, CPU inference and training step"
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,8 +192,7 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    quick = parse_args(argv, __doc__.splitlines()[0])
-    print(f"Machine: {machine()}\n\n{run(quick)}")
+    run_alone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,11 @@ def parse_args(argv: Sequence[str] | None, description: str) -> bool:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     return args.quick
+
+
+def run_alone(run: Callable[[bool], str], doc: str | None, argv: Sequence[str] | None) -> None:
+    """One benchmark module as its own command (``python -m benchmarks.<name>``): parse its
+    command line (:func:`parse_args`, the module docstring's first line as description), run
+    it and print its section under the machine's line."""
+    quick = parse_args(argv, (doc or "").splitlines()[0])
+    print(f"Machine: {machine()}\n\n{run(quick)}")

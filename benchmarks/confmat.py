@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from benchmarks.common import compare, machine, ms, parse_args, ratio, table
+from benchmarks.common import compare, ms, ratio, run_alone, table
 from segkit.evaluation.metrics import ConfusionMatrix
 
 NUM_CLASSES = 19
@@ -207,8 +207,7 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    quick = parse_args(argv, __doc__.splitlines()[0])
-    print(f"Machine: {machine()}\n\n{run(quick)}")
+    run_alone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import torch.multiprocessing as mp
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
-from benchmarks.common import compare, machine, parse_args, ratio, table
+from benchmarks.common import compare, ratio, run_alone, table
 from segkit.config import compose
 from segkit.tasks import build_task
 from segkit.tasks.optim import build_optimizer
@@ -232,8 +232,7 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    quick = parse_args(argv, __doc__.splitlines()[0])
-    print(f"Machine: {machine()}\n\n{run(quick)}")
+    run_alone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

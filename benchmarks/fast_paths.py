@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from benchmarks.common import compare, machine, ms, parse_args, ratio, table
+from benchmarks.common import compare, ms, ratio, run_alone, table
 from segkit.config import compose
 from segkit.engine.callbacks.speed import compile_supported
 from segkit.tasks import build_task
@@ -252,8 +252,7 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    quick = parse_args(argv, __doc__.splitlines()[0])
-    print(f"Machine: {machine()}\n\n{run(quick)}")
+    run_alone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from benchmarks.common import machine, parse_args, table
+from benchmarks.common import run_alone, table
 from segkit.models.weights import build_model
 from segkit.tasks.losses import CrossEntropyLoss
 
@@ -202,8 +202,7 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    quick = parse_args(argv, __doc__.splitlines()[0])
-    print(f"Machine: {machine()}\n\n{run(quick)}")
+    run_alone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.common import compare, machine, ms, parse_args, ratio, table
+from benchmarks.common import compare, ms, ratio, run_alone, table
 from segkit.data.io import image_tensor, scaled_statistics
 from segkit.deploy.backends import BACKENDS, fast_path
 from segkit.engine.callbacks.speed import compile_supported
@@ -144,8 +144,7 @@ def fastest_correct(size: tuple[int, int], times: dict, setup: dict, difference:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    quick = parse_args(argv, __doc__.splitlines()[0])
-    print(f"Machine: {machine()}\n\n{run(quick)}")
+    run_alone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import compare, machine, ms, parse_args, ratio, table
+from benchmarks.common import compare, ms, ratio, run_alone, table
 from benchmarks.fast_paths import Switch, check_first_losses, trainer_step
 from segkit.engine.callbacks.speed import compile_supported
 from segkit.tasks.optim import backbone_of
@@ -475,8 +475,7 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    quick = parse_args(argv, __doc__.splitlines()[0])
-    print(f"Machine: {machine()}\n\n{run(quick)}")
+    run_alone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

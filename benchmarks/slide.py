@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from benchmarks.common import compare, machine, ms, parse_args, ratio, table
+from benchmarks.common import compare, ms, ratio, run_alone, table
 from segkit.evaluation.inference import WINDOW_PIXELS, slide_logits, window_starts, windows_per_pass
 from segkit.models.smp import smp_model
 
@@ -131,8 +131,7 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    quick = parse_args(argv, __doc__.splitlines()[0])
-    print(f"Machine: {machine()}\n\n{run(quick)}")
+    run_alone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from benchmarks.common import machine, ms, parse_args, ratio, table
+from benchmarks.common import ms, ratio, run_alone, table
 from segkit.models.smp import smp_model
 from segkit.tasks.losses import CrossEntropyLoss
 from segkit.tasks.semantic import SemanticSegmentationTask
@@ -166,8 +166,7 @@ def run(quick: bool = False) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    quick = parse_args(argv, __doc__.splitlines()[0])
-    print(f"Machine: {machine()}\n\n{run(quick)}")
+    run_alone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ RESULTS = PROJECT_ROOT / "results" / "camvid"
 # the recipes RESULTS.md reports with weights
 SHIPPED = ("camvid_fpn_lite0", "camvid_fpn_scratch", "camvid_segnet_basic") + tuple(
     # the architecture table's rows (RESULTS.md), each published with its weights
-    f"camvid_bench/{path.parent.name}"
-    for path in sorted((RESULTS / "camvid_bench").glob("*/model.pt"))
+    f"{path.parent.parent.name}/{path.parent.name}"
+    for folder in ("camvid_bench", "camvid_fpn_lite0_fast")  # and issue 30's recipe attempts
+    for path in sorted((RESULTS / folder).glob("*/model.pt"))
 )
 CAMVID = SHARED_DATA / "camvid"
 FILES = (

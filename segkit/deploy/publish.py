@@ -23,7 +23,8 @@
   (rows = ground truth) computed from ``model.pt`` as eval.py loads it, and an image |
   ground truth | prediction grid. ``tests/test_results.py`` reproduces the matrices.
 * ``run.json``: epochs trained, best epoch, wall time (Hydra's config write at start to
-  ``metrics.json``), the command and the machine.
+  ``metrics.json``), the command and the machine that trained it (as the checkpoint
+  records it: CPU, GPU, torch version and the training process's threads).
 
 Publishing never trains; it runs the model on the sample images only. It never replaces a
 file either: an out folder that holds any of :data:`PUBLISHED_FILES` stops it before anything
@@ -33,8 +34,6 @@ is written, unless ``overwrite`` (``--overwrite``) (:mod:`segkit.outputs`).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from segkit.engine.callbacks.checkpointing import machine
 from segkit.engine.callbacks.console import EPOCH_MINUTES
 from segkit.engine.checkpoints import load_checkpoint, task_from_checkpoint
 from segkit.evaluation.analysis import load_run
@@ -211,22 +211,6 @@ def write_history(table: Any, path: Path) -> None:
     history.to_csv(path, index_label="epoch")
 
 
-def machine() -> str:
-    """CPU model, core count, torch version and threads, e.g. for RESULTS.md."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{model}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
-
-
 def best_checkpoint_of(run_dir: Path, metrics: dict[str, Any]) -> Path:
     """The checkpoint the run's ``metrics.json`` reports (``"checkpoint"``, the best one on
     val), looked up under ``run_dir/checkpoints`` when the run folder has moved since."""
@@ -279,7 +263,8 @@ def publish(
     if not run.finished:
         raise FileNotFoundError(f"{run_dir} holds no metrics.json: the run has not finished.")
     ckpt = best_checkpoint_of(run_dir, run.metrics)
-    published = weights_only(load_checkpoint(ckpt))
+    checkpoint = load_checkpoint(ckpt)
+    published = weights_only(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(published, out_dir / "model.pt")
     shutil.copyfile(run_dir / ".hydra" / "config.yaml", out_dir / "config.yaml")
@@ -304,7 +289,8 @@ def publish(
         "global_step": published["global_step"],
         "wall_seconds": None if run.seconds is None else round(run.seconds),
         "val_mIoU": run.metrics["mIoU"],
-        "machine": machine(),
+        # the training process's record; runs from before it was kept: this process's
+        "machine": checkpoint.get("machine") or f"{machine()} (publishing process)",
         "published_from": str(ckpt.resolve().relative_to(run_dir.resolve())),
         "model_pt_bytes": (out_dir / "model.pt").stat().st_size,
     }

@@ -4,6 +4,7 @@ holding the model's argmax, and overlays."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,18 @@ def test_publish_writes_a_result_folder_that_eval_scores_like_the_run(trained_ru
     from segkit.deploy.publish import publish
 
     out = tmp_path / "result"
-    info = publish(trained_run, out)
+    threads = torch.get_num_threads()
+    publishing = os.cpu_count() + 3  # more than the training process can have had
+    torch.set_num_threads(publishing)
+    try:
+        info = publish(trained_run, out)
+    finally:
+        torch.set_num_threads(threads)
     trained_metrics = json.loads((trained_run / "metrics.json").read_text())
+    # the machine as the training process recorded it in its checkpoint, not the publisher's
+    best = load_checkpoint(trained_run / "checkpoints" / Path(trained_metrics["checkpoint"]).name)
+    assert info["machine"] == best["machine"]
+    assert not info["machine"].endswith(f", {publishing} threads")
     assert info["published_from"] == "checkpoints/" + Path(trained_metrics["checkpoint"]).name
     assert info["epochs_trained"] == 2 and info["val_mIoU"] == trained_metrics["mIoU"]
     for name in ("config.yaml", "curve.png", "samples.png", "per_class.csv"):

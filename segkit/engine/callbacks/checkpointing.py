@@ -1,7 +1,8 @@
 """Checkpointing callbacks: what a checkpoint holds and how a run continues from one.
 
-* :class:`ConfigInCheckpoint` stores the composed config in every checkpoint and gives it,
-  flattened, to every logger as the run's hyperparameters.
+* :class:`ConfigInCheckpoint` stores the composed config and the training machine
+  (:func:`machine`) in every checkpoint and gives the config, flattened, to every logger as
+  the run's hyperparameters.
 * :class:`LastCheckpoint` keeps ``last.ckpt`` current within an epoch (every N optimiser
   steps) and after each epoch, so ``ckpt_path=last`` / ``resume=auto`` lose little work, and
   writes it when the run is interrupted (Ctrl-C / SIGINT, or SIGTERM before pre-emption).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import shutil
 import signal
 import threading
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
@@ -39,9 +42,28 @@ from segkit.engine.loggers import flat_config
 from segkit.tasks.schedulers import scheduled_total_steps, set_total_steps
 
 
+def machine() -> str:
+    """CPU model, core count, GPU, torch version and this process's torch threads, e.g.
+    ``"AMD EPYC, 2 cores, no GPU; torch 2.14.1+cu130, 2 threads"``."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{model}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+
+
 class ConfigInCheckpoint(L.Callback):
-    """Store the composed (resolved) Hydra config in every checkpoint under ``"config"``,
-    and log it as the run's hyperparameters.
+    """Store the composed (resolved) Hydra config in every checkpoint under ``"config"`` and
+    the machine that trained it under ``"machine"`` (:func:`machine`, read in the training
+    process: its threads, not those of a later tool), and log the config as the run's
+    hyperparameters.
 
     ``segkit.models.weights.build_model(checkpoint["config"]["model"])`` then rebuilds the model, so
     eval.py and predict.py need nothing but the checkpoint. When fitting starts, every
@@ -63,6 +85,7 @@ class ConfigInCheckpoint(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["config"] = self.config
+        checkpoint["machine"] = machine()
 
 
 class TrainingInterrupted(KeyboardInterrupt):
