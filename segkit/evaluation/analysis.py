@@ -47,8 +47,8 @@ class Run:
         metrics: ``metrics.json`` content of the chosen split, or ``None`` if the run wrote
             none (it failed, or is still running).
         confmat: int64 ``[C, C]`` confusion matrix (rows = ground truth), or ``None``.
-        seconds: wall time from Hydra's config write at start to ``metrics.json`` (training
-            plus validation of the best checkpoint), from file times; ``None`` if unfinished.
+        seconds: wall time of the run (training plus validation of the best checkpoint)
+            from file times, :func:`run_seconds`; ``None`` if unfinished.
     """
 
     path: Path
@@ -114,10 +114,47 @@ def load_run(path: str | Path, split: str = "val", name: str | None = None) -> R
         confmat_file = folder / "confusion_matrix.npy"
         if confmat_file.is_file():
             run.confmat = np.load(confmat_file)
-    val_metrics, started = path / "metrics.json", path / ".hydra" / "config.yaml"
-    if val_metrics.is_file() and started.is_file():
-        run.seconds = val_metrics.stat().st_mtime - started.stat().st_mtime
+    run.seconds = run_seconds(path)
     return run
+
+
+LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]")
+
+
+def run_seconds(path: str | Path) -> float | None:
+    """Wall time of the run dir ``path``, ``None`` without ``metrics.json``.
+
+    One start: Hydra's config write (``.hydra/config.yaml``) to ``metrics.json``. A run
+    continued in its folder (``ckpt_path=last``, ``resume=auto``) started several times
+    (the earlier configs kept as ``.hydra/config.<n>.yaml``, n in start order): each earlier
+    start counts until its last ``train.log`` line before the next start (the time between
+    a cut and its continuation is not the run's), the last start until ``metrics.json``.
+    Log times are read as local time, as Python's logging writes them.
+    """
+    from datetime import datetime
+
+    path = Path(path)
+    metrics, hydra = path / "metrics.json", path / ".hydra"
+    if not metrics.is_file() or not (hydra / "config.yaml").is_file():
+        return None
+    earlier = sorted(
+        (p for p in hydra.glob("config.*.yaml") if p.stem.split(".")[-1].isdigit()),
+        key=lambda p: int(p.stem.split(".")[-1]),
+    )
+    starts = [p.stat().st_mtime for p in (*earlier, hydra / "config.yaml")]
+    logged = []
+    log = path / "train.log"
+    if len(starts) > 1 and log.is_file():
+        for line in log.read_text(errors="replace").splitlines():
+            match = LOG_TIME.match(line)
+            if match:
+                stamp = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").timestamp()
+                logged.append(stamp + int(match[2]) / 1000)
+    seconds = metrics.stat().st_mtime - starts[-1]
+    for start, following in zip(starts, starts[1:], strict=False):
+        within = [t for t in logged if start <= t < following]
+        seconds += max(within) - start if within else 0.0
+    return seconds
 
 
 def load_runs(folders: str | Path | Iterable[str | Path], split: str = "val") -> list[Run]:

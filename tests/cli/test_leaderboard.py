@@ -125,3 +125,33 @@ def test_leaderboard_of_a_sweep_matches_every_metrics_json(optuna_sweep, tmp_pat
         name = runs[run_dir].name
         for cls, value in iou.items():
             assert float(per_class[cls][name]) == value, (run_dir, cls)
+
+
+def test_a_continued_run_counts_its_starts_but_not_the_pause_between(tmp_path):
+    import os
+    import time
+
+    from segkit.evaluation.analysis import run_seconds
+
+    run = tmp_path / "run"
+    hydra = run / ".hydra"
+    hydra.mkdir(parents=True)
+    t0 = time.mktime((2026, 12, 7, 2, 0, 0, 0, 0, -1))  # local time, as logging writes it
+    first, second = hydra / "config.1.yaml", hydra / "config.yaml"
+    first.write_text("{}")
+    second.write_text("{}")
+    os.utime(first, (t0, t0))  # first start
+    os.utime(second, (t0 + 1000, t0 + 1000))  # continued 1000 s later
+    (run / "train.log").write_text(
+        "[2026-12-07 02:01:40,000][segkit.progress][INFO] - epoch 1/3\n"
+        "[2026-12-07 02:05:00,500][segkit.progress][INFO] - epoch 2/3\n"  # cut after this
+        "not a log line\n"
+        "[2026-12-07 02:18:20,000][segkit.progress][INFO] - epoch 3/3\n"
+    )
+    metrics = run / "metrics.json"
+    metrics.write_text("{}")
+    os.utime(metrics, (t0 + 1500, t0 + 1500))
+    # first start: 0 -> 300.5 s (its last log line); second: 1000 -> 1500 s
+    assert run_seconds(run) == pytest.approx(300.5 + 500)
+    first.unlink()  # one start: config write to metrics.json
+    assert run_seconds(run) == pytest.approx(500)
