@@ -28,7 +28,8 @@ RESULTS = PROJECT_ROOT / "results" / "camvid"
 SHIPPED = ("camvid_fpn_lite0", "camvid_fpn_scratch", "camvid_segnet_basic") + tuple(
     # the architecture table's rows (RESULTS.md), each published with its weights
     f"{path.parent.parent.name}/{path.parent.name}"
-    for folder in ("camvid_bench", "camvid_fpn_lite0_fast")  # and issue 30's recipe attempts
+    # and issue 30's recipe attempts and its one-change FPN runs under the protocol
+    for folder in ("camvid_bench", "camvid_fpn_lite0_fast", "camvid_bench_fpn_variants")
     for path in sorted((RESULTS / folder).glob("*/model.pt"))
 )
 CAMVID = SHARED_DATA / "camvid"
