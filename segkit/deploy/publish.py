@@ -22,8 +22,9 @@
   spaced in the split's order, :func:`sample_indices`), their per-image confusion matrices
   (rows = ground truth) computed from ``model.pt`` as eval.py loads it, and an image |
   ground truth | prediction grid. ``tests/test_results.py`` reproduces the matrices.
-* ``run.json``: epochs trained, best epoch, wall time (Hydra's config write at start to
-  ``metrics.json``), the command and the machine that trained it (as the checkpoint
+* ``run.json``: epochs trained, best epoch, wall time
+  (:func:`segkit.evaluation.analysis.run_seconds`: every start of the run, not the pauses
+  between them), the command and the machine that trained it (as the checkpoint
   records it: CPU, GPU, torch version and the training process's threads).
 
 Publishing never trains; it runs the model on the sample images only. It never replaces a

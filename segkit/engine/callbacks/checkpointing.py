@@ -42,19 +42,24 @@ from segkit.engine.loggers import flat_config
 from segkit.tasks.schedulers import scheduled_total_steps, set_total_steps
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def machine() -> str:
     """CPU model, core count, GPU, torch version and this process's torch threads, e.g.
     ``"AMD EPYC, 2 cores, no GPU; torch 2.14.1+cu130, 2 threads"``."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{model}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, "
+        f"{cpu_model()}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
 
