@@ -25,10 +25,11 @@ section measures the loop). In one process:
   (:func:`benchmarks.fast_paths.check_first_losses`). Achieved GFLOP/s = FLOPs per step /
   median step time, also as a fraction of the matmul rate of the step's precision.
 * The FPN decoder's widths (``model.decoder.decoder_pyramid_channels`` /
-  ``decoder_segmentation_channels``, :data:`WIDTHS`) and frozen encoder stages
-  (``task.frozen_modules``), :data:`VARIANTS`: trainable parameters, FLOPs per step and
-  step time of each under bf16-mixed + channels_last, interleaved, against the shipped
-  256/128; the accuracy side of the trade is measured by training (RESULTS.md).
+  ``decoder_segmentation_channels``, :data:`WIDTHS`), frozen encoder stages
+  (``task.frozen_modules``) and the larger offline encoders (EfficientNet-Lite1/2),
+  :data:`VARIANTS`: trainable parameters, FLOPs per step and step time of each under
+  bf16-mixed + channels_last, interleaved, against the shipped 256/128; the accuracy side
+  of the trade is measured by training (RESULTS.md).
 """
 
 from __future__ import annotations
@@ -272,11 +273,27 @@ def decoder(pyramid: int, segmentation: int) -> str:
     return f"model.decoder={{{widths}}}"
 
 
-# label -> overrides: the decoder widths (WIDTHS), then frozen encoder stages at 128/64
+def encoder(size: int) -> list[str]:
+    """The overrides putting the offline ImageNet EfficientNet-Lite``size`` under the FPN."""
+    return [
+        f"model.encoder_name=tu-tf_efficientnet_lite{size}",
+        f"model.encoder_weights=efficientnet-lite{size}",
+    ]
+
+
+# label -> overrides: the decoder widths (WIDTHS), frozen encoder stages at 128/64, then the
+# larger offline encoders at 128/64 (their stages have Lite0's names, so frozen() fits them)
 VARIANTS = {
     **{f"`{p}/{s}`": [decoder(p, s)] for p, s in WIDTHS},
     "`128/64`, stem + stages 1-2 frozen (stride 2-4)": [decoder(128, 64), frozen(2)],
     "`128/64`, stem + stages 1-3 frozen (stride 2-8)": [decoder(128, 64), frozen(3)],
+    "Lite1 encoder, `128/64`": [*encoder(1), decoder(128, 64)],
+    "Lite2 encoder, `128/64`": [*encoder(2), decoder(128, 64)],
+    "Lite2 encoder, `128/64`, stem + stages 1-2 frozen": [
+        *encoder(2),
+        decoder(128, 64),
+        frozen(2),
+    ],
 }
 
 
@@ -310,8 +327,9 @@ def variant_section(
         ])  # fmt: skip
     return [
         "Decoder widths (`model.decoder.decoder_pyramid_channels` / "
-        "`decoder_segmentation_channels`) and frozen encoder stages (`task.frozen_modules`: "
-        "no gradient, eval mode; at the input end their backward pass is skipped), each step "
+        "`decoder_segmentation_channels`), frozen encoder stages (`task.frozen_modules`: "
+        "no gradient, eval mode; at the input end their backward pass is skipped) and the "
+        "larger offline encoders (`model.encoder_name=tu-tf_efficientnet_lite1/2`), each step "
         f"under bf16-mixed + channels_last, interleaved (median of {repeats} rounds after one "
         f"untimed step each); speed-up against the shipped {WIDTHS[0][0]}/{WIDTHS[0][1]} with "
         "every stage trained. FLOPs per step count only the gradients computed:",

@@ -245,6 +245,13 @@ def test_recipe_step_quick_counts_and_times_the_recipe(capsys):
     assert params[1] > params[3] > params[4] and dense[3] == dense[4] == dense[1]
     step_flops = [float(row[2]) for row in variants]
     assert step_flops[1] > step_flops[3] > step_flops[4]
+    # the larger encoders (Lite0/1/2: 3.4/4.2/4.9 M parameters with their classifier head,
+    # Tan & Le's release) add parameters and step FLOPs under the same 128/64 decoder, whose
+    # dense 3x3 convolutions see the same strides; freezing Lite2's stem + stages 1-2 removes
+    # parameters and gradient FLOPs as for Lite0
+    assert params[6] > params[5] > params[1] and params[6] > params[7]
+    assert step_flops[6] > step_flops[5] > step_flops[1] and step_flops[6] > step_flops[7]
+    assert dense[5] == dense[6] == dense[7] == dense[1]
     kinds = {row[0]: row for row in flops}
     # FPN on Lite0: the decoder's dense 3x3 convolutions carry most of the forward FLOPs,
     # and torch's formula overcounts only the depthwise layers' backward
