@@ -1,5 +1,5 @@
-"""experiment=voc_fcn8s / camvid_segnet / camvid_fpn_lite0_fast run end to end (fast_dev_run)
-with shapes data swapped in.
+"""experiment=voc_fcn8s / camvid_segnet / camvid_fpn_lite0_fast / camvid_fpn_lite2 run end to
+end (fast_dev_run) with shapes data swapped in.
 
 The recipes' datasets are not available offline, so ``data=shapes`` replaces them and the
 few recipe keys that only fit the real dataset are reset; everything else (model, loss,
@@ -36,8 +36,10 @@ SHAPES = [
 RECIPES = {
     "voc_fcn8s": ["data.train_split=train"],  # the recipe's train_aug split is VOC's
     "camvid_segnet": ["loss.class_weights=null"],  # 11 CamVid weights for 5 shapes classes
-    # bf16-mixed + channels_last, frozen encoder stages, narrow decoder, val every 5 epochs
+    # bf16-mixed + channels_last, frozen encoder stages, val every 5 epochs
     "camvid_fpn_lite0_fast": ["loss.class_weights=null"],
+    # the same on EfficientNet-Lite2: its frozen module names must exist in that encoder too
+    "camvid_fpn_lite2": ["loss.class_weights=null"],
 }
 
 
