@@ -308,8 +308,10 @@ def check_finetune_options(
         keys = ", ".join(key for key, on in asked.items() if on)
         raise ValueError(
             f"{keys} needs a model with a pretrained backbone, and {type(model).__name__} has "
-            "none (model.backbone is None: every parameter is head). Remove the option, or "
-            "pick a model with an encoder (e.g. model=unet_r18, deeplabv3, pspnet)."
+            "none (model.backbone is None: every parameter is head). Set it back to its "
+            "default (task.backbone_lr_mult=1.0, task.freeze_backbone_epochs=0, "
+            "task.freeze_bn=false), or pick a model with an encoder (e.g. model=unet_r18, "
+            "deeplabv3, pspnet)."
         )
 
 
