@@ -25,11 +25,17 @@ from .helpers import PROJECT_ROOT, SHARED_DATA
 
 RESULTS = PROJECT_ROOT / "results" / "camvid"
 MAX_WEIGHTS_BYTES = 30e6  # a row's model.pt is shipped only below this size
-# the architecture table's rows (RESULTS.md), issue 30's recipe attempts and its one-change
-# FPN runs under the protocol, as "<group>/<row>"
+# the architecture table's rows (RESULTS.md), its one-change PSPNet run, issue 30's recipe
+# attempts and its one-change FPN runs under the protocol, as "<group>/<row>"
+GROUPS = (
+    "camvid_bench",
+    "camvid_bench_pspnet_variants",
+    "camvid_fpn_lite0_fast",
+    "camvid_bench_fpn_variants",
+)
 ROWS = tuple(
     f"{folder}/{path.name}"
-    for folder in ("camvid_bench", "camvid_fpn_lite0_fast", "camvid_bench_fpn_variants")
+    for folder in GROUPS
     for path in sorted((RESULTS / folder).iterdir())
     if path.is_dir()
 )
