@@ -32,6 +32,7 @@ GROUPS = (
     "camvid_bench_pspnet_variants",
     "camvid_fpn_lite0_fast",
     "camvid_bench_fpn_variants",
+    "camvid_fpn_lite2",
 )
 ROWS = tuple(
     f"{folder}/{path.name}"
