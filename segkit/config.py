@@ -140,7 +140,8 @@ def check_arguments(cfg: DictConfig, groups: tuple[str, ...] = tuple(_SUPPLIED))
                     f"{keys} {'is not an argument' if len(unknown) == 1 else 'are not arguments'}"
                     f" of {target}; its arguments are {', '.join(f'{path}.{n}' for n in valid)}. "
                     f"Fix the name (e.g. {path}.{_closest(unknown[0], valid)}=...) and drop "
-                    "the '+'."
+                    f"the '+'; where a config file set the key (an experiment, before "
+                    f"another group replaced {path}), delete it with '~{path}.{unknown[0]}'."
                 )
     if problems:
         raise ConfigError("\n".join(problems))

@@ -558,6 +558,20 @@ def test_unknown_key_names_the_valid_keys(override, named, listed):
     assert named in message and listed in message and "Fix the name (e.g." in message
 
 
+def test_key_an_experiment_set_for_a_replaced_group_is_named_with_its_delete_override():
+    """experiment=camvid_fpn_lite0 sets loss.class_weights for CrossEntropyLoss; loss=ce_lovasz
+    replaces the loss by WeightedSumLoss, which takes no class_weights: the message says how
+    to delete the key, since there is no '+' to drop."""
+    with pytest.raises(ConfigError) as error:
+        check_arguments(compose(["experiment=camvid_fpn_lite0", "loss=ce_lovasz"]))
+    message = str(error.value)
+    assert message.startswith("loss.class_weights is not an argument of "
+                              "segkit.tasks.losses.WeightedSumLoss")  # fmt: skip
+    assert "'~loss.class_weights'" in message
+    check_arguments(compose(["experiment=camvid_fpn_lite0", "loss=ce_lovasz",
+                             "~loss.class_weights"]))  # fmt: skip
+
+
 def test_dataset_options_passed_to_the_base_class_are_checked():
     """CamVidDataset takes **options and passes them on to FolderDataset: those count, the
     ones CamVid sets itself (its label_map) do not, and a typo is named."""
